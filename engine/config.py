@@ -1,0 +1,63 @@
+"""Settings read from the environment, with the embedded defaults a newcomer needs."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_SQLITE_PATH = Path("kiln.db")
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+
+
+def _int(name: str, default: int) -> int:
+    return int(_float(name, default))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything Kiln reads from ``KILN_*`` environment variables (see the README)."""
+
+    database_url: str = field(default_factory=lambda: f"sqlite:///{DEFAULT_SQLITE_PATH}")
+    broker_url: str = ""  # "" means the in-process broker
+    lease_s: float = 15.0  # a running task's lease; heartbeated every lease_s / 3
+    dispatch_timeout_s: float = 30.0  # queued but not started for this long: message re-sent
+    dispatch_window: int = 2000  # at most this many tasks queued (sent, not started) at once
+    max_batch: int = 64  # at most this many tasks in one broker message
+    worker_poll_ms: int = 2  # idle worker's longest sleep between broker polls
+    controller_poll_s: float = 0.5  # controller wakes at least this often
+    retry_base_s: float = 1.0  # first retry backoff; doubles per attempt, with jitter
+    retry_max_s: float = 300.0
+    queue_name: str = "kiln"
+    api_token: str = ""
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        env = os.environ
+        return cls(
+            database_url=env.get("KILN_DATABASE_URL") or f"sqlite:///{DEFAULT_SQLITE_PATH}",
+            broker_url=env.get("KILN_BROKER_URL", ""),
+            lease_s=_float("KILN_LEASE_S", 15.0),
+            dispatch_timeout_s=_float("KILN_DISPATCH_TIMEOUT_S", 30.0),
+            dispatch_window=_int("KILN_DISPATCH_WINDOW", 2000),
+            max_batch=_int("KILN_MAX_BATCH", 64),
+            worker_poll_ms=_int("KILN_WORKER_POLL_MS", 2),
+            controller_poll_s=_float("KILN_CONTROLLER_POLL_S", 0.5),
+            retry_base_s=_float("KILN_RETRY_BASE_S", 1.0),
+            retry_max_s=_float("KILN_RETRY_MAX_S", 300.0),
+            queue_name=env.get("KILN_QUEUE", "kiln"),
+            api_token=env.get("KILN_API_TOKEN", ""),
+        )
+
+    @property
+    def embedded_broker(self) -> bool:
+        return not self.broker_url

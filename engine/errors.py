@@ -1,0 +1,65 @@
+"""Kiln's one exception hierarchy. Each class's docstring is its default message."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class KilnError(Exception):
+    """Kiln failed."""
+
+    status_code = 500
+
+    def __init__(self, message: str | None = None, **details: Any) -> None:
+        self.message = message or (self.__doc__ or "").strip()
+        self.details = details
+        super().__init__(self.message)
+
+    @property
+    def code(self) -> str:
+        name = type(self).__name__
+        return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
+
+
+class InvalidDefinition(KilnError):
+    """The workflow definition is invalid."""
+
+    status_code = 422
+
+
+class UnknownHandler(InvalidDefinition):
+    """The task's handler cannot be found."""
+
+
+class NotFound(KilnError):
+    """No such object."""
+
+    status_code = 404
+
+
+class WorkflowNotFound(NotFound):
+    """No workflow run with this id."""
+
+
+class IllegalTransition(KilnError):
+    """The object is not in a state that allows this change."""
+
+    status_code = 409
+
+
+class StaleAttempt(IllegalTransition):
+    """This attempt no longer owns the task (it was re-leased, finished or cancelled)."""
+
+
+class DatabaseUnavailable(KilnError):
+    """The database cannot be reached."""
+
+    status_code = 503
+
+
+class TaskTimeout(KilnError):
+    """The task ran past its timeout."""
+
+
+class WorkerLost(KilnError):
+    """The worker running this task stopped heartbeating its lease."""

@@ -1,0 +1,636 @@
+"""Task transitions: dispatch, claim, finish, retry, recovery, leases and progress.
+
+This module is the one place where a task changes state. Every change is a single guarded
+statement whose ``WHERE`` clause names the allowed source state(s) from ``engine.states``
+(and, for a worker, the attempt number it was given), so a stale or duplicate actor changes
+nothing. Functions ending in ``_txn`` never commit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from engine.db import is_postgres, notify_ready, utcnow
+from engine.retry import backoff_s
+from engine.schema import Json, Timestamp, task_attempts, task_dependencies, tasks, workflows
+from engine.states import TASK_DISPATCHABLE, TASK_NOT_STARTED, TaskStatus, WorkflowStatus
+from engine.templating import ReferenceError_, find_references, resolve
+from engine.workflows import mark_running_txn, settle_workflows_txn
+
+log = logging.getLogger("kiln.tasks")
+
+DISPATCHABLE = [str(s) for s in TASK_DISPATCHABLE]
+NOT_STARTED = [str(s) for s in TASK_NOT_STARTED]
+# A message re-sent this many times without any worker claiming it is quarantined: its
+# payload cannot be processed (or no worker consumes the queue), and retrying forever would
+# hide that.
+MAX_DISPATCHES = 20
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """A task leased for dispatch: the message to send carries ``(task_id, attempt)``."""
+
+    task_id: int
+    attempt: int
+    workflow_id: int
+
+
+@dataclass
+class ClaimedTask:
+    id: int
+    attempt: int
+    workflow_id: int
+    name: str
+    handler: str | None
+    model_type: str | None
+    params: Any
+    timeout_s: float | None
+    max_attempts: int
+    param_error: str | None = None
+
+
+@dataclass
+class Outcome:
+    """What a worker observed running one claimed task."""
+
+    task: ClaimedTask
+    ok: bool
+    started_at: dt.datetime
+    finished_at: dt.datetime
+    result: Any = None
+    error: str | None = None
+    retryable: bool = True
+    kind: str = "failed"  # failed | timed_out
+
+
+@dataclass
+class RecordReport:
+    applied: list[int] = field(default_factory=list)
+    stale: list[int] = field(default_factory=list)
+    readied: int = 0
+
+
+# --- dispatch (controller) ------------------------------------------------------------
+
+
+def dispatch_candidates_txn(conn: sa.Connection, *, limit: int, now: dt.datetime) -> list[Any]:
+    """Lock up to ``limit`` dispatchable tasks of runs that are not paused, best first by
+    (priority, age). Other controllers skip the locked rows."""
+    q = (
+        sa.select(
+            tasks.c.id,
+            tasks.c.attempts,
+            tasks.c.workflow_id,
+            tasks.c.priority,
+            tasks.c.created_at,
+            tasks.c.handler,
+            tasks.c.model_type,
+        )
+        .where(
+            tasks.c.status.in_(DISPATCHABLE),
+            sa.or_(tasks.c.not_before.is_(None), tasks.c.not_before <= now),
+            tasks.c.handler.is_not(None),
+            sa.exists().where(
+                workflows.c.id == tasks.c.workflow_id,
+                workflows.c.status.in_([WorkflowStatus.PENDING, WorkflowStatus.RUNNING]),
+            ),
+        )
+        .order_by(tasks.c.priority.desc(), tasks.c.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True, of=tasks)
+    )
+    return list(conn.execute(q))
+
+
+def mark_queued_txn(
+    conn: sa.Connection, task_ids: Sequence[int], *, now: dt.datetime, lease_until: dt.datetime
+) -> list[Dispatch]:
+    """ready/retrying -> queued for the given tasks, keeping the caller's order."""
+    if not task_ids:
+        return []
+    rows = conn.execute(
+        tasks.update()
+        .where(tasks.c.id.in_(list(task_ids)), tasks.c.status.in_(DISPATCHABLE))
+        .values(
+            status=TaskStatus.QUEUED,
+            queued_at=now,
+            lease_expires_at=lease_until,
+            dispatch_count=tasks.c.dispatch_count + 1,
+            not_before=None,
+            waiting_reason=None,
+        )
+        .returning(tasks.c.id, tasks.c.attempts, tasks.c.workflow_id)
+    ).all()
+    by_id = {r.id: Dispatch(r.id, r.attempts + 1, r.workflow_id) for r in rows}
+    mark_running_txn(conn, (d.workflow_id for d in by_id.values()))
+    return [by_id[i] for i in task_ids if i in by_id]
+
+
+def dispatch_ready_txn(
+    conn: sa.Connection,
+    *,
+    limit: int,
+    lease_s: float,
+    order: Callable[[list[Any]], list[Any]] | None = None,
+) -> list[Dispatch]:
+    """Lease up to ``limit`` ready tasks for dispatch, in the order ``order`` gives (default
+    priority then age). The caller commits, then sends one message per batch."""
+    now = utcnow()
+    candidates = dispatch_candidates_txn(conn, limit=limit, now=now)
+    if order is not None:
+        candidates = order(candidates)
+    return mark_queued_txn(
+        conn,
+        [c.id for c in candidates],
+        now=now,
+        lease_until=now + dt.timedelta(seconds=lease_s),
+    )
+
+
+def queued_count(conn: sa.Connection) -> int:
+    return conn.execute(
+        sa.select(sa.func.count()).select_from(tasks).where(tasks.c.status == TaskStatus.QUEUED)
+    ).scalar_one()
+
+
+# --- claim (worker) ---------------------------------------------------------------------
+
+
+def claim_txn(
+    conn: sa.Connection,
+    items: Iterable[tuple[int, int]],
+    *,
+    worker_id: str,
+    lease_s: float,
+) -> list[ClaimedTask]:
+    """queued -> running for each ``(task_id, attempt)`` still queued at ``attempt - 1``
+    claims; counts the attempt and records it in ``task_attempts``. Items whose task moved on
+    (already claimed by a duplicate message, cancelled, paused) are skipped."""
+    items = list(items)
+    if not items:
+        return []
+    now = utcnow()
+    rows = conn.execute(
+        tasks.update()
+        .where(
+            sa.tuple_(tasks.c.id, tasks.c.attempts).in_([(t, a - 1) for t, a in items]),
+            tasks.c.status == TaskStatus.QUEUED,
+        )
+        .values(
+            status=TaskStatus.RUNNING,
+            attempts=tasks.c.attempts + 1,
+            lease_owner=worker_id,
+            lease_expires_at=now + dt.timedelta(seconds=lease_s),
+            started_at=now,
+            progress=None,
+            progress_message=None,
+        )
+        .returning(
+            tasks.c.id,
+            tasks.c.attempts,
+            tasks.c.workflow_id,
+            tasks.c.name,
+            tasks.c.handler,
+            tasks.c.model_type,
+            tasks.c.params,
+            tasks.c.timeout_s,
+            tasks.c.max_attempts,
+        )
+    ).all()
+    if not rows:
+        return []
+    conn.execute(
+        task_attempts.insert(),
+        [
+            {"task_id": r.id, "attempt": r.attempts, "worker": worker_id, "started_at": now}
+            for r in rows
+        ],
+    )
+    claimed = [
+        ClaimedTask(
+            id=r.id,
+            attempt=r.attempts,
+            workflow_id=r.workflow_id,
+            name=r.name,
+            handler=r.handler,
+            model_type=r.model_type,
+            params=r.params,
+            timeout_s=r.timeout_s,
+            max_attempts=r.max_attempts,
+        )
+        for r in rows
+    ]
+    _resolve_references_txn(conn, claimed)
+    order = {t: i for i, (t, _) in enumerate(items)}
+    return sorted(claimed, key=lambda c: order[c.id])
+
+
+def _resolve_references_txn(conn: sa.Connection, claimed: list[ClaimedTask]) -> None:
+    wanted: dict[int, set[str]] = {}
+    refs_of: dict[int, set[str]] = {}
+    for c in claimed:
+        refs = find_references(c.params)
+        if refs:
+            refs_of[c.id] = refs
+            wanted.setdefault(c.workflow_id, set()).update(refs)
+    if not wanted:
+        return
+    results: dict[int, dict[str, Any]] = {w: {} for w in wanted}
+    for wf_id, names in wanted.items():
+        for row in conn.execute(
+            sa.select(tasks.c.name, tasks.c.result).where(
+                tasks.c.workflow_id == wf_id,
+                tasks.c.name.in_(sorted(names)),
+                tasks.c.status == TaskStatus.SUCCEEDED,
+            )
+        ):
+            results[wf_id][row.name] = row.result
+    for c in claimed:
+        if c.id in refs_of:
+            try:
+                c.params = resolve(c.params, results[c.workflow_id])
+            except ReferenceError_ as exc:
+                c.param_error = exc.message
+
+
+# --- finish (worker) --------------------------------------------------------------------
+
+
+def _values_update_sql(conn: sa.Connection, n: int) -> sa.TextClause:
+    """One statement that finishes ``n`` tasks: running -> succeeded, fenced by attempt."""
+    pg = is_postgres(conn)
+    cast = (lambda p, t: f"CAST(:{p} AS {t})") if pg else (lambda p, t: f":{p}")
+    rows = ", ".join(
+        f"({cast(f'i{k}', 'BIGINT')}, {cast(f'a{k}', 'INTEGER')}, {cast(f'r{k}', 'JSONB')}, "
+        f"{cast(f's{k}', 'TIMESTAMPTZ')}, {cast(f'f{k}', 'TIMESTAMPTZ')})"
+        for k in range(n)
+    )
+    target = "t" if pg else "tasks"
+    alias = "tasks AS t" if pg else "tasks"
+    sql = sa.text(
+        f"UPDATE {alias} SET status = 'succeeded', result = v.column3, "
+        f"started_at = v.column4, finished_at = v.column5, lease_owner = NULL, "
+        f"lease_expires_at = NULL, progress = 1.0, error = NULL "
+        f"FROM (VALUES {rows}) AS v "
+        f"WHERE {target}.id = v.column1 AND {target}.attempts = v.column2 "
+        f"AND {target}.status = 'running' "
+        f"RETURNING {target}.id, {target}.workflow_id"
+    )
+    params = []
+    for k in range(n):
+        params += [
+            sa.bindparam(f"r{k}", type_=Json),
+            sa.bindparam(f"s{k}", type_=Timestamp),
+            sa.bindparam(f"f{k}", type_=Timestamp),
+        ]
+    return sql.bindparams(*params)
+
+
+def record_outcomes_txn(
+    conn: sa.Connection,
+    outcomes: Sequence[Outcome],
+    *,
+    retry_base_s: float,
+    retry_max_s: float,
+) -> RecordReport:
+    """Record what workers observed, in one transaction: results for successes (and the
+    dependents they make ready), retries or failures for the rest. An outcome whose attempt no
+    longer owns its task is refused and reported in ``stale``."""
+    report = RecordReport()
+    successes = [o for o in outcomes if o.ok]
+    touched: set[int] = set()
+    if successes:
+        params: dict[str, Any] = {}
+        for k, o in enumerate(successes):
+            params.update(
+                {
+                    f"i{k}": o.task.id,
+                    f"a{k}": o.task.attempt,
+                    f"r{k}": o.result,
+                    f"s{k}": o.started_at,
+                    f"f{k}": o.finished_at,
+                }
+            )
+        done = conn.execute(_values_update_sql(conn, len(successes)), params).all()
+        done_ids = {r.id for r in done}
+        touched.update(r.workflow_id for r in done)
+        report.applied += sorted(done_ids)
+        report.stale += [o.task.id for o in successes if o.task.id not in done_ids]
+        _close_attempts_txn(conn, [o for o in successes if o.task.id in done_ids], "succeeded")
+        _close_attempts_txn(conn, [o for o in successes if o.task.id not in done_ids], "stale")
+        report.readied = _ready_dependents_txn(conn, sorted(done_ids))
+    for o in outcomes:
+        if o.ok:
+            continue
+        applied = _fail_attempt_txn(conn, o, retry_base_s=retry_base_s, retry_max_s=retry_max_s)
+        (report.applied if applied else report.stale).append(o.task.id)
+        if applied:
+            touched.add(o.task.workflow_id)
+    if report.stale:
+        log.warning("refused stale results for tasks %s", report.stale)
+    settle_workflows_txn(conn, touched)
+    return report
+
+
+def _close_attempts_txn(conn: sa.Connection, outcomes: Sequence[Outcome], outcome: str) -> None:
+    if not outcomes:
+        return
+    conn.execute(
+        task_attempts.update()
+        .where(
+            sa.tuple_(task_attempts.c.task_id, task_attempts.c.attempt).in_(
+                [(o.task.id, o.task.attempt) for o in outcomes]
+            ),
+            task_attempts.c.outcome == "running",
+        )
+        .values(outcome=outcome, finished_at=outcomes[0].finished_at)
+    )
+
+
+def _ready_dependents_txn(conn: sa.Connection, succeeded: list[int]) -> int:
+    """Count down the dependencies of the tasks that wait on ``succeeded``; those reaching
+    zero go pending -> ready."""
+    if not succeeded:
+        return 0
+    d = task_dependencies
+    children = sa.select(d.c.task_id).where(d.c.depends_on_id.in_(succeeded)).scalar_subquery()
+    done_here = (
+        sa.select(sa.func.count())
+        .where(d.c.task_id == tasks.c.id, d.c.depends_on_id.in_(succeeded))
+        .scalar_subquery()
+    )
+    ready = conn.execute(
+        tasks.update()
+        .where(tasks.c.id.in_(children), tasks.c.status == TaskStatus.PENDING)
+        .values(deps_remaining=tasks.c.deps_remaining - done_here)
+        .returning(tasks.c.id, tasks.c.deps_remaining)
+    ).all()
+    to_ready = [r.id for r in ready if r.deps_remaining <= 0]
+    if to_ready:
+        conn.execute(
+            tasks.update()
+            .where(tasks.c.id.in_(to_ready), tasks.c.status == TaskStatus.PENDING)
+            .values(status=TaskStatus.READY)
+        )
+        notify_ready(conn)
+    return len(to_ready)
+
+
+def _fail_attempt_txn(
+    conn: sa.Connection, o: Outcome, *, retry_base_s: float, retry_max_s: float
+) -> bool:
+    """running -> retrying (attempts left and retryable) or failed; fenced by attempt."""
+    t = o.task
+    retry = o.retryable and t.attempt < t.max_attempts
+    values: dict[str, Any] = {
+        "error": o.error,
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "started_at": o.started_at,
+    }
+    if retry:
+        wait = backoff_s(t.attempt, base_s=retry_base_s, max_s=retry_max_s)
+        values |= {
+            "status": TaskStatus.RETRYING,
+            "not_before": o.finished_at + dt.timedelta(seconds=wait),
+        }
+    else:
+        values |= {"status": TaskStatus.FAILED, "finished_at": o.finished_at}
+    changed = conn.execute(
+        tasks.update()
+        .where(
+            tasks.c.id == t.id,
+            tasks.c.attempts == t.attempt,
+            tasks.c.status == TaskStatus.RUNNING,
+        )
+        .values(**values)
+        .returning(tasks.c.id)
+    ).first()
+    conn.execute(
+        task_attempts.update()
+        .where(
+            task_attempts.c.task_id == t.id,
+            task_attempts.c.attempt == t.attempt,
+            task_attempts.c.outcome == "running",
+        )
+        .values(outcome=o.kind if changed else "stale", error=o.error, finished_at=o.finished_at)
+    )
+    if changed is None:
+        return False
+    if retry:
+        notify_ready(conn)
+    else:
+        propagate_failure_txn(conn, t.id, t.workflow_id, f"task {t.name!r} failed: {o.error}")
+    return True
+
+
+def propagate_failure_txn(conn: sa.Connection, task_id: int, workflow_id: int, error: str) -> None:
+    """After ``task_id`` failed for good: its transitive dependents become upstream_failed;
+    with ``on_error=stop`` the run fails at once and its other unstarted tasks are
+    cancelled (running ones finish and are recorded)."""
+    now = utcnow()
+    conn.execute(
+        sa.text(
+            "WITH RECURSIVE downstream(id) AS ("
+            " SELECT task_id FROM task_dependencies WHERE depends_on_id = :failed"
+            " UNION SELECT d.task_id FROM task_dependencies d"
+            " JOIN downstream ON d.depends_on_id = downstream.id)"
+            " UPDATE tasks SET status = 'upstream_failed', finished_at = :now,"
+            " lease_owner = NULL, lease_expires_at = NULL, error = :error"
+            " WHERE id IN (SELECT id FROM downstream) AND status IN ('pending', 'ready',"
+            " 'retrying', 'queued')"
+        ).bindparams(sa.bindparam("now", type_=Timestamp)),
+        {"failed": task_id, "now": now, "error": f"upstream failed: {error}"},
+    )
+    on_error = conn.execute(
+        sa.select(workflows.c.on_error).where(workflows.c.id == workflow_id)
+    ).scalar()
+    if on_error == "stop":
+        conn.execute(
+            workflows.update()
+            .where(
+                workflows.c.id == workflow_id,
+                workflows.c.status.in_(
+                    [WorkflowStatus.PENDING, WorkflowStatus.RUNNING, WorkflowStatus.PAUSED]
+                ),
+            )
+            .values(status=WorkflowStatus.FAILED, finished_at=now, error=error)
+        )
+        conn.execute(
+            tasks.update()
+            .where(tasks.c.workflow_id == workflow_id, tasks.c.status.in_(NOT_STARTED))
+            .values(
+                status=TaskStatus.CANCELLED,
+                finished_at=now,
+                lease_owner=None,
+                lease_expires_at=None,
+                error=f"not run: {error} (on_error=stop)",
+            )
+        )
+    else:
+        conn.execute(
+            workflows.update()
+            .where(workflows.c.id == workflow_id, workflows.c.error.is_(None))
+            .values(error=error)
+        )
+
+
+# --- leases, progress and recovery ------------------------------------------------------
+
+
+def heartbeat_leases_txn(conn: sa.Connection, worker_id: str, *, lease_s: float) -> int:
+    """Extend the leases of every task this worker is running."""
+    return conn.execute(
+        tasks.update()
+        .where(tasks.c.lease_owner == worker_id, tasks.c.status == TaskStatus.RUNNING)
+        .values(lease_expires_at=utcnow() + dt.timedelta(seconds=lease_s))
+    ).rowcount
+
+
+def report_progress_txn(
+    conn: sa.Connection,
+    task_id: int,
+    attempt: int,
+    fraction: float,
+    message: str | None,
+    *,
+    lease_s: float,
+) -> bool:
+    """Store progress of a running attempt (and extend its lease: it is visibly alive)."""
+    return (
+        conn.execute(
+            tasks.update()
+            .where(
+                tasks.c.id == task_id,
+                tasks.c.attempts == attempt,
+                tasks.c.status == TaskStatus.RUNNING,
+            )
+            .values(
+                progress=max(0.0, min(1.0, float(fraction))),
+                progress_message=message,
+                lease_expires_at=utcnow() + dt.timedelta(seconds=lease_s),
+            )
+        ).rowcount
+        == 1
+    )
+
+
+@dataclass
+class Recovery:
+    resend: list[Dispatch] = field(default_factory=list)
+    lost: list[int] = field(default_factory=list)  # running tasks whose worker vanished
+    quarantined: list[int] = field(default_factory=list)
+
+
+def recover_txn(
+    conn: sa.Connection,
+    *,
+    lease_s: float,
+    dispatch_timeout_s: float,
+    retry_base_s: float,
+    retry_max_s: float,
+    limit: int = 500,
+) -> Recovery:
+    """Find work whose lease expired and put it back on track.
+
+    * running, lease expired (the worker died or hung): the attempt is recorded as ``lost``
+      and the task retries, or fails once ``max_attempts`` claims have been made;
+    * queued, lease expired (the message was lost): the same attempt is re-sent, unless it
+      has been sent ``MAX_DISPATCHES`` times already, then it is quarantined as failed.
+    """
+    now = utcnow()
+    out = Recovery()
+    expired = conn.execute(
+        sa.select(
+            tasks.c.id,
+            tasks.c.status,
+            tasks.c.attempts,
+            tasks.c.max_attempts,
+            tasks.c.workflow_id,
+            tasks.c.name,
+            tasks.c.dispatch_count,
+            tasks.c.lease_owner,
+        )
+        .where(
+            tasks.c.status.in_([TaskStatus.QUEUED, TaskStatus.RUNNING]),
+            tasks.c.lease_expires_at < now,
+        )
+        .order_by(tasks.c.lease_expires_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    touched: set[int] = set()
+    for row in expired:
+        if row.status == TaskStatus.RUNNING:
+            claimed = ClaimedTask(
+                id=row.id,
+                attempt=row.attempts,
+                workflow_id=row.workflow_id,
+                name=row.name,
+                handler=None,
+                model_type=None,
+                params=None,
+                timeout_s=None,
+                max_attempts=row.max_attempts,
+            )
+            error = (
+                f"worker {row.lease_owner} lost during attempt {row.attempts} of "
+                f"{row.max_attempts} (lease expired; the process died or hung)"
+            )
+            lost = Outcome(
+                claimed, ok=False, started_at=now, finished_at=now, error=error, kind="lost"
+            )
+            # Keep the claim's own start time on the task row.
+            lost.started_at = (
+                conn.execute(sa.select(tasks.c.started_at).where(tasks.c.id == row.id)).scalar()
+                or now
+            )
+            if _fail_attempt_txn(conn, lost, retry_base_s=retry_base_s, retry_max_s=retry_max_s):
+                out.lost.append(row.id)
+                touched.add(row.workflow_id)
+        elif row.dispatch_count >= MAX_DISPATCHES:
+            error = (
+                f"quarantined: sent {row.dispatch_count} times and never claimed by a worker "
+                "(undeliverable or undecodable message, or no worker consumes its queue)"
+            )
+            changed = conn.execute(
+                tasks.update()
+                .where(tasks.c.id == row.id, tasks.c.status == TaskStatus.QUEUED)
+                .values(
+                    status=TaskStatus.FAILED,
+                    error=error,
+                    finished_at=now,
+                    lease_expires_at=None,
+                )
+                .returning(tasks.c.id)
+            ).first()
+            if changed:
+                propagate_failure_txn(conn, row.id, row.workflow_id, error)
+                out.quarantined.append(row.id)
+                touched.add(row.workflow_id)
+        else:
+            conn.execute(
+                tasks.update()
+                .where(tasks.c.id == row.id, tasks.c.status == TaskStatus.QUEUED)
+                .values(
+                    lease_expires_at=now + dt.timedelta(seconds=dispatch_timeout_s),
+                    dispatch_count=tasks.c.dispatch_count + 1,
+                )
+            )
+            out.resend.append(Dispatch(row.id, row.attempts + 1, row.workflow_id))
+    settle_workflows_txn(conn, touched)
+    return out
+
+
+def result_json(value: Any) -> Any:
+    """Validate that a handler's return value is JSON; raise TypeError naming the problem."""
+    json.dumps(value)
+    return value

@@ -1,0 +1,259 @@
+"""Workflow runs: submission, reading, and the workflow-level transitions.
+
+Functions ending in ``_txn`` take a connection inside a transaction and never commit; their
+caller owns the transaction (see ``engine.runtime`` for the public, committing versions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from engine.db import notify_ready, utcnow
+from engine.definitions import WorkflowSpec
+from engine.errors import IllegalTransition, WorkflowNotFound
+from engine.registry import resolve_handler
+from engine.schema import task_attempts, task_dependencies, tasks, workflows
+from engine.states import (
+    TASK_ACTIVE,
+    TASK_NOT_STARTED,
+    WORKFLOW_TRANSITIONS,
+    TaskStatus,
+    WorkflowStatus,
+    sources_of,
+)
+
+
+def check_handlers(spec: WorkflowSpec) -> None:
+    """Raise :class:`UnknownHandler` if a task's handler cannot be found from this process."""
+    for t in spec.tasks:
+        if t.handler:
+            resolve_handler(t.handler)
+
+
+def _insert(conn: sa.Connection, table: sa.Table):
+    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)
+
+
+def submit_workflow_txn(
+    conn: sa.Connection, spec: WorkflowSpec, *, idempotency_key: str | None = None
+) -> tuple[int, bool]:
+    """Write the run, its tasks and edges; return ``(workflow_id, created)``.
+
+    With an idempotency key already used, nothing is written and the existing run's id is
+    returned with ``created=False``.
+    """
+    now = utcnow()
+    values = {
+        "name": spec.name,
+        "status": WorkflowStatus.PENDING,
+        "on_error": spec.on_error,
+        "priority": spec.priority,
+        "definition": spec.to_dict(),
+        "idempotency_key": idempotency_key,
+        "created_at": now,
+    }
+    if idempotency_key is not None:
+        stmt = (
+            _insert(conn, workflows)
+            .values(values)
+            .on_conflict_do_nothing(index_elements=["idempotency_key"])
+            .returning(workflows.c.id)
+        )
+        wf_id = conn.execute(stmt).scalar()
+        if wf_id is None:
+            existing = conn.execute(
+                sa.select(workflows.c.id).where(workflows.c.idempotency_key == idempotency_key)
+            ).scalar_one()
+            return existing, False
+    else:
+        wf_id = conn.execute(workflows.insert().values(values).returning(workflows.c.id)).scalar()
+
+    rows = [
+        {
+            "workflow_id": wf_id,
+            "name": t.name,
+            "handler": t.handler,
+            "model_type": t.model_type,
+            "params": t.params,
+            "status": TaskStatus.READY if not t.depends_on else TaskStatus.PENDING,
+            "priority": t.priority + spec.priority,
+            "max_attempts": t.max_attempts,
+            "timeout_s": t.timeout_s,
+            "deps_remaining": len(set(t.depends_on)),
+            "created_at": now,
+        }
+        for t in spec.tasks
+    ]
+    ids = conn.execute(
+        tasks.insert().returning(tasks.c.id, sort_by_parameter_order=True), rows
+    ).scalars()
+    by_name = dict(zip((t.name for t in spec.tasks), ids, strict=True))
+    edges = [
+        {"task_id": by_name[t.name], "depends_on_id": by_name[d]}
+        for t in spec.tasks
+        for d in sorted(set(t.depends_on))
+    ]
+    if edges:
+        conn.execute(task_dependencies.insert(), edges)
+    notify_ready(conn)
+    return wf_id, True
+
+
+def mark_running_txn(conn: sa.Connection, workflow_ids: Iterable[int]) -> None:
+    """pending -> running for the runs whose first task was just dispatched."""
+    ids = sorted(set(workflow_ids))
+    if ids:
+        conn.execute(
+            workflows.update()
+            .where(workflows.c.id.in_(ids), workflows.c.status == WorkflowStatus.PENDING)
+            .values(status=WorkflowStatus.RUNNING, started_at=utcnow())
+        )
+
+
+def settle_workflows_txn(conn: sa.Connection, workflow_ids: Iterable[int]) -> None:
+    """Finish the given runs that have no active task left: ``succeeded`` when every task
+    succeeded, ``failed`` otherwise. Runs with active tasks are left alone."""
+    ids = sorted(set(workflow_ids))
+    if not ids:
+        return
+    t = tasks.alias("t")
+    any_active = sa.exists().where(
+        t.c.workflow_id == workflows.c.id, t.c.status.in_([str(s) for s in TASK_ACTIVE])
+    )
+    any_unsuccessful = sa.exists().where(
+        t.c.workflow_id == workflows.c.id, t.c.status != TaskStatus.SUCCEEDED
+    )
+    conn.execute(
+        workflows.update()
+        .where(
+            workflows.c.id.in_(ids),
+            workflows.c.status.in_(sources_of(WORKFLOW_TRANSITIONS, WorkflowStatus.SUCCEEDED)),
+            ~any_active,
+        )
+        .values(
+            status=sa.case(
+                (any_unsuccessful, WorkflowStatus.FAILED.value),
+                else_=WorkflowStatus.SUCCEEDED.value,
+            ),
+            finished_at=utcnow(),
+        )
+    )
+
+
+def _transition(
+    conn: sa.Connection, workflow_id: int, target: WorkflowStatus, **values: Any
+) -> None:
+    allowed = sources_of(WORKFLOW_TRANSITIONS, target)
+    changed = conn.execute(
+        workflows.update()
+        .where(workflows.c.id == workflow_id, workflows.c.status.in_(allowed))
+        .values(status=target, **values)
+        .returning(workflows.c.id)
+    ).first()
+    if changed is None:
+        current = conn.execute(
+            sa.select(workflows.c.status).where(workflows.c.id == workflow_id)
+        ).scalar()
+        if current is None:
+            raise WorkflowNotFound(f"workflow {workflow_id} does not exist", id=workflow_id)
+        raise IllegalTransition(
+            f"workflow {workflow_id} is {current}; it can be {target.value} only from "
+            f"{' or '.join(allowed)}",
+            id=workflow_id,
+            status=current,
+        )
+
+
+def cancel_workflow_txn(conn: sa.Connection, workflow_id: int) -> None:
+    """Cancel the run and every task not finished. A handler still running is not killed;
+    its result will be refused as stale."""
+    now = utcnow()
+    _transition(conn, workflow_id, WorkflowStatus.CANCELLED, finished_at=now)
+    conn.execute(
+        tasks.update()
+        .where(tasks.c.workflow_id == workflow_id, tasks.c.status.in_(list(TASK_ACTIVE)))
+        .values(
+            status=TaskStatus.CANCELLED,
+            finished_at=now,
+            lease_owner=None,
+            lease_expires_at=None,
+            error="workflow cancelled",
+        )
+    )
+
+
+def pause_workflow_txn(conn: sa.Connection, workflow_id: int) -> int:
+    """Stop dispatching the run's tasks. Running tasks finish and count; tasks dispatched but
+    not yet claimed go back to ``ready``. Returns how many were taken back."""
+    _transition(conn, workflow_id, WorkflowStatus.PAUSED)
+    return conn.execute(
+        tasks.update()
+        .where(tasks.c.workflow_id == workflow_id, tasks.c.status == TaskStatus.QUEUED)
+        .values(status=TaskStatus.READY, lease_expires_at=None, queued_at=None)
+    ).rowcount
+
+
+def resume_workflow_txn(conn: sa.Connection, workflow_id: int) -> None:
+    _transition(conn, workflow_id, WorkflowStatus.RUNNING)
+    notify_ready(conn)
+    settle_workflows_txn(conn, [workflow_id])
+
+
+# --- reading ----------------------------------------------------------------------------
+
+
+def get_workflow(conn: sa.Connection, workflow_id: int) -> dict[str, Any]:
+    row = conn.execute(sa.select(workflows).where(workflows.c.id == workflow_id)).mappings().first()
+    if row is None:
+        raise WorkflowNotFound(f"workflow {workflow_id} does not exist", id=workflow_id)
+    run = dict(row)
+    task_rows = conn.execute(
+        sa.select(tasks).where(tasks.c.workflow_id == workflow_id).order_by(tasks.c.id)
+    ).mappings()
+    run["tasks"] = [dict(r) for r in task_rows]
+    ids = [t["id"] for t in run["tasks"]]
+    deps: dict[int, list[str]] = {i: [] for i in ids}
+    names = {t["id"]: t["name"] for t in run["tasks"]}
+    attempts: dict[int, list[dict[str, Any]]] = {i: [] for i in ids}
+    if ids:
+        for edge in conn.execute(
+            sa.select(task_dependencies).where(task_dependencies.c.task_id.in_(ids))
+        ):
+            deps[edge.task_id].append(names[edge.depends_on_id])
+        for a in conn.execute(
+            sa.select(task_attempts)
+            .where(task_attempts.c.task_id.in_(ids))
+            .order_by(task_attempts.c.task_id, task_attempts.c.attempt)
+        ).mappings():
+            attempts[a["task_id"]].append(dict(a))
+    for t in run["tasks"]:
+        t["depends_on"] = sorted(deps[t["id"]])
+        t["attempt_history"] = attempts[t["id"]]
+    return run
+
+
+def list_workflows(
+    conn: sa.Connection, *, status: str | None = None, limit: int = 50, before_id: int | None = None
+) -> list[dict[str, Any]]:
+    q = sa.select(
+        workflows.c.id,
+        workflows.c.name,
+        workflows.c.status,
+        workflows.c.created_at,
+        workflows.c.started_at,
+        workflows.c.finished_at,
+        workflows.c.error,
+    ).order_by(workflows.c.id.desc())
+    if status:
+        q = q.where(workflows.c.status == status)
+    if before_id:
+        q = q.where(workflows.c.id < before_id)
+    return [dict(r) for r in conn.execute(q.limit(limit)).mappings()]
+
+
+def not_started_states() -> list[str]:
+    return [str(s) for s in TASK_NOT_STARTED]
