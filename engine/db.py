@@ -84,3 +84,10 @@ def translate_errors() -> Iterator[None]:
         if "locked" in str(exc).lower():
             raise
         raise DatabaseUnavailable(f"database unavailable: {exc.orig}") from exc
+
+
+def aware(value: dt.datetime | None) -> dt.datetime | None:
+    """SQLite hands back naive datetimes; Kiln stores UTC everywhere, so say so."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    return value

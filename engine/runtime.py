@@ -1,0 +1,175 @@
+"""``Kiln``: the committing, public face of the engine. Each method is one transaction built
+from the ``*_txn`` functions, retried when PostgreSQL reports a deadlock or serialization
+failure between concurrent workers and controllers."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+
+from engine import tasks as task_ops
+from engine import workflows as wf_ops
+from engine.config import Settings
+from engine.db import make_engine, translate_errors
+from engine.definitions import Workflow, WorkflowSpec, parse_definition
+
+log = logging.getLogger("kiln.runtime")
+T = TypeVar("T")
+RETRYABLE_SQLSTATES = {"40P01", "40001"}  # deadlock_detected, serialization_failure
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+
+class Kiln:
+    """A handle on one Kiln database. Thread-safe; create one per process."""
+
+    def __init__(self, settings: Settings | None = None, *, pool_size: int = 5) -> None:
+        self.settings = settings or Settings.from_env()
+        self.engine = make_engine(self.settings.database_url, pool_size=pool_size)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- transactions -----------------------------------------------------------------
+
+    def txn(self, fn: Callable[[sa.Connection], T], *, attempts: int = 8) -> T:
+        """Run ``fn`` in a transaction and commit; retry it on deadlock/serialization errors."""
+        for attempt in range(1, attempts + 1):
+            try:
+                with translate_errors(), self.engine.begin() as conn:
+                    return fn(conn)
+            except sa.exc.DBAPIError as exc:
+                code = getattr(exc.orig, "sqlstate", None)
+                if code not in RETRYABLE_SQLSTATES or attempt == attempts:
+                    raise
+                time.sleep(0.005 * attempt)
+        raise AssertionError("unreachable")
+
+    def read(self, fn: Callable[[sa.Connection], T]) -> T:
+        with translate_errors(), self.engine.connect() as conn:
+            return fn(conn)
+
+    # --- schema -----------------------------------------------------------------------
+
+    def upgrade(self) -> None:
+        """Migrate the database to the newest schema (what ``kiln db upgrade`` does)."""
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        cfg.attributes["configure_logging"] = False
+        with translate_errors(), self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    # --- workflows --------------------------------------------------------------------
+
+    def submit(
+        self,
+        definition: dict[str, Any] | WorkflowSpec | Workflow,
+        *,
+        idempotency_key: str | None = None,
+        check_handlers: bool = True,
+    ) -> int:
+        """Validate and store a workflow run; return its id. Nothing is written when the
+        definition is invalid (:class:`~engine.errors.InvalidDefinition`)."""
+        return self.submit_with_status(
+            definition, idempotency_key=idempotency_key, check_handlers=check_handlers
+        )[0]
+
+    def submit_with_status(
+        self,
+        definition: dict[str, Any] | WorkflowSpec | Workflow,
+        *,
+        idempotency_key: str | None = None,
+        check_handlers: bool = True,
+    ) -> tuple[int, bool]:
+        if isinstance(definition, Workflow):
+            spec = definition.spec()
+        elif isinstance(definition, WorkflowSpec):
+            spec = definition
+        else:
+            spec = parse_definition(definition)
+        if check_handlers:
+            wf_ops.check_handlers(spec)
+        return self.txn(
+            lambda c: wf_ops.submit_workflow_txn(c, spec, idempotency_key=idempotency_key)
+        )
+
+    def workflow(self, workflow_id: int) -> dict[str, Any]:
+        return self.read(lambda c: wf_ops.get_workflow(c, workflow_id))
+
+    def workflows(self, **filters: Any) -> list[dict[str, Any]]:
+        return self.read(lambda c: wf_ops.list_workflows(c, **filters))
+
+    def cancel(self, workflow_id: int) -> None:
+        self.txn(lambda c: wf_ops.cancel_workflow_txn(c, workflow_id))
+
+    def pause(self, workflow_id: int) -> int:
+        return self.txn(lambda c: wf_ops.pause_workflow_txn(c, workflow_id))
+
+    def resume(self, workflow_id: int) -> None:
+        self.txn(lambda c: wf_ops.resume_workflow_txn(c, workflow_id))
+
+    # --- execution (used by controllers and workers) ------------------------------------
+
+    def dispatch(
+        self, limit: int, order: Callable[[list[Any]], list[Any]] | None = None
+    ) -> list[task_ops.Dispatch]:
+        return self.txn(
+            lambda c: task_ops.dispatch_ready_txn(
+                c, limit=limit, lease_s=self.settings.dispatch_timeout_s, order=order
+            )
+        )
+
+    def queued_count(self) -> int:
+        return self.read(task_ops.queued_count)
+
+    def claim(self, items: Iterable[tuple[int, int]], worker_id: str) -> list[task_ops.ClaimedTask]:
+        items = list(items)
+        return self.txn(
+            lambda c: task_ops.claim_txn(
+                c, items, worker_id=worker_id, lease_s=self.settings.lease_s
+            )
+        )
+
+    def record(self, outcomes: list[task_ops.Outcome]) -> task_ops.RecordReport:
+        return self.txn(
+            lambda c: task_ops.record_outcomes_txn(
+                c,
+                outcomes,
+                retry_base_s=self.settings.retry_base_s,
+                retry_max_s=self.settings.retry_max_s,
+            )
+        )
+
+    def recover(self) -> task_ops.Recovery:
+        s = self.settings
+        return self.txn(
+            lambda c: task_ops.recover_txn(
+                c,
+                lease_s=s.lease_s,
+                dispatch_timeout_s=s.dispatch_timeout_s,
+                retry_base_s=s.retry_base_s,
+                retry_max_s=s.retry_max_s,
+            )
+        )
+
+    def heartbeat_leases(self, worker_id: str) -> int:
+        return self.txn(
+            lambda c: task_ops.heartbeat_leases_txn(c, worker_id, lease_s=self.settings.lease_s)
+        )
+
+    def report_progress(
+        self, task_id: int, attempt: int, fraction: float, message: str | None
+    ) -> bool:
+        return self.txn(
+            lambda c: task_ops.report_progress_txn(
+                c, task_id, attempt, fraction, message, lease_s=self.settings.lease_s
+            )
+        )

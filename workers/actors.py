@@ -1,0 +1,64 @@
+"""The one Dramatiq actor: run a batch of leased tasks. ``dramatiq workers.actors`` or
+``kiln worker`` consume it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import dramatiq
+
+from engine.config import Settings
+from engine.registry import load_imports
+from engine.runtime import Kiln
+from workers.broker import get_broker
+from workers.executor import execute_batch
+from workers.lifecycle import WorkerLifecycle
+
+log = logging.getLogger("kiln.worker")
+_settings = Settings.from_env()
+broker = get_broker()
+_kiln_lock = threading.Lock()
+_kiln: Kiln | None = None
+
+
+def kiln() -> Kiln:
+    global _kiln
+    with _kiln_lock:
+        if _kiln is None:
+            load_imports()
+            _kiln = Kiln(_settings, pool_size=16)
+        return _kiln
+
+
+lifecycle = WorkerLifecycle(kiln)
+broker.add_middleware(lifecycle)
+
+
+def _decode(items: object) -> list[tuple[int, int]] | None:
+    if not isinstance(items, list):
+        return None
+    out = []
+    for item in items:
+        if (
+            not isinstance(item, list | tuple)
+            or len(item) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in item)
+        ):
+            return None
+        out.append((item[0], item[1]))
+    return out
+
+
+@dramatiq.actor(
+    actor_name="kiln_run_tasks", queue_name=_settings.queue_name, broker=broker
+)
+def run_tasks(items: object) -> None:
+    """Claim and run ``[[task_id, attempt], ...]``. A payload that cannot be decoded is
+    dropped with an error in the log: its tasks stay leased in the database, are re-sent by
+    the controller, and are quarantined if they keep failing to arrive."""
+    decoded = _decode(items)
+    if decoded is None:
+        log.error("dropping undecodable kiln_run_tasks payload: %.200r", items)
+        return
+    execute_batch(kiln(), decoded, lifecycle.process_id(kiln()))

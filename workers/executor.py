@@ -1,0 +1,120 @@
+"""Running a batch of claimed tasks in a worker thread: claim, call handlers (with time
+limits and progress), and record outcomes in as few transactions as the batch allows."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+from typing import Any
+
+from engine.context import TaskContext, reset_current, set_current
+from engine.db import utcnow
+from engine.errors import KilnError, UnknownHandler
+from engine.registry import resolve_handler
+from engine.runtime import Kiln
+from engine.tasks import ClaimedTask, Outcome
+from workers.timeouts import TaskInterrupted, deadlines
+
+log = logging.getLogger("kiln.worker")
+FLUSH_AFTER_S = 0.05  # record finished tasks at least this often within a long batch
+PROGRESS_EVERY_S = 0.5
+
+
+class PermanentFailure(KilnError):
+    """The task failed in a way retrying cannot fix."""
+
+
+def execute_batch(kiln: Kiln, items: list[tuple[int, int]], worker_id: str) -> int:
+    """Claim and run the given ``(task_id, attempt)`` items; return how many ran."""
+    claimed = kiln.claim(items, worker_id)
+    pending: list[Outcome] = []
+    last_flush = time.monotonic()
+    for task in claimed:
+        try:
+            pending.append(run_one(kiln, task))
+        except TaskInterrupted:  # a deadline that fired just as the handler returned
+            now = utcnow()
+            pending.append(
+                Outcome(
+                    task,
+                    ok=False,
+                    started_at=now,
+                    finished_at=now,
+                    error=_timeout(task),
+                    kind="timed_out",
+                )
+            )
+        if time.monotonic() - last_flush >= FLUSH_AFTER_S:
+            kiln.record(pending)
+            pending, last_flush = [], time.monotonic()
+    if pending:
+        kiln.record(pending)
+    return len(claimed)
+
+
+def _timeout(task: ClaimedTask) -> str:
+    return f"timed out after {task.timeout_s:g}s (timeout_s) on attempt {task.attempt}"
+
+
+def _progress_writer(kiln: Kiln, task: ClaimedTask):  # type: ignore[no-untyped-def]
+    last = [0.0]
+
+    def report(fraction: float, message: str | None) -> None:
+        now = time.monotonic()
+        if now - last[0] >= PROGRESS_EVERY_S or fraction >= 1.0:
+            last[0] = now
+            kiln.report_progress(task.id, task.attempt, fraction, message)
+
+    return report
+
+
+def run_one(kiln: Kiln, task: ClaimedTask) -> Outcome:
+    started = utcnow()
+
+    def failed(error: str, *, retryable: bool = True, kind: str = "failed") -> Outcome:
+        return Outcome(
+            task, ok=False, started_at=started, finished_at=utcnow(), error=error,
+            retryable=retryable, kind=kind,
+        )  # fmt: skip
+
+    if task.param_error:
+        return failed(task.param_error, retryable=False)
+    if task.handler is None:
+        return failed(f"task {task.name!r} has no handler", retryable=False)
+    try:
+        fn = resolve_handler(task.handler)
+    except UnknownHandler as exc:
+        return failed(exc.message, retryable=False)
+    ctx = TaskContext(
+        task_id=task.id,
+        workflow_id=task.workflow_id,
+        name=task.name,
+        attempt=task.attempt,
+        max_attempts=task.max_attempts,
+        _report=_progress_writer(kiln, task),
+    )
+    token = set_current(ctx)
+    try:
+        with deadlines.limit(task.timeout_s):
+            result = fn(**task.params) if isinstance(task.params, dict) else fn(task.params)
+    except TaskInterrupted:
+        return failed(_timeout(task), kind="timed_out")
+    except PermanentFailure as exc:
+        return failed(f"{exc.message}", retryable=False)
+    except Exception as exc:  # noqa: BLE001 - a handler's failure is data, recorded on the task
+        tb = traceback.extract_tb(exc.__traceback__)
+        where = f" (at {tb[-1].filename}:{tb[-1].lineno})" if tb else ""
+        return failed(f"{type(exc).__name__}: {exc}{where}")
+    finally:
+        reset_current(token)
+    try:
+        json.dumps(result)
+    except (TypeError, ValueError) as exc:
+        return failed(f"result is not JSON-serialisable: {exc}", retryable=False)
+    return Outcome(task, ok=True, started_at=started, finished_at=utcnow(), result=result)
+
+
+def describe(items: Any) -> str:
+    return ", ".join(f"{t}@{a}" for t, a in items)

@@ -1,0 +1,72 @@
+"""Dramatiq middleware that makes a worker process visible and keeps its leases alive:
+registration in ``processes``, a heartbeat thread extending the leases of every task this
+process is running, and a clean deregistration on shutdown."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import dramatiq
+
+from engine.processes import (
+    heartbeat_process_txn,
+    new_process_id,
+    register_process_txn,
+    stop_process_txn,
+)
+
+log = logging.getLogger("kiln.worker")
+
+
+class WorkerLifecycle(dramatiq.Middleware):
+    def __init__(self, kiln_factory) -> None:  # type: ignore[no-untyped-def]
+        self._kiln_factory = kiln_factory
+        self._id: str | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._kiln = None
+        self.concurrency = 1
+
+    def after_worker_boot(self, broker, worker):  # type: ignore[no-untyped-def]
+        self.concurrency = getattr(worker, "worker_threads", 1)
+        self._stop.clear()
+        try:
+            self.process_id(self._kiln_factory())
+        except Exception:  # noqa: BLE001 - registration is retried on the first message
+            log.warning("could not register worker at boot; will retry", exc_info=True)
+
+    def process_id(self, kiln) -> str:  # type: ignore[no-untyped-def]
+        """This process's id, registering it (and starting the heartbeat) on first use."""
+        with self._lock:
+            if self._id is None:
+                self._kiln = kiln
+                pid = new_process_id("worker")
+                kiln.txn(
+                    lambda c: register_process_txn(c, pid, "worker", concurrency=self.concurrency)
+                )
+                self._id = pid
+                self._thread = threading.Thread(
+                    target=self._beat, name="kiln-lease-heartbeat", daemon=True
+                )
+                self._thread.start()
+            return self._id
+
+    def _beat(self) -> None:
+        kiln = self._kiln
+        interval = kiln.settings.lease_s / 3
+        while not self._stop.wait(interval):
+            try:
+                kiln.heartbeat_leases(self._id)
+                kiln.txn(lambda c: heartbeat_process_txn(c, self._id))
+            except Exception:  # noqa: BLE001 - keep beating; the database may be back soon
+                log.warning("lease heartbeat failed; retrying in %.1fs", interval, exc_info=True)
+
+    def before_worker_shutdown(self, broker, worker):  # type: ignore[no-untyped-def]
+        self._stop.set()
+        if self._id is not None and self._kiln is not None:
+            try:
+                self._kiln.txn(lambda c: stop_process_txn(c, self._id))
+            except Exception:  # noqa: BLE001
+                log.warning("could not mark worker %s stopped", self._id, exc_info=True)
