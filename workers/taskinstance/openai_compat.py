@@ -154,7 +154,8 @@ def create_openai_blueprint(
             "total_tokens": prompt_tokens + result["output_tokens"],
         }
         finish = "length" if output_tokens >= cap else "stop"
-        return (task_id, result["text"], usage, finish), None, limiter.headers()
+        # Headers describe the limits as this request was admitted, as OpenAI's do.
+        return (task_id, result["text"], usage, finish), None, decision.headers
 
     def _model(body: dict[str, Any]) -> str:
         model = body.get("model")
