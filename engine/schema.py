@@ -125,6 +125,11 @@ tasks = sa.Table(
     sa.Column("progress_message", sa.Text),
     sa.Column("waiting_reason", sa.Text, comment="why a ready task is not being dispatched"),
     sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column(
+        "ready_at",
+        Timestamp,
+        comment="when the task last became dispatchable; FIFO order within a priority",
+    ),
     sa.Column("queued_at", Timestamp),
     sa.Column("started_at", Timestamp),
     sa.Column("finished_at", Timestamp),
@@ -134,6 +139,7 @@ tasks = sa.Table(
     sa.Index(
         "tasks_dispatch_idx",
         sa.desc("priority"),
+        "ready_at",
         "id",
         postgresql_where=sa.text("status IN ('ready', 'retrying')"),
         sqlite_where=sa.text("status IN ('ready', 'retrying')"),

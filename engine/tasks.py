@@ -91,6 +91,7 @@ def dispatch_candidates_txn(conn: sa.Connection, *, limit: int, now: dt.datetime
             tasks.c.workflow_id,
             tasks.c.priority,
             tasks.c.created_at,
+            tasks.c.ready_at,
             tasks.c.handler,
             tasks.c.model_type,
         )
@@ -103,7 +104,7 @@ def dispatch_candidates_txn(conn: sa.Connection, *, limit: int, now: dt.datetime
                 workflows.c.status.in_([WorkflowStatus.PENDING, WorkflowStatus.RUNNING]),
             ),
         )
-        .order_by(tasks.c.priority.desc(), tasks.c.id)
+        .order_by(tasks.c.priority.desc(), tasks.c.ready_at, tasks.c.id)
         .limit(limit)
         .with_for_update(skip_locked=True, of=tasks)
     )
@@ -378,7 +379,7 @@ def _ready_dependents_txn(conn: sa.Connection, succeeded: list[int]) -> int:
         conn.execute(
             tasks.update()
             .where(tasks.c.id.in_(to_ready), tasks.c.status == TaskStatus.PENDING)
-            .values(status=TaskStatus.READY)
+            .values(status=TaskStatus.READY, ready_at=utcnow())
         )
         notify_ready(conn)
     return len(to_ready)
@@ -401,6 +402,7 @@ def _fail_attempt_txn(
         values |= {
             "status": TaskStatus.RETRYING,
             "not_before": o.finished_at + dt.timedelta(seconds=wait),
+            "ready_at": o.finished_at + dt.timedelta(seconds=wait),
         }
     else:
         values |= {"status": TaskStatus.FAILED, "finished_at": o.finished_at}

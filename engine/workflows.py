@@ -85,6 +85,7 @@ def submit_workflow_txn(
             "timeout_s": t.timeout_s,
             "deps_remaining": len(set(t.depends_on)),
             "created_at": now,
+            "ready_at": None if t.depends_on else now,
         }
         for t in spec.tasks
     ]
@@ -193,7 +194,7 @@ def pause_workflow_txn(conn: sa.Connection, workflow_id: int) -> int:
     return conn.execute(
         tasks.update()
         .where(tasks.c.workflow_id == workflow_id, tasks.c.status == TaskStatus.QUEUED)
-        .values(status=TaskStatus.READY, lease_expires_at=None, queued_at=None)
+        .values(status=TaskStatus.READY, lease_expires_at=None, queued_at=None, ready_at=utcnow())
     ).rowcount
 
 

@@ -246,6 +246,12 @@ def upgrade() -> None:
             comment="why a ready task is not being dispatched",
         ),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column(
+            "ready_at",
+            sa.DateTime(timezone=True),
+            nullable=True,
+            comment="when the task last became dispatchable; FIFO order within a priority",
+        ),
         sa.Column("queued_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
@@ -267,7 +273,7 @@ def upgrade() -> None:
     op.create_index(
         "tasks_dispatch_idx",
         "tasks",
-        [sa.literal_column("priority DESC"), "id"],
+        [sa.literal_column("priority DESC"), "ready_at", "id"],
         unique=False,
         postgresql_where=sa.text("status IN ('ready', 'retrying')"),
         sqlite_where=sa.text("status IN ('ready', 'retrying')"),

@@ -1,0 +1,76 @@
+"""Task handlers the tests submit. Workers import them via KILN_IMPORTS=tests.handlers or by
+their import path, exactly as a user's own handlers would be."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from engine.context import current_task
+from engine.registry import task
+
+
+@task(name="noop")
+def noop(**_: object) -> None:
+    return None
+
+
+@task(name="echo")
+def echo(**params: object) -> dict:
+    return dict(params)
+
+
+@task(name="add")
+def add(a: float, b: float) -> float:
+    return a + b
+
+
+@task(name="sleep")
+def sleep(seconds: float, value: object = None) -> object:
+    time.sleep(seconds)
+    return value
+
+
+@task(name="fail_always")
+def fail_always(message: str = "boom") -> None:
+    raise RuntimeError(message)
+
+
+@task(name="fail_until")
+def fail_until(succeed_on: int) -> dict:
+    """Fails on every attempt before ``succeed_on``."""
+    attempt = current_task().attempt
+    if attempt < succeed_on:
+        raise RuntimeError(f"failing attempt {attempt}")
+    return {"attempt": attempt}
+
+
+@task(name="kill_worker_once")
+def kill_worker_once(marker: str, seconds: float = 0.5) -> dict:
+    """SIGKILLs its own worker process on the first attempt (after ``marker`` is created so
+    the test can see the task running), succeeds on the next."""
+    if current_task().attempt == 1:
+        with open(marker, "w") as f:
+            f.write(str(os.getpid()))
+        time.sleep(seconds)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return {"attempt": current_task().attempt, "pid": os.getpid()}
+
+
+@task(name="kill_worker_always")
+def kill_worker_always() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@task(name="progress")
+def progress(steps: int = 4, delay: float = 0.2) -> str:
+    for i in range(steps):
+        current_task().report_progress((i + 1) / steps, f"step {i + 1}")
+        time.sleep(delay)
+    return "done"
+
+
+def not_registered(x: int) -> int:
+    """Called by import path ``tests.handlers:not_registered``."""
+    return x * 2
