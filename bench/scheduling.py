@@ -39,7 +39,13 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from engine.prediction import GroupHistory, OnlineQuantileModel, Prediction  # noqa: E402
+from engine.prediction import (  # noqa: E402
+    Estimate,
+    GroupHistory,
+    OnlineQuantileModel,
+    Prediction,
+    estimate,
+)
 from engine.scheduling import (  # noqa: E402
     InstanceLoad,
     QueuedItem,
@@ -335,9 +341,7 @@ def simulate(
     return completion
 
 
-def _task_estimate(item: QueuedItem):
-    from engine.prediction import Estimate, estimate
-
+def _task_estimate(item: QueuedItem) -> Estimate:
     return estimate(item.predicted) if item.predicted else Estimate(0.0, 0.0)
 
 
