@@ -45,6 +45,8 @@ def test_chat_completions_answer_in_openai_shape_with_exact_usage(instance):
     # The request ran as a task in the instance's own queue.
     entry = requests.get(f"{instance.url}/results/{body['id']}", timeout=5).json()
     assert entry["status"] == "completed" and entry["result"]["text"] == text
+    models = requests.get(f"{instance.url}/v1/models", timeout=5).json()
+    assert models["data"][0]["id"] == "sim-llm"
 
 
 def test_completions_answer_with_text_and_usage_and_stop_at_max_tokens(instance):

@@ -150,7 +150,7 @@ def test_a_task_whose_metadata_asks_to_fail_reports_failed_with_an_error(client)
 
 
 def test_progress_of_a_running_task_is_visible_in_results_and_queue_status(client):
-    receipt = client.enqueue({"prompt": "long"}, {"output_tokens": 300})  # ≈ 90 ms per 1 %
+    receipt = client.enqueue({"prompt": "long"}, {"output_tokens": 3000})  # ≈ 0.9 s
     midway = wait_until(
         lambda: (
             (p := client.progress(receipt.task_id)).status == "running"
@@ -159,7 +159,7 @@ def test_progress_of_a_running_task_is_visible_in_results_and_queue_status(clien
         ),
         what="progress between 5 % and 90 %",
     )
-    assert midway.message.startswith("generated ") and midway.message.endswith("/300 tokens")
+    assert midway.message.startswith("generated ") and midway.message.endswith("/3000 tokens")
     running = {p.task_id: p for p in client.queue_status().running}
     assert 0 < running[receipt.task_id].fraction < 1
 
@@ -322,7 +322,7 @@ def test_heartbeats_carry_status_counters_and_task_progress():
     with KilnDouble() as kiln:
         args = [*FAST, "--kiln-url", kiln.url, "--heartbeat-interval", "0.05"]
         with InstanceProcess(args) as proc, TaskInstanceClient(proc.url) as c:
-            task_id = c.enqueue({"prompt": "hb"}, {"output_tokens": 200}).task_id
+            task_id = c.enqueue({"prompt": "hb"}, {"output_tokens": 2000}).task_id  # ≈ 0.6 s
 
             def running_report():
                 for body in kiln.heartbeats_for("inst-1"):

@@ -234,7 +234,8 @@ class TaskInstanceClient:
 
         Enqueueing an id the instance already has returns the existing entry
         (``created=False``) instead of running the task twice; raises
-        :class:`TaskIdConflict` if that id holds a task with different input.
+        :class:`TaskIdConflict` if that id holds a task with different input. After a
+        retried timeout ``created`` may be false although the first attempt created it.
         """
         body = {
             "input_data": input_data,

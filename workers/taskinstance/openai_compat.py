@@ -1,4 +1,4 @@
-"""OpenAI-compatible ``/v1/chat/completions`` and ``/v1/completions`` on the instance.
+"""OpenAI-compatible ``/v1/chat/completions``, ``/v1/completions`` and ``/v1/models``.
 
 Each request becomes a task in the instance's own queue (task id = the response ``id``),
 so it shares the ``max_concurrency`` slots with protocol tasks, shows up in
@@ -32,8 +32,9 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
+from .problems import RuntimeProblem
 from .ratelimit import RateLimiter
-from .runtime import InstanceRuntime, RuntimeProblem
+from .runtime import InstanceRuntime
 from .simulation import count_chat_tokens, count_tokens, natural_length
 
 __all__ = ["DEFAULT_CHAT_MAX_TOKENS", "DEFAULT_COMPLETION_MAX_TOKENS", "create_openai_blueprint"]
@@ -115,6 +116,8 @@ def create_openai_blueprint(
         return body
 
     def _run(prefix: str, body: dict[str, Any], seed: str, prompt_tokens: int, cap: int):
+        if runtime.replicas == 0:
+            raise _OpenAIError(503, "no replica of the model is running", "server_error", None)
         decision = limiter.admit(prompt_tokens + cap)
         if not decision.allowed:
             wait = decision.retry_after
@@ -162,6 +165,15 @@ def create_openai_blueprint(
         if not isinstance(model, str) or not model:
             raise _invalid("you must provide a model parameter", "model")
         return model
+
+    @bp.get("/models")
+    def models() -> Response:
+        return jsonify(
+            {
+                "object": "list",
+                "data": [{"id": runtime.model_type, "object": "model", "owned_by": "kiln"}],
+            }
+        )
 
     @bp.post("/chat/completions")
     def chat_completions() -> Response:

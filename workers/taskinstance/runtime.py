@@ -34,6 +34,15 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from .problems import (
+    Draining,
+    InstanceStopped,
+    ModelMismatch,
+    QueueFull,
+    RuntimeProblem,
+    TaskIdConflict,
+    UnknownTask,
+)
 from .simulation import DurationModel, SimulationPlan, simulate_text
 
 __all__ = [
@@ -45,60 +54,12 @@ __all__ = [
     "RuntimeProblem",
     "TaskIdConflict",
     "UnknownTask",
-]
+]  # the problem classes are re-exported for callers of the runtime
 
-TERMINAL = ("completed", "failed")
 #: Queued tasks listed in a heartbeat, oldest first; running ones are always all listed.
 HEARTBEAT_QUEUED_LIMIT = 200
 #: Finished tasks remembered for the next heartbeat while Kiln is unreachable.
 UNREPORTED_LIMIT = 1000
-
-
-class RuntimeProblem(Exception):
-    """The instance cannot do that."""
-
-    code = "instance_error"
-    http_status = 400
-
-    def __init__(self, message: str | None = None, **details: Any) -> None:
-        super().__init__(message or self.__doc__)
-        self.details = details
-
-
-class UnknownTask(RuntimeProblem):
-    """No task with this id is known to the instance."""
-
-    code, http_status = "task_not_found", 404
-
-
-class TaskIdConflict(RuntimeProblem):
-    """A task with this id exists with different input_data or metadata."""
-
-    code, http_status = "task_id_conflict", 409
-
-
-class ModelMismatch(RuntimeProblem):
-    """Replicas of another model type are running; stop them before switching models."""
-
-    code, http_status = "model_mismatch", 409
-
-
-class InstanceStopped(RuntimeProblem):
-    """No replica is running, so the instance cannot serve or predict."""
-
-    code, http_status = "instance_stopped", 409
-
-
-class QueueFull(RuntimeProblem):
-    """The instance's queue is full."""
-
-    code, http_status = "queue_full", 429
-
-
-class Draining(RuntimeProblem):
-    """The instance is shutting down and accepts no new tasks."""
-
-    code, http_status = "draining", 503
 
 
 @dataclass

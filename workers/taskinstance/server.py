@@ -89,9 +89,10 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.serving import make_server
 
 from .openai_compat import create_openai_blueprint
+from .problems import RuntimeProblem
 from .ratelimit import RateLimiter
 from .registration import Registrar, RegistrationState
-from .runtime import InstanceRuntime, RuntimeProblem
+from .runtime import InstanceRuntime
 from .simulation import DurationModel, InvalidMetadata
 
 __all__ = ["InstanceConfig", "InstanceServer", "create_instance_app", "instance_command"]
