@@ -15,7 +15,7 @@ from engine.errors import KilnError, UnknownHandler
 from engine.registry import resolve_handler
 from engine.runtime import Kiln
 from engine.tasks import ClaimedTask, Outcome
-from workers.timeouts import TaskInterrupted, deadlines
+from workers.timeouts import TimedOut, call_with_timeout
 
 log = logging.getLogger("kiln.worker")
 FLUSH_AFTER_S = 0.05  # record finished tasks at least this often within a long batch
@@ -32,20 +32,7 @@ def execute_batch(kiln: Kiln, items: list[tuple[int, int]], worker_id: str) -> i
     pending: list[Outcome] = []
     last_flush = time.monotonic()
     for task in claimed:
-        try:
-            pending.append(run_one(kiln, task))
-        except TaskInterrupted:  # a deadline that fired just as the handler returned
-            now = utcnow()
-            pending.append(
-                Outcome(
-                    task,
-                    ok=False,
-                    started_at=now,
-                    finished_at=now,
-                    error=_timeout(task),
-                    kind="timed_out",
-                )
-            )
+        pending.append(run_one(kiln, task))
         if time.monotonic() - last_flush >= FLUSH_AFTER_S:
             kiln.record(pending)
             pending, last_flush = [], time.monotonic()
@@ -97,9 +84,10 @@ def run_one(kiln: Kiln, task: ClaimedTask) -> Outcome:
     )
     token = set_current(ctx)
     try:
-        with deadlines.limit(task.timeout_s):
-            result = fn(**task.params) if isinstance(task.params, dict) else fn(task.params)
-    except TaskInterrupted:
+        params = task.params
+        call = (lambda: fn(**params)) if isinstance(params, dict) else (lambda: fn(params))
+        result = call_with_timeout(call, task.timeout_s)
+    except TimedOut:
         return failed(_timeout(task), kind="timed_out")
     except PermanentFailure as exc:
         return failed(f"{exc.message}", retryable=False)

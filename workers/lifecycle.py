@@ -31,7 +31,10 @@ class WorkerLifecycle(dramatiq.Middleware):
 
     def after_worker_boot(self, broker, worker):  # type: ignore[no-untyped-def]
         self.concurrency = getattr(worker, "worker_threads", 1)
-        self._stop.clear()
+        # A fresh identity per worker boot (the embedded runtime may boot several in turn).
+        self._stop.set()
+        self._stop = threading.Event()
+        self._id = None
         try:
             self.process_id(self._kiln_factory())
         except Exception:  # noqa: BLE001 - registration is retried on the first message

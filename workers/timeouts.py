@@ -1,63 +1,52 @@
-"""Per-task time limits inside a worker thread.
+"""Per-task time limits.
 
-Python cannot kill a thread; like Dramatiq's ``TimeLimit`` middleware, one monitor thread per
-process raises an asynchronous exception in the thread whose deadline passed. A handler stuck
-in C code that never returns to the interpreter is not interrupted this way; its lease stops
-being useful to nobody — the controller notices the expired lease once the process dies or the
-lease is not renewed.
+A handler with ``timeout_s`` runs in its own thread while the worker thread waits at most
+that long. Past the deadline the worker records the attempt as timed out and moves on; the
+abandoned handler thread gets an asynchronous :class:`TaskInterrupted` (delivered as soon as
+it executes Python code again — a blocking C call such as ``time.sleep`` finishes first) and
+anything it returns afterwards is discarded.
 """
 
 from __future__ import annotations
 
-import contextlib
+import contextvars
 import ctypes
 import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable
+from typing import Any
 
 
-class TaskInterrupted(BaseException):  # noqa: N818 - BaseException so `except Exception` in handlers cannot swallow it
-    """Raised inside a handler's thread when its task ran past ``timeout_s``."""
+class TaskInterrupted(BaseException):  # noqa: N818 - BaseException: `except Exception` in a handler must not swallow it
+    """Raised inside an abandoned handler thread whose task ran past ``timeout_s``."""
 
 
-class Deadlines:
-    def __init__(self, tick_s: float = 0.02) -> None:
-        self._lock = threading.Lock()
-        self._deadlines: dict[int, float] = {}
-        self._tick_s = tick_s
-        self._thread: threading.Thread | None = None
+class TimedOut(Exception):  # noqa: N818
+    """The handler did not finish within its time limit."""
 
-    def _ensure_monitor(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._monitor, name="kiln-timeouts", daemon=True)
-            self._thread.start()
 
-    def _monitor(self) -> None:
-        while True:
-            time.sleep(self._tick_s)
-            now = time.monotonic()
-            with self._lock:
-                for tid, deadline in list(self._deadlines.items()):
-                    if deadline <= now:
-                        del self._deadlines[tid]
-                        ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                            ctypes.c_ulong(tid), ctypes.py_object(TaskInterrupted)
-                        )
+def call_with_timeout(fn: Callable[[], Any], seconds: float | None) -> Any:
+    """Return ``fn()``, re-raising its exception; raise :class:`TimedOut` after ``seconds``."""
+    if not seconds:
+        return fn()
+    box: dict[str, Any] = {}
+    ctx = contextvars.copy_context()
 
-    @contextlib.contextmanager
-    def limit(self, seconds: float | None) -> Iterator[None]:
-        if not seconds:
-            yield
-            return
-        tid = threading.get_ident()
-        with self._lock:
-            self._deadlines[tid] = time.monotonic() + seconds
-            self._ensure_monitor()
+    def target() -> None:
         try:
-            yield
-        finally:
-            with self._lock:
-                self._deadlines.pop(tid, None)
+            box["result"] = ctx.run(fn)
+        except TaskInterrupted:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting worker thread
+            box["error"] = exc
 
-
-deadlines = Deadlines()
+    thread = threading.Thread(target=target, name="kiln-handler", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(
+            ctypes.c_ulong(thread.ident), ctypes.py_object(TaskInterrupted)
+        )
+        raise TimedOut()
+    if "error" in box:
+        raise box["error"]
+    return box.get("result")
