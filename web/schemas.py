@@ -1,0 +1,289 @@
+"""Request and response schemas of the API (marshmallow); the OpenAPI document at
+``/openapi.json`` is generated from them. Request schemas reject unknown fields (422)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import marshmallow as ma
+from marshmallow import fields, validate
+
+from engine.db import aware
+from engine.schema import OPERATION_KINDS, OPERATION_STATES, PIPELINE_STATES, PIPELINE_TYPES
+
+BIGINT_MAX = 2**63 - 1
+Id = {"strict": True, "validate": validate.Range(min=1, max=BIGINT_MAX)}
+WAIT_MAX_S = 30.0
+
+
+def unix(value: dt.datetime | None) -> float | None:
+    return None if value is None else aware(value).timestamp()
+
+
+# --- shared ---------------------------------------------------------------------------
+
+
+class OperationCreatedSchema(ma.Schema):
+    ic_id = fields.String(required=True, metadata={"description": "operation id (uuid4 hex)"})
+    message = fields.String(required=True)
+
+
+# --- workflows ------------------------------------------------------------------------
+
+
+class TaskDefinitionSchema(ma.Schema):
+    name = fields.String(required=True)
+    handler = fields.String(metadata={"description": "registered name or 'pkg.mod:function'"})
+    model_type = fields.String()
+    params = fields.Raw(metadata={"description": "any JSON; may hold {{Task.result}} refs"})
+    depends_on = fields.List(fields.String())
+    max_attempts = fields.Integer(strict=True)
+    timeout_s = fields.Float()
+    priority = fields.Integer(strict=True)
+
+
+class WorkflowDefinitionSchema(ma.Schema):
+    name = fields.String(required=True)
+    tasks = fields.List(fields.Nested(TaskDefinitionSchema), required=True)
+    on_error = fields.String(validate=validate.OneOf(["stop", "continue"]))
+    priority = fields.Integer(strict=True)
+
+
+class WorkflowListQuerySchema(ma.Schema):
+    status = fields.String(
+        validate=validate.OneOf(
+            ["pending", "running", "paused", "succeeded", "failed", "cancelled"]
+        )
+    )
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
+    before_id = fields.Integer(validate=validate.Range(min=1, max=BIGINT_MAX))
+
+
+class AttemptSchema(ma.Schema):
+    attempt = fields.Integer()
+    worker = fields.String()
+    outcome = fields.String()
+    error = fields.String(allow_none=True)
+    started_at = fields.DateTime(allow_none=True)
+    finished_at = fields.DateTime(allow_none=True)
+
+
+class TaskSchema(ma.Schema):
+    id = fields.Integer()
+    name = fields.String()
+    handler = fields.String(allow_none=True)
+    model_type = fields.String(allow_none=True)
+    status = fields.String()
+    params = fields.Raw(allow_none=True)
+    depends_on = fields.List(fields.String())
+    attempts = fields.Integer()
+    max_attempts = fields.Integer()
+    timeout_s = fields.Float(allow_none=True)
+    priority = fields.Integer()
+    result = fields.Raw(allow_none=True)
+    error = fields.String(allow_none=True)
+    progress = fields.Float(allow_none=True)
+    progress_message = fields.String(allow_none=True)
+    created_at = fields.DateTime(allow_none=True)
+    ready_at = fields.DateTime(allow_none=True)
+    queued_at = fields.DateTime(allow_none=True)
+    started_at = fields.DateTime(allow_none=True)
+    finished_at = fields.DateTime(allow_none=True)
+    attempt_history = fields.List(fields.Nested(AttemptSchema))
+
+
+class WorkflowSchema(ma.Schema):
+    id = fields.Integer(required=True)
+    name = fields.String(required=True)
+    status = fields.String(required=True)
+    error = fields.String(allow_none=True)
+    created_at = fields.DateTime(allow_none=True)
+    started_at = fields.DateTime(allow_none=True)
+    finished_at = fields.DateTime(allow_none=True)
+
+
+class WorkflowDetailSchema(WorkflowSchema):
+    on_error = fields.String()
+    priority = fields.Integer()
+    tasks = fields.List(fields.Nested(TaskSchema))
+
+
+class WorkflowListSchema(ma.Schema):
+    workflows = fields.List(fields.Nested(WorkflowSchema), required=True)
+
+
+# --- contexts -------------------------------------------------------------------------
+
+
+class ContextCreateSchema(ma.Schema):
+    name = fields.String(required=True, validate=validate.Length(min=1, max=500))
+    config = fields.Dict(load_default=dict, metadata={"description": "shared configuration"})
+    shards = fields.List(
+        fields.List(fields.Raw()),
+        metadata={"description": "the rows of each shard (one list per shard)"},
+    )
+    rows = fields.List(fields.Raw(), metadata={"description": "rows split into num_shards"})
+    source = fields.String(
+        validate=validate.Length(min=1, max=2000),
+        metadata={"description": "path or URL of a JSON array / JSON-lines file (workers read it)"},
+    )
+    num_shards = fields.Integer(strict=True, validate=validate.Range(min=1, max=10_000))
+
+
+class ShardSizeSchema(ma.Schema):
+    shard_index = fields.Integer()
+    num_rows = fields.Integer(allow_none=True)
+
+
+class ContextSchema(ma.Schema):
+    id = fields.Integer(required=True)
+    name = fields.String(required=True)
+    source = fields.String(allow_none=True)
+    num_shards = fields.Integer(required=True)
+    num_rows = fields.Integer(allow_none=True)
+    config = fields.Dict()
+    created_at = fields.DateTime()
+    shards = fields.List(fields.Nested(ShardSizeSchema))
+
+
+# --- pipelines ------------------------------------------------------------------------
+
+
+class PipelineConfigSchema(ma.Schema):
+    """The configuration fields of a pipeline (create and clone)."""
+
+    pipeline_name = fields.String(validate=validate.Length(min=1, max=500))
+    pipeline_type = fields.String(
+        validate=validate.OneOf(PIPELINE_TYPES),
+        metadata={"description": "default: openai with client_config, python with "
+                  "model_config.handler, vllm otherwise"},
+    )  # fmt: skip
+    model_config = fields.Dict(
+        metadata={"description": "python: handler; vllm: model, instance_url; openai: model "
+                  "and chat parameters"},
+    )  # fmt: skip
+    sampling_params = fields.Dict(allow_none=True)
+    client_config = fields.Dict(
+        allow_none=True, metadata={"description": "openai: base_url, api_key (never returned)"}
+    )
+    rpm_limit = fields.Integer(strict=True, allow_none=True, validate=validate.Range(min=1))
+    tpm_limit = fields.Integer(strict=True, allow_none=True, validate=validate.Range(min=1))
+
+
+class PipelineCreateSchema(PipelineConfigSchema):
+    context_id = fields.Integer(required=True, **Id)
+    pipeline_name = fields.String(required=True, validate=validate.Length(min=1, max=500))
+    model_config = fields.Dict(required=True)
+
+
+class ShardSchema(ma.Schema):
+    shard_index = fields.Integer()
+    status = fields.String()
+    attempts = fields.Integer()
+    started_at = fields.DateTime(allow_none=True)
+    finished_at = fields.DateTime(allow_none=True)
+    progress = fields.Float(allow_none=True)
+    result = fields.Raw(allow_none=True)
+    error = fields.String(allow_none=True)
+
+
+class PipelineSchema(ma.Schema):
+    id = fields.Integer(required=True)
+    pipeline_name = fields.String(attribute="name", required=True)
+    context_id = fields.Integer(required=True)
+    pipeline_type = fields.String(required=True)
+    status = fields.String(required=True, metadata={"enum": list(PIPELINE_STATES)})
+    workflow_id = fields.Integer(allow_none=True)
+    model_config = fields.Dict()
+    sampling_params = fields.Dict(allow_none=True)
+    client_config = fields.Dict(allow_none=True, metadata={"description": "secrets as ***"})
+    rpm_limit = fields.Integer(allow_none=True)
+    tpm_limit = fields.Integer(allow_none=True)
+    cloned_from = fields.Integer(allow_none=True)
+    num_shards = fields.Integer(required=True)
+    shards_completed = fields.Integer(required=True)
+    current_shard_id = fields.Integer(
+        allow_none=True, metadata={"description": "next shard to run; null when all ran"}
+    )
+    total_samples_processed = fields.Integer(required=True)
+    progress = fields.String(required=True, metadata={"description": "k/N shards"})
+    created_at = fields.DateTime()
+    deleted_at = fields.DateTime(allow_none=True)
+
+
+class PipelineDetailSchema(PipelineSchema):
+    shards = fields.List(fields.Nested(ShardSchema))
+
+
+class PipelineListQuerySchema(ma.Schema):
+    status = fields.String(validate=validate.OneOf(PIPELINE_STATES))
+    context_id = fields.Integer(validate=validate.Range(min=1, max=BIGINT_MAX))
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
+    before_id = fields.Integer(validate=validate.Range(min=1, max=BIGINT_MAX))
+
+
+class PipelineListSchema(ma.Schema):
+    pipelines = fields.List(fields.Nested(PipelineSchema), required=True)
+
+
+# --- dispatcher -----------------------------------------------------------------------
+
+
+class PipelineIdSchema(ma.Schema):
+    pipeline_id = fields.Integer(required=True, **Id)
+
+
+class CloneSchema(PipelineConfigSchema):
+    context_id = fields.Integer(
+        metadata={"description": "context of the new pipeline (default: the parent's)"}, **Id
+    )
+    parent_pipeline_id = fields.Integer(
+        metadata={"description": "clone this pipeline's configuration, with overrides"}, **Id
+    )
+
+
+class HealthSchema(ma.Schema):
+    status = fields.String(required=True)
+    database = fields.String(required=True)
+
+
+class OperationSchema(ma.Schema):
+    ic_id = fields.String(required=True)
+    pipeline_id = fields.Integer(allow_none=True, required=True)
+    workflow_id = fields.Integer(allow_none=True)
+    operation = fields.String(required=True, metadata={"enum": list(OPERATION_KINDS)})
+    status = fields.String(required=True, metadata={"enum": list(OPERATION_STATES)})
+    error = fields.String(required=True, metadata={"description": "empty unless failed"})
+    created_at = fields.Float(required=True, metadata={"description": "Unix seconds"})
+    processed_at = fields.Float(allow_none=True, required=True)
+    request_data = fields.Dict(metadata={"description": "the request (secrets as ***)"})
+    result = fields.Dict(allow_none=True, metadata={"description": "clone: pipeline_id"})
+
+
+class OperationStatusQuerySchema(ma.Schema):
+    wait = fields.Float(
+        validate=validate.Range(min=0, max=WAIT_MAX_S),
+        metadata={"description": f"block up to this many seconds (max {WAIT_MAX_S:g}) "
+                  "until the operation is completed or failed"},
+    )  # fmt: skip
+
+
+class OperationListQuerySchema(ma.Schema):
+    status = fields.String(validate=validate.OneOf(OPERATION_STATES))
+    pipeline_id = fields.Integer(validate=validate.Range(min=1, max=BIGINT_MAX))
+    workflow_id = fields.Integer(validate=validate.Range(min=1, max=BIGINT_MAX))
+    operation = fields.String(validate=validate.OneOf(OPERATION_KINDS))
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
+    offset = fields.Integer(load_default=0, validate=validate.Range(min=0, max=10**9))
+
+
+class OperationListSchema(ma.Schema):
+    operations = fields.List(fields.Nested(OperationSchema), required=True)
+    total = fields.Integer(required=True)
+    limit = fields.Integer(required=True)
+    offset = fields.Integer(required=True)
+
+
+def without_none(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if v is not None}

@@ -1,0 +1,98 @@
+"""Workflow runs over HTTP: submit (idempotent with ``Idempotency-Key``), list, read, and
+cancel/pause/resume — which, like the dispatcher's, are operations a controller applies."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from flask import request
+from flask_smorest import Blueprint
+
+from engine.errors import WorkflowNotFound
+from engine.schema import workflows
+from web.common import MUTATING_DOC, idempotency_key, kiln
+from web.dispatcher import record
+from web.schemas import (
+    OperationCreatedSchema,
+    WorkflowDefinitionSchema,
+    WorkflowDetailSchema,
+    WorkflowListQuerySchema,
+    WorkflowListSchema,
+    WorkflowSchema,
+)
+
+blp = Blueprint("workflows", __name__, description="Workflow runs (DAGs of tasks).")
+ID = "int(max=9223372036854775807)"
+
+
+@blp.post("/workflows")
+@blp.arguments(WorkflowDefinitionSchema)
+@blp.response(201, WorkflowSchema)
+@blp.alt_response(200, schema=WorkflowSchema, description="replayed: same Idempotency-Key")
+@blp.doc(**MUTATING_DOC)
+def submit(data):  # type: ignore[no-untyped-def]
+    """Submit a workflow definition. 201 with the new run; 200 with the existing run when
+    the ``Idempotency-Key`` was used before; 422 when the definition is invalid."""
+    # The shape was checked by the schema; the engine checks the rest (graph, references,
+    # handlers) on the body exactly as sent.
+    definition = request.get_json()
+    workflow_id, created = kiln().submit_with_status(definition, idempotency_key=idempotency_key())
+    return _summary(workflow_id), 201 if created else 200
+
+
+def _summary(workflow_id: int) -> dict:
+    run = kiln().workflow(workflow_id)
+    return {k: run[k] for k in ("id", "name", "status", "error", "created_at", "started_at",
+                                "finished_at")}  # fmt: skip
+
+
+@blp.get("/workflows")
+@blp.arguments(WorkflowListQuerySchema, location="query")
+@blp.response(200, WorkflowListSchema)
+def list_workflows(query):  # type: ignore[no-untyped-def]
+    """Runs, newest first; filter by status, page with ``before_id``."""
+    return {"workflows": kiln().workflows(**query)}
+
+
+@blp.get(f"/workflows/<{ID}:workflow_id>")
+@blp.response(200, WorkflowDetailSchema)
+def get_workflow(workflow_id: int):  # type: ignore[no-untyped-def]
+    """A run with every task's state, attempts (history), timings, result or error."""
+    return kiln().workflow(workflow_id)
+
+
+def _operation(operation: str, workflow_id: int) -> dict:
+    exists = kiln().read(
+        lambda c: c.execute(sa.select(workflows.c.id).where(workflows.c.id == workflow_id)).first()
+    )
+    if exists is None:
+        raise WorkflowNotFound(f"workflow {workflow_id} does not exist", id=workflow_id)
+    return record(
+        operation,
+        {"workflow_id": workflow_id},
+        workflow_id=workflow_id,
+        target=f"workflow {workflow_id}",
+    )
+
+
+@blp.post(f"/workflows/<{ID}:workflow_id>/cancel")
+@blp.response(200, OperationCreatedSchema)
+@blp.doc(**MUTATING_DOC)
+def cancel(workflow_id: int):  # type: ignore[no-untyped-def]
+    """Request cancellation (an operation; poll /dispatcher/operation-status/<ic_id>)."""
+    return _operation("cancel", workflow_id)
+
+
+@blp.post(f"/workflows/<{ID}:workflow_id>/pause")
+@blp.response(200, OperationCreatedSchema)
+@blp.doc(**MUTATING_DOC)
+def pause(workflow_id: int):  # type: ignore[no-untyped-def]
+    """Request a pause: nothing new is dispatched, running tasks finish."""
+    return _operation("pause", workflow_id)
+
+
+@blp.post(f"/workflows/<{ID}:workflow_id>/resume")
+@blp.response(200, OperationCreatedSchema)
+@blp.doc(**MUTATING_DOC)
+def resume(workflow_id: int):  # type: ignore[no-untyped-def]
+    """Request that a paused run continues."""
+    return _operation("resume", workflow_id)

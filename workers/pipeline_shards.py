@@ -1,0 +1,181 @@
+"""The shard handler of pipelines: ``pipeline.shard`` runs one shard of one pipeline.
+
+Every task of a pipeline's backing workflow calls :func:`run_shard` with ``{pipeline_id,
+shard_index}`` (by import path, so any worker can run it without ``KILN_IMPORTS``). It loads
+the pipeline's configuration and the shard's rows from the database and runs them:
+
+* ``python``: calls ``model_config["handler"]`` (a registered name or
+  ``package.module:function``) with the keyword arguments it accepts among ``rows``,
+  ``model_config``, ``context_config`` and ``shard_index``; its return value (JSON) is the
+  shard's ``outputs``.
+* ``vllm``: enqueues each row on the TaskInstance at ``model_config["instance_url"]`` (else
+  ``KILN_VLLM_INSTANCE_URL``) with ``{prompt, model, sampling_params}`` and waits for the
+  results. Ids are ``kiln-p<pipeline>-s<shard>-r<row>``, so a retried shard finds the rows
+  the instance already ran instead of running them twice. Choosing the instance from a
+  registry of instances is the scheduler issue's job; until then the URL is configuration.
+* ``openai``: calls ``/v1/chat/completions`` of ``client_config["base_url"]`` per row with
+  ``model_config`` as the request parameters, keeping within ``rpm_limit``/``tpm_limit``
+  (one rate-limited client per pipeline and worker process, shared by its shards).
+
+The result is ``{shard_index, samples, outputs}``; ``samples`` adds up to the pipeline's
+``total_samples_processed``. Row *j*'s prompt is the row itself when it is a string, else its
+``prompt``/``text``/``input`` field, else its JSON.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from engine.context import current_task
+from engine.contexts import split_rows
+from engine.errors import KilnError
+from engine.pipelines import load_shard_job
+from engine.registry import resolve_handler, task
+from engine.runtime import Kiln
+
+RESULT_TIMEOUT_S = float(os.environ.get("KILN_SHARD_RESULT_TIMEOUT_S", "600"))
+_clients: dict[tuple[int, str], Any] = {}
+_clients_lock = threading.Lock()
+
+
+class ShardConfigError(KilnError):
+    """The pipeline cannot run: its configuration is incomplete."""
+
+    status_code = 422
+
+
+@task(name="pipeline.shard")
+def run_shard(pipeline_id: int, shard_index: int) -> dict[str, Any]:
+    from workers.actors import kiln
+
+    return execute_shard(kiln(), pipeline_id, shard_index)
+
+
+def execute_shard(kiln: Kiln, pipeline_id: int, shard_index: int) -> dict[str, Any]:
+    job = kiln.read(lambda c: load_shard_job(c, pipeline_id, shard_index))
+    rows = job["rows"]
+    if rows is None:
+        rows = split_rows(read_source(job["source"]), job["num_shards"])[shard_index]
+    outputs = RUNNERS[job["pipeline_type"]](job, rows)
+    return {"shard_index": shard_index, "samples": len(rows), "outputs": outputs}
+
+
+def read_source(source: str) -> list[Any]:
+    """Rows of a JSON array or JSON-lines file, from a path or an http(s) URL."""
+    if source.startswith(("http://", "https://")):
+        response = requests.get(source, timeout=60)
+        response.raise_for_status()
+        text = response.text
+    else:
+        text = Path(source.removeprefix("file://")).read_text()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return data if isinstance(data, list) else [data]
+
+
+def prompt_of(row: Any) -> str:
+    if isinstance(row, str):
+        return row
+    if isinstance(row, dict):
+        for key in ("prompt", "text", "input"):
+            if isinstance(row.get(key), str):
+                return row[key]
+    return json.dumps(row, sort_keys=True)
+
+
+def _progress(done: int, total: int) -> None:
+    try:
+        current_task().report_progress(done / total if total else 1.0, f"{done}/{total} rows")
+    except RuntimeError:  # called outside a worker (tests, tools): nothing to report to
+        pass
+
+
+def run_python(job: dict[str, Any], rows: list[Any]) -> Any:
+    fn = resolve_handler(job["model_config"]["handler"])
+    offered = {
+        "rows": rows,
+        "model_config": {k: v for k, v in job["model_config"].items() if k != "handler"},
+        "context_config": job["context_config"],
+        "shard_index": job["shard_index"],
+    }
+    params = inspect.signature(fn).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return fn(**offered)
+    names = {p.name for p in params}
+    return fn(**{k: v for k, v in offered.items() if k in names})
+
+
+def run_vllm(job: dict[str, Any], rows: list[Any]) -> list[Any]:
+    from workers.taskinstance import TaskIdConflict, TaskInstanceClient
+
+    url = job["model_config"].get("instance_url") or os.environ.get("KILN_VLLM_INSTANCE_URL")
+    if not url:
+        raise ShardConfigError(
+            f"vllm pipeline {job['pipeline_id']} has no TaskInstance: set "
+            "model_config.instance_url or KILN_VLLM_INSTANCE_URL"
+        )
+    sampling = job.get("sampling_params") or {}
+    model = job["model_config"]["model"]
+    with TaskInstanceClient(url) as client:
+        ids = []
+        for j, row in enumerate(rows):
+            input_data = {"prompt": prompt_of(row), "model": model, "sampling_params": sampling}
+            metadata = {"max_tokens": sampling["max_tokens"]} if "max_tokens" in sampling else {}
+            task_id = f"kiln-p{job['pipeline_id']}-s{job['shard_index']}-r{j}"
+            try:
+                ids.append(client.enqueue(input_data, metadata, task_id=task_id).task_id)
+            except TaskIdConflict:  # an id from another Kiln database: run it under a new one
+                ids.append(client.enqueue(input_data, metadata).task_id)
+        outputs = []
+        for j, task_id in enumerate(ids):
+            result = client.wait_for_result(task_id, timeout=RESULT_TIMEOUT_S)
+            if not result.succeeded:
+                raise RuntimeError(f"row {j} failed on {url}: {result.error}")
+            out = result.result
+            outputs.append(out.get("text", out) if isinstance(out, dict) else out)
+            _progress(j + 1, len(ids))
+    return outputs
+
+
+def _openai_client(job: dict[str, Any]) -> Any:
+    from workers.taskinstance import OpenAICompatClient
+
+    cfg = job.get("client_config") or {}
+    key = (job["pipeline_id"], json.dumps([cfg, job["rpm_limit"], job["tpm_limit"]]))
+    with _clients_lock:
+        if key not in _clients:
+            _clients[key] = OpenAICompatClient(
+                cfg["base_url"],
+                api_key=cfg.get("api_key"),
+                rpm_limit=job.get("rpm_limit"),
+                tpm_limit=job.get("tpm_limit"),
+            )
+        return _clients[key]
+
+
+def run_openai(job: dict[str, Any], rows: list[Any]) -> list[Any]:
+    client = _openai_client(job)
+    params = {k: v for k, v in job["model_config"].items() if k != "model"}
+    outputs = []
+    for j, row in enumerate(rows):
+        messages = (
+            row["messages"]
+            if isinstance(row, dict) and isinstance(row.get("messages"), list)
+            else [{"role": "user", "content": prompt_of(row)}]
+        )
+        reply = client.chat_completions(job["model_config"]["model"], messages, **params)
+        outputs.append(reply["choices"][0]["message"]["content"])
+        _progress(j + 1, len(rows))
+    return outputs
+
+
+RUNNERS = {"python": run_python, "vllm": run_vllm, "openai": run_openai}
