@@ -121,6 +121,16 @@ def settle_workflows_txn(conn: sa.Connection, workflow_ids: Iterable[int]) -> No
     ids = sorted(set(workflow_ids))
     if not ids:
         return
+    # Two workers finishing a run's last two tasks concurrently would each still see the
+    # other's task as active and neither would settle the run. Locking the run rows first (in
+    # id order, against deadlocks) serialises them: the second one to get the lock re-reads
+    # under READ COMMITTED and sees the first one's committed tasks.
+    conn.execute(
+        sa.select(workflows.c.id)
+        .where(workflows.c.id.in_(ids))
+        .order_by(workflows.c.id)
+        .with_for_update()
+    )
     t = tasks.alias("t")
     any_active = sa.exists().where(
         t.c.workflow_id == workflows.c.id, t.c.status.in_([str(s) for s in TASK_ACTIVE])

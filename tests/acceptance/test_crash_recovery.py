@@ -1,0 +1,120 @@
+"""The Procfile's real processes as subprocesses, on real PostgreSQL and Redis, with crashes."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import redis
+import sqlalchemy as sa
+
+from engine.definitions import Workflow
+from engine.states import WORKFLOW_TERMINAL
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def finished(kiln, wf_id, timeout=60.0, cluster=None):
+    try:
+        return wait_for(
+            lambda: (r := kiln.workflow(wf_id))["status"] in WORKFLOW_TERMINAL and r,
+            timeout=timeout,
+            what=f"workflow {wf_id} to finish",
+        )
+    except AssertionError:
+        if cluster is not None:
+            print(cluster.logs())
+        print(
+            [
+                (t["name"], t["status"], t["attempts"], t["dispatch_count"])
+                for t in kiln.workflow(wf_id)["tasks"]
+            ]
+        )
+        raise
+
+
+def successful_attempts_per_task(kiln) -> dict[int, int]:
+    rows = kiln.read(
+        lambda c: c.execute(
+            sa.text(
+                "SELECT t.id, count(a.id) FILTER (WHERE a.outcome = 'succeeded') "
+                "FROM tasks t LEFT JOIN task_attempts a ON a.task_id = t.id GROUP BY t.id"
+            )
+        ).all()
+    )
+    return {r[0]: r[1] for r in rows}
+
+
+def test_a_task_whose_worker_is_sigkilled_mid_run_runs_again_elsewhere(cluster, pg_kiln):
+    cluster.controller()
+    cluster.worker(threads=2)
+    cluster.worker(threads=2)
+    wf = Workflow("survive-a-crash")
+    first = wf.add("sleep", name="Long", params={"seconds": 2.0, "value": "done"}, max_attempts=3)
+    wf.add("echo", name="After", params={"got": first.result}, depends_on=[first])
+    wf_id = pg_kiln.submit(wf, check_handlers=False)
+
+    running = wait_for(
+        lambda: (t := pg_kiln.workflow(wf_id)["tasks"][0])["status"] == "running" and t,
+        what="the long task to start",
+    )
+    victim_pid = int(running["lease_owner"].split(":")[2])
+    os.kill(victim_pid, signal.SIGKILL)
+
+    run = finished(pg_kiln, wf_id, cluster=cluster)
+    long_task = run["tasks"][0]
+    assert run["status"] == "succeeded", cluster.logs()
+    assert [a["outcome"] for a in long_task["attempt_history"]] == ["lost", "succeeded"]
+    assert str(victim_pid) not in long_task["attempt_history"][1]["worker"]
+    assert run["tasks"][1]["result"] == {"got": "done"}
+    assert set(successful_attempts_per_task(pg_kiln).values()) == {1}
+
+
+def test_tasks_dispatched_but_lost_with_a_flushed_redis_are_sent_again(cluster, pg_kiln):
+    # Its own Redis database, so flushing it cannot disturb anything else on this server.
+    cluster.env["KILN_BROKER_URL"] = "redis://127.0.0.1:6379/9"
+    r = redis.Redis.from_url(cluster.env["KILN_BROKER_URL"])
+    r.flushdb()
+    cluster.controller()  # no worker yet: dispatched messages wait in Redis
+    wf = Workflow("lost-messages")
+    for i in range(20):
+        wf.add("echo", name=f"T{i}", params={"i": i})
+    wf_id = pg_kiln.submit(wf, check_handlers=False)
+    wait_for(
+        lambda: {t["status"] for t in pg_kiln.workflow(wf_id)["tasks"]} == {"queued"},
+        what="every task dispatched",
+    )
+    wait_for(lambda: r.dbsize() > 0, what="the messages to reach Redis")
+    r.flushdb()  # every dispatched message is gone
+    cluster.worker(threads=4)
+
+    run = finished(pg_kiln, wf_id, cluster=cluster)
+    assert run["status"] == "succeeded", cluster.logs()
+    assert all(t["dispatch_count"] >= 2 for t in run["tasks"])
+    assert all(t["attempts"] == 1 for t in run["tasks"])
+    r.flushdb()
+    r.close()
+
+
+def test_two_controllers_and_two_workers_run_a_thousand_tasks_exactly_once(cluster, pg_kiln):
+    for _ in range(2):
+        cluster.controller()
+        cluster.worker(threads=4)
+    ids = []
+    for w in range(10):
+        wf = Workflow(f"bulk-{w}")
+        roots = [wf.add("noop", name=f"root-{i}") for i in range(10)]
+        for i in range(90):
+            wf.add("noop", name=f"leaf-{i}", depends_on=[roots[i % 10]])
+        ids.append(pg_kiln.submit(wf, check_handlers=False))
+    runs = [finished(pg_kiln, wf_id, timeout=120, cluster=cluster) for wf_id in ids]
+    assert {r["status"] for r in runs} == {"succeeded"}
+    per_task = successful_attempts_per_task(pg_kiln)
+    assert len(per_task) == 1000
+    assert set(per_task.values()) == {1}
+    total_attempts = pg_kiln.read(
+        lambda c: c.execute(sa.text("SELECT count(*) FROM task_attempts")).scalar()
+    )
+    assert total_attempts == 1000  # nothing was even claimed twice
