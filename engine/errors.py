@@ -63,3 +63,7 @@ class TaskTimeout(KilnError):
 
 class WorkerLost(KilnError):
     """The worker running this task stopped heartbeating its lease."""
+
+
+class PermanentFailure(KilnError):
+    """The task failed in a way retrying cannot fix."""

@@ -11,7 +11,7 @@ from typing import Any
 
 from engine.context import TaskContext, reset_current, set_current
 from engine.db import utcnow
-from engine.errors import KilnError, UnknownHandler
+from engine.errors import PermanentFailure, UnknownHandler
 from engine.registry import resolve_handler
 from engine.runtime import Kiln
 from engine.tasks import ClaimedTask, Outcome
@@ -20,10 +20,6 @@ from workers.timeouts import TimedOut, call_with_timeout
 log = logging.getLogger("kiln.worker")
 FLUSH_AFTER_S = 0.05  # record finished tasks at least this often within a long batch
 PROGRESS_EVERY_S = 0.5
-
-
-class PermanentFailure(KilnError):
-    """The task failed in a way retrying cannot fix."""
 
 
 def execute_batch(kiln: Kiln, items: list[tuple[int, int]], worker_id: str) -> int:
@@ -68,6 +64,10 @@ def run_one(kiln: Kiln, task: ClaimedTask) -> Outcome:
 
     if task.param_error:
         return failed(task.param_error, retryable=False)
+    if task.handler is None and task.model_type is not None:
+        from workers.instance_tasks import run_instance_task
+
+        return run_instance_task(kiln, task)
     if task.handler is None:
         return failed(f"task {task.name!r} has no handler", retryable=False)
     try:

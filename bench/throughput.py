@@ -1,0 +1,183 @@
+"""Throughput and latency of Kiln on local PostgreSQL + Redis (a benchmark, not a test).
+
+W1: pre-submit N no-op tasks, then start the workers (concurrency 8 = 2 processes x 4 threads)
+    and one controller, and measure how fast they drain (tasks/s, from the first dispatch to
+    the last result recorded, read from the database).
+    --shape many: N single-task workflows (each a run with its own completion) [default]
+    --shape one:  one workflow with N independent tasks
+W2: with the same processes idle, submit 300 single-task workflows 20 ms apart and report
+    submit -> start latency (task.started_at - workflow.created_at) p50/p95/p99.
+
+    python bench/throughput.py [--tasks 20000] [--shape many|one] [--w2 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import redis
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from engine.config import Settings  # noqa: E402
+from engine.definitions import WorkflowSpec, parse_definition  # noqa: E402
+from engine.runtime import Kiln  # noqa: E402
+from engine.workflows import submit_workflow_txn  # noqa: E402
+
+ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+DB = "kiln_bench"
+REDIS = "redis://127.0.0.1:6379/8"
+
+
+def fresh_database() -> str:
+    admin = sa.create_engine(ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
+        c.execute(sa.text(f"CREATE DATABASE {DB}"))
+    admin.dispose()
+    url = sa.make_url(ADMIN).set(database=DB).render_as_string(hide_password=False)
+    kiln = Kiln(Settings(database_url=url), pool_size=1)
+    kiln.upgrade()
+    kiln.close()
+    return url
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    k = max(0, min(len(values) - 1, round(p / 100 * (len(values) - 1))))
+    return values[k]
+
+
+def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "workers.cli", *args],
+        env=env,
+        cwd=ROOT,
+        stdout=open(log, "wb"),  # noqa: SIM115
+        stderr=subprocess.STDOUT,
+    )
+
+
+def wait(cond, timeout: float, what: str):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not (value := cond()):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(0.05)
+    return value
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--tasks", type=int, default=20_000)
+    ap.add_argument("--shape", choices=("many", "one"), default="many")
+    ap.add_argument("--w2", type=int, default=300)
+    ap.add_argument("--processes", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=4)
+    opts = ap.parse_args()
+
+    url = fresh_database()
+    r = redis.Redis.from_url(REDIS)
+    r.flushdb()
+    env = {
+        **os.environ,
+        "KILN_DATABASE_URL": url,
+        "KILN_BROKER_URL": REDIS,
+        "KILN_LOG_LEVEL": "WARNING",
+        "PYTHONPATH": str(ROOT),
+    }
+    kiln = Kiln(Settings(database_url=url, broker_url=REDIS), pool_size=2)
+    noop = {"name": "noop", "handler": "workers.bench_handlers:noop"}
+
+    t0 = time.perf_counter()
+    if opts.shape == "one":
+        kiln.submit(
+            {"name": "w1", "tasks": [{**noop, "name": f"t{i}"} for i in range(opts.tasks)]},
+            check_handlers=False,
+        )
+    else:
+        spec: WorkflowSpec = parse_definition({"name": "w1", "tasks": [noop]})
+        for start_i in range(0, opts.tasks, 1000):
+            kiln.txn(
+                lambda c, n=min(1000, opts.tasks - start_i): [
+                    submit_workflow_txn(c, spec) for _ in range(n)
+                ]
+            )
+    submit_s = time.perf_counter() - t0
+    print(
+        f"W1 submit: {opts.tasks} tasks ({opts.shape}) in {submit_s:.2f}s = {opts.tasks / submit_s:,.0f}/s"
+    )
+
+    logs = Path("/tmp/kiln-bench-logs")
+    logs.mkdir(exist_ok=True)
+    procs = [
+        start(["worker", "--threads", str(opts.threads)], env, logs / f"worker{i}.log")
+        for i in range(opts.processes)
+    ]
+    count_workers = sa.text(
+        "SELECT count(*) FROM processes WHERE kind = 'worker' AND stopped_at IS NULL"
+    )
+    wait(
+        lambda: kiln.read(lambda c: c.execute(count_workers).scalar()) >= opts.processes,
+        30,
+        "workers",
+    )
+    procs.append(start(["controller"], env, logs / "controller.log"))
+    remaining = sa.text("SELECT count(*) FROM tasks WHERE status <> 'succeeded'")
+    wall0 = time.perf_counter()
+    wait(lambda: kiln.read(lambda c: c.execute(remaining).scalar()) == 0, 900, "the drain")
+    wall = time.perf_counter() - wall0
+    first, last = kiln.read(
+        lambda c: c.execute(sa.text("SELECT min(queued_at), max(finished_at) FROM tasks")).one()
+    )
+    drain = (last - first).total_seconds()
+    print(
+        f"W1 drain: {opts.tasks} no-op tasks, concurrency {opts.processes}x{opts.threads}: "
+        f"{opts.tasks / drain:,.0f} tasks/s (first dispatch -> last result {drain:.2f}s; "
+        f"wall incl. controller start {wall:.2f}s = {opts.tasks / wall:,.0f}/s)"
+    )
+
+    if opts.w2:
+        spec = parse_definition({"name": "w2", "tasks": [noop]})
+        time.sleep(1.0)  # idle workers
+        ids = []
+        for _ in range(opts.w2):
+            ids.append(kiln.txn(lambda c: submit_workflow_txn(c, spec))[0])
+            time.sleep(0.02)
+        q = sa.text(
+            "SELECT extract(epoch FROM t.started_at - w.created_at) FROM workflows w "
+            "JOIN tasks t ON t.workflow_id = w.id WHERE w.name = 'w2' AND t.status = 'succeeded'"
+        )
+        lat = wait(
+            lambda: (
+                (v := kiln.read(lambda c: c.execute(q).scalars().all())) and len(v) == opts.w2 and v
+            ),
+            60,
+            "W2",
+        )
+        ms = [float(v) * 1000 for v in lat]
+        print(
+            f"W2 submit->start over {opts.w2} single-task workflows 20 ms apart: "
+            f"p50 {pct(ms, 50):.2f} ms, p95 {pct(ms, 95):.2f} ms, p99 {pct(ms, 99):.2f} ms, "
+            f"mean {statistics.mean(ms):.2f} ms"
+        )
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.wait(timeout=30)
+    kiln.close()
+    r.flushdb()
+
+
+if __name__ == "__main__":
+    main()
