@@ -188,7 +188,8 @@ def validate_config(data: dict[str, Any]) -> PipelineConfig:
         )
     if ptype in ("vllm", "openai") and not _non_empty_str(model_config.get("model")):
         raise InvalidDefinition(
-            f"a {ptype} pipeline needs model_config.model", field="model_config.model"
+            f"{'an' if ptype == 'openai' else 'a'} {ptype} pipeline needs model_config.model",
+            field="model_config.model",
         )
     if ptype == "openai" and not _non_empty_str((data.get("client_config") or {}).get("base_url")):
         raise InvalidDefinition(
