@@ -118,3 +118,35 @@ def test_two_controllers_and_two_workers_run_a_thousand_tasks_exactly_once(clust
         lambda c: c.execute(sa.text("SELECT count(*) FROM task_attempts")).scalar()
     )
     assert total_attempts == 1000  # nothing was even claimed twice
+
+
+def test_a_task_that_kills_its_worker_every_time_ends_failed_after_max_attempts(cluster, pg_kiln):
+    cluster.controller()
+    wf = Workflow("poison")
+    wf.add("kill_worker_always", name="Poison", max_attempts=2)
+    wf_id = pg_kiln.submit(wf, check_handlers=False)
+    deaths = 0
+    deadline = 60
+    while pg_kiln.workflow(wf_id)["status"] not in WORKFLOW_TERMINAL:
+        worker = cluster.worker(threads=1)
+        wait_for(
+            lambda w=worker: (
+                w.poll() is not None or pg_kiln.workflow(wf_id)["status"] in WORKFLOW_TERMINAL
+            ),
+            timeout=deadline,
+            what="the worker to die or the run to end",
+        )
+        deaths += worker.poll() is not None
+        assert deaths <= 2, "the poison task was claimed more than max_attempts times"
+        if worker.poll() is not None:
+            wait_for(
+                lambda: pg_kiln.workflow(wf_id)["tasks"][0]["status"] != "running",
+                timeout=deadline,
+                what="the lost attempt to be recovered",
+            )
+    run = pg_kiln.workflow(wf_id)
+    task = run["tasks"][0]
+    assert run["status"] == "failed"
+    assert task["status"] == "failed" and task["attempts"] == 2
+    assert [a["outcome"] for a in task["attempt_history"]] == ["lost", "lost"]
+    assert "lost during attempt 2 of 2" in task["error"]

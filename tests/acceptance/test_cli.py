@@ -1,0 +1,135 @@
+"""The `kiln` command as a user runs it: a subprocess, on the embedded default."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def kiln(
+    *args: str, cwd: Path, env: dict | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
+    return subprocess.run(
+        [sys.executable, "-m", "workers.cli", *args],
+        cwd=cwd,
+        env={**clean, "PYTHONPATH": str(ROOT), "COLUMNS": "160", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_the_demo_runs_to_completion_on_sqlite_with_no_servers(tmp_path):
+    done = kiln("demo", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (tmp_path / "kiln.db").exists()
+    for name in ("Generate", "Square evens", "Square odds", "Flaky fetch", "Sum", "Report"):
+        assert name in done.stdout
+    assert "succeeded" in done.stdout
+    as_json = kiln("demo", "--json", cwd=tmp_path)
+    run = json.loads(as_json.stdout)
+    tasks = {t["name"]: t for t in run["tasks"]}
+    assert run["status"] == "succeeded"
+    assert tasks["Flaky fetch"]["attempts"] == 2
+    assert tasks["Sum"]["result"] == 364 + 286 + 1000
+
+
+def test_kiln_run_exits_zero_only_when_the_workflow_succeeded(tmp_path):
+    good = tmp_path / "good.json"
+    good.write_text(
+        json.dumps(
+            {
+                "name": "good",
+                "tasks": [
+                    {"name": "A", "handler": "tests.handlers:add", "params": {"a": 1, "b": 2}}
+                ],
+            }
+        )
+    )
+    bad = tmp_path / "bad.json"
+    bad.write_text(
+        json.dumps(
+            {
+                "name": "bad",
+                "tasks": [
+                    {"name": "A", "handler": "tests.handlers:fail_always", "max_attempts": 1}
+                ],
+            }
+        )
+    )
+    ok = kiln("run", str(good), "--json", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["tasks"][0]["result"] == 3
+    failed = kiln("run", str(bad), cwd=tmp_path)
+    assert failed.returncode == 1
+    assert "failed" in failed.stdout
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "is not valid JSON"),
+        (
+            json.dumps({"name": "x", "tasks": [{"name": "A", "handler": "nope_not_registered"}]}),
+            "is not registered",
+        ),
+        (
+            json.dumps(
+                {"name": "x", "tasks": [{"name": "A", "handler": "echo", "depends_on": ["A"]}]}
+            ),
+            "depends on itself",
+        ),
+    ],
+)
+def test_kiln_run_rejects_bad_input_with_a_readable_message_and_no_traceback(
+    tmp_path, content, message
+):
+    path = tmp_path / "wf.json"
+    path.write_text(content)
+    done = kiln("run", str(path), cwd=tmp_path)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_kiln_status_of_an_unknown_run_is_a_clear_error(tmp_path):
+    kiln("db", "upgrade", cwd=tmp_path)
+    done = kiln("status", "12345", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "workflow 12345 does not exist" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_kiln_worker_explains_that_it_needs_a_shared_broker(tmp_path):
+    done = kiln("worker", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "KILN_BROKER_URL" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        [],
+        ["db"],
+        ["db", "upgrade"],
+        ["worker"],
+        ["controller"],
+        ["web"],
+        ["run"],
+        ["status"],
+        ["demo"],
+        ["instance"],
+    ],
+)
+def test_every_command_has_help(tmp_path, command):
+    done = kiln(*command, "--help", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "Usage:" in done.stdout
