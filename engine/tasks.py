@@ -83,7 +83,11 @@ class RecordReport:
 
 def dispatch_candidates_txn(conn: sa.Connection, *, limit: int, now: dt.datetime) -> list[Any]:
     """Lock up to ``limit`` dispatchable tasks of runs that are not paused, best first by
-    (priority, age). Other controllers skip the locked rows."""
+    (priority, age). Other controllers skip the locked rows. A ``model_type`` task is a
+    candidate only while a live instance serves it; the others get a ``waiting_reason``."""
+    from engine.instances import note_unroutable_txn, served_clause
+
+    note_unroutable_txn(conn, now)
     q = (
         sa.select(
             tasks.c.id,
@@ -94,11 +98,12 @@ def dispatch_candidates_txn(conn: sa.Connection, *, limit: int, now: dt.datetime
             tasks.c.ready_at,
             tasks.c.handler,
             tasks.c.model_type,
+            tasks.c.predicted,
         )
         .where(
             tasks.c.status.in_(DISPATCHABLE),
             sa.or_(tasks.c.not_before.is_(None), tasks.c.not_before <= now),
-            tasks.c.handler.is_not(None),
+            sa.or_(tasks.c.handler.is_not(None), served_clause(tasks.c.model_type, now)),
             sa.exists().where(
                 workflows.c.id == tasks.c.workflow_id,
                 workflows.c.status.in_([WorkflowStatus.PENDING, WorkflowStatus.RUNNING]),

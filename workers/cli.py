@@ -133,12 +133,17 @@ def controller() -> None:
     """Run the controller: recover lost work and dispatch ready tasks."""
     from workers.controller import Controller
     from workers.hooks import controller_hooks
+    from workers.scheduling_hooks import scheduler_order, scheduling_hooks
 
     kiln = _kiln()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    Controller(kiln, hooks=controller_hooks()).run(stop)
+    Controller(
+        kiln,
+        hooks=controller_hooks() + scheduling_hooks(kiln),
+        order=scheduler_order(kiln),
+    ).run(stop)
 
 
 @main.command()
