@@ -160,9 +160,11 @@ class Kiln:
             )
         )
 
-    def heartbeat_leases(self, worker_id: str) -> int:
+    def heartbeat_leases(self, worker_id: str, held: list[tuple[int, int]]) -> int:
         return self.txn(
-            lambda c: task_ops.heartbeat_leases_txn(c, worker_id, lease_s=self.settings.lease_s)
+            lambda c: task_ops.heartbeat_leases_txn(
+                c, worker_id, held, lease_s=self.settings.lease_s
+            )
         )
 
     def report_progress(

@@ -493,11 +493,23 @@ def propagate_failure_txn(conn: sa.Connection, task_id: int, workflow_id: int, e
 # --- leases, progress and recovery ------------------------------------------------------
 
 
-def heartbeat_leases_txn(conn: sa.Connection, worker_id: str, *, lease_s: float) -> int:
-    """Extend the leases of every task this worker is running."""
+def heartbeat_leases_txn(
+    conn: sa.Connection, worker_id: str, held: Sequence[tuple[int, int]], *, lease_s: float
+) -> int:
+    """Extend the leases of the ``(task_id, attempt)`` pairs this worker is still working on.
+
+    Only what the worker names is extended: a task whose batch was abandoned (say, the
+    database went away while recording it) lets its lease run out and is recovered, even
+    though its worker process is alive and heartbeating."""
+    if not held:
+        return 0
     return conn.execute(
         tasks.update()
-        .where(tasks.c.lease_owner == worker_id, tasks.c.status == TaskStatus.RUNNING)
+        .where(
+            sa.tuple_(tasks.c.id, tasks.c.attempts).in_(list(held)),
+            tasks.c.lease_owner == worker_id,
+            tasks.c.status == TaskStatus.RUNNING,
+        )
         .values(lease_expires_at=utcnow() + dt.timedelta(seconds=lease_s))
     ).rowcount
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import traceback
 from typing import Any
 
 from engine.context import TaskContext, reset_current, set_current
 from engine.db import utcnow
-from engine.errors import PermanentFailure, UnknownHandler
+from engine.errors import DatabaseUnavailable, PermanentFailure, UnknownHandler
 from engine.registry import resolve_handler
 from engine.runtime import Kiln
 from engine.tasks import ClaimedTask, Outcome
@@ -20,21 +21,69 @@ from workers.timeouts import TimedOut, call_with_timeout
 log = logging.getLogger("kiln.worker")
 FLUSH_AFTER_S = 0.05  # record finished tasks at least this often within a long batch
 PROGRESS_EVERY_S = 0.5
+RECORD_PATIENCE_S = 30.0
+
+
+class HeldTasks:
+    """The ``(task_id, attempt)`` pairs this process is working on; only these have their
+    leases extended by the heartbeat, so a batch abandoned half-way is recovered."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: set[tuple[int, int]] = set()
+
+    def add(self, tasks: list[ClaimedTask]) -> None:
+        with self._lock:
+            self._held.update((t.id, t.attempt) for t in tasks)
+
+    def discard(self, tasks: list[ClaimedTask]) -> None:
+        with self._lock:
+            self._held.difference_update((t.id, t.attempt) for t in tasks)
+
+    def snapshot(self) -> list[tuple[int, int]]:
+        with self._lock:
+            return sorted(self._held)
+
+
+held = HeldTasks()
 
 
 def execute_batch(kiln: Kiln, items: list[tuple[int, int]], worker_id: str) -> int:
     """Claim and run the given ``(task_id, attempt)`` items; return how many ran."""
     claimed = kiln.claim(items, worker_id)
-    pending: list[Outcome] = []
-    last_flush = time.monotonic()
-    for task in claimed:
-        pending.append(run_one(kiln, task))
-        if time.monotonic() - last_flush >= FLUSH_AFTER_S:
-            kiln.record(pending)
-            pending, last_flush = [], time.monotonic()
-    if pending:
-        kiln.record(pending)
+    held.add(claimed)
+    try:
+        pending: list[Outcome] = []
+        last_flush = time.monotonic()
+        for task in claimed:
+            pending.append(run_one(kiln, task))
+            if time.monotonic() - last_flush >= FLUSH_AFTER_S:
+                record(kiln, pending)
+                held.discard([o.task for o in pending])
+                pending, last_flush = [], time.monotonic()
+        if pending:
+            record(kiln, pending)
+    finally:
+        held.discard(claimed)
     return len(claimed)
+
+
+def record(kiln: Kiln, outcomes: list[Outcome]) -> None:
+    """Record outcomes, waiting out a short database outage (a restart takes seconds) rather
+    than throwing finished work away; past ``RECORD_PATIENCE_S`` give up and let the leases
+    expire, so the tasks run again."""
+    deadline = time.monotonic() + RECORD_PATIENCE_S
+    delay = 0.1
+    while True:
+        try:
+            kiln.record(outcomes)
+            return
+        except DatabaseUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("database unavailable while recording %d results; retrying", len(outcomes))
+            time.sleep(delay)
+            delay = min(2.0, delay * 2)
 
 
 def _timeout(task: ClaimedTask) -> str:

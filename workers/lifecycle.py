@@ -15,6 +15,7 @@ from engine.processes import (
     register_process_txn,
     stop_process_txn,
 )
+from workers.executor import held
 
 log = logging.getLogger("kiln.worker")
 
@@ -61,7 +62,7 @@ class WorkerLifecycle(dramatiq.Middleware):
         interval = kiln.settings.lease_s / 3
         while not self._stop.wait(interval):
             try:
-                kiln.heartbeat_leases(self._id)
+                kiln.heartbeat_leases(self._id, held.snapshot())
                 kiln.txn(lambda c: heartbeat_process_txn(c, self._id))
             except Exception:  # noqa: BLE001 - keep beating; the database may be back soon
                 log.warning("lease heartbeat failed; retrying in %.1fs", interval, exc_info=True)

@@ -1,0 +1,395 @@
+"""Chaos driver: Kiln's Procfile processes on a throwaway PostgreSQL and Redis, a steady stream
+of workflows, and faults injected meanwhile; then invariants checked straight from the database.
+
+    python -m tests.chaos.driver --seconds 600        # longer on demand
+
+Faults: SIGKILL a random worker, SIGKILL a controller, SIGKILL a TaskInstance, crash-restart
+PostgreSQL, restart (empty) or flush Redis. Every killed process is started again after a
+short pause, as a supervisor would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+import sqlalchemy as sa
+
+from tests.chaos.services import ThrowawayPostgres, ThrowawayRedis, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+TERMINAL = ("succeeded", "failed", "cancelled")
+FAULTS = ("kill_worker", "kill_controller", "restart_postgres", "restart_redis", "flush_redis")
+
+
+@dataclass
+class Summary:
+    seconds: float = 0.0
+    workflows_submitted: int = 0
+    submit_retries: int = 0
+    faults: collections.Counter = field(default_factory=collections.Counter)
+    recoveries: dict[str, int] = field(default_factory=dict)
+    outcomes: dict[str, int] = field(default_factory=dict)
+    violations: list[str] = field(default_factory=list)
+
+    def render(self) -> str:
+        lines = [
+            f"chaos run: {self.seconds:.0f}s",
+            f"  workflows submitted: {self.workflows_submitted} (HTTP retries during faults: {self.submit_retries})",
+            f"  workflow outcomes:   {dict(sorted(self.outcomes.items()))}",
+            "  faults injected:     "
+            + ", ".join(f"{k}={v}" for k, v in sorted(self.faults.items())),
+            "  recoveries observed: "
+            + ", ".join(f"{k}={v}" for k, v in sorted(self.recoveries.items())),
+            f"  invariant violations: {len(self.violations)}",
+        ]
+        lines += [f"    - {v}" for v in self.violations]
+        return "\n".join(lines)
+
+
+class Proc:
+    """One supervised process: started, SIGKILLed and started again."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], logs: Path) -> None:
+        self.name, self.args, self.env, self.logs = name, args, env, logs
+        self.popen: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        log = open(self.logs / f"{self.name}.log", "ab")  # noqa: SIM115
+        self.popen = subprocess.Popen(
+            self.args, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()
+
+    def kill(self) -> None:
+        if self.popen and self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGKILL)
+            self.popen.wait()
+
+    def ensure_running(self) -> None:
+        if self.popen is None or self.popen.poll() is not None:
+            self.start()
+
+    def stop(self) -> None:
+        if self.popen and self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+def kiln_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "workers.cli", *args]
+
+
+def random_workflow(rng: random.Random, n: int) -> dict[str, Any]:
+    """A small random DAG whose tasks all return values (so a missing result is visible)."""
+    tasks: list[dict[str, Any]] = []
+    for i in range(rng.randint(2, 7)):
+        deps = sorted(rng.sample([t["name"] for t in tasks], k=min(len(tasks), rng.randint(0, 2))))
+        kind = rng.random()
+        if kind < 0.45:
+            task = {
+                "handler": "tests.handlers:sleep",
+                "params": {"seconds": round(rng.uniform(0.05, 0.6), 2), "value": i},
+            }
+        elif kind < 0.6:
+            task = {"handler": "tests.handlers:fail_until", "params": {"succeed_on": 2}}
+        else:
+            params: dict[str, Any] = {"i": i}
+            if deps:
+                params["upstream"] = {d: "{{" + d + ".result}}" for d in deps}
+            task = {"handler": "tests.handlers:echo", "params": params}
+        tasks.append({"name": f"t{i}", "depends_on": deps, "max_attempts": 10, **task})
+    return {"name": f"chaos-{n}", "on_error": "continue", "tasks": tasks}
+
+
+class Chaos:
+    def __init__(
+        self,
+        seconds: float,
+        seed: int,
+        workdir: Path,
+        fault_every: tuple[float, float] = (3.0, 7.0),
+    ):
+        self.seconds, self.rng, self.workdir, self.fault_every = (
+            seconds,
+            random.Random(seed),
+            workdir,
+            fault_every,
+        )
+        self.summary = Summary()
+        self.workflow_ids: list[int] = []
+        self.stop_submitting = threading.Event()
+        self.procs: dict[str, list[Proc]] = {}
+
+    # --- set-up ---------------------------------------------------------------------------
+
+    def start_services(self) -> None:
+        self.pg = ThrowawayPostgres()
+        self.redis = ThrowawayRedis()
+        self.db_url = self.pg.url
+        self.web_port = free_port()
+        self.env = {
+            **os.environ,
+            "KILN_DATABASE_URL": self.db_url,
+            "KILN_BROKER_URL": self.redis.url,
+            "KILN_IMPORTS": "tests.handlers",
+            "KILN_LEASE_S": "3",
+            "KILN_DISPATCH_TIMEOUT_S": "4",
+            "KILN_RETRY_BASE_S": "0.1",
+            "KILN_RETRY_MAX_S": "1",
+            "KILN_CONTROLLER_POLL_S": "0.2",
+            "KILN_LOG_LEVEL": "WARNING",
+            "PYTHONPATH": str(ROOT),
+        }
+        subprocess.run(
+            kiln_cmd("db", "upgrade"), env=self.env, cwd=ROOT, check=True, capture_output=True
+        )
+        logs = self.workdir
+        web = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--workers",
+            "2",
+            "--threads",
+            "4",
+            "--bind",
+            f"127.0.0.1:{self.web_port}",
+            "web.app:create_app()",
+        ]
+        self.procs = {
+            "web": [Proc("web", web, self.env, logs)],
+            "worker": [
+                Proc(f"worker{i}", kiln_cmd("worker", "--threads", "4"), self.env, logs)
+                for i in range(2)
+            ],
+            "controller": [
+                Proc(f"controller{i}", kiln_cmd("controller"), self.env, logs) for i in range(2)
+            ],
+        }
+        for group in self.procs.values():
+            for p in group:
+                p.start()
+        self.base = f"http://127.0.0.1:{self.web_port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if requests.get(self.base + "/health", timeout=1).ok:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("web did not come up:\n" + self.logs())
+            time.sleep(0.1)
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-2000:]}"
+            for p in sorted(self.workdir.glob("*.log"))
+        )
+
+    # --- load -----------------------------------------------------------------------------
+
+    def submit(self, definition: dict[str, Any]) -> None:
+        key = uuid.uuid4().hex
+        for attempt in range(120):
+            try:
+                r = requests.post(
+                    self.base + "/workflows",
+                    json=definition,
+                    headers={"Idempotency-Key": key},
+                    timeout=5,
+                )
+                if r.status_code in (200, 201):
+                    self.workflow_ids.append(r.json()["id"])
+                    self.summary.workflows_submitted += 1
+                    return
+                if r.status_code < 500:
+                    raise RuntimeError(f"submission refused: {r.status_code} {r.text}")
+            except requests.RequestException:
+                pass
+            self.summary.submit_retries += 1
+            time.sleep(min(1.0, 0.05 * (attempt + 1)))
+        raise RuntimeError("could not submit a workflow for a minute")
+
+    def submitter(self) -> None:
+        n = 0
+        while not self.stop_submitting.is_set():
+            self.submit(random_workflow(self.rng, n))
+            n += 1
+            self.stop_submitting.wait(self.rng.uniform(0.1, 0.4))
+
+    # --- faults ---------------------------------------------------------------------------
+
+    def inject(self, kind: str) -> None:
+        if kind == "kill_worker":
+            victim = self.rng.choice(self.procs["worker"])
+        elif kind == "kill_controller":
+            victim = self.rng.choice(self.procs["controller"])
+        elif kind == "restart_postgres":
+            self.pg.restart()
+            victim = None
+        elif kind == "restart_redis":
+            self.redis.restart()
+            victim = None
+        else:
+            self.redis.flush()
+            victim = None
+        if victim is not None:
+            victim.kill()
+            time.sleep(self.rng.uniform(0.2, 1.5))
+            victim.start()
+        self.summary.faults[kind] += 1
+
+    # --- the run --------------------------------------------------------------------------
+
+    def run(self) -> Summary:
+        started = time.monotonic()
+        self.start_services()
+        try:
+            submitter = threading.Thread(target=self.submitter, daemon=True)
+            submitter.start()
+            kinds = list(FAULTS)
+            self.rng.shuffle(kinds)
+            i = 0
+            while time.monotonic() - started < self.seconds:
+                time.sleep(self.rng.uniform(*self.fault_every))
+                self.inject(kinds[i % len(kinds)] if i < len(kinds) else self.rng.choice(FAULTS))
+                i += 1
+            self.stop_submitting.set()
+            submitter.join(timeout=120)
+            for group in self.procs.values():
+                for p in group:
+                    p.ensure_running()
+            self.drain(timeout=180)
+            self.check_invariants()
+        finally:
+            self.summary.seconds = time.monotonic() - started
+            for group in self.procs.values():
+                for p in group:
+                    p.stop()
+            self.redis.stop()
+            self.pg.stop()
+        return self.summary
+
+    def engine(self) -> sa.Engine:
+        return sa.create_engine(
+            self.db_url.replace("postgresql://", "postgresql+psycopg://"), pool_pre_ping=True
+        )
+
+    def drain(self, timeout: float) -> None:
+        eng = self.engine()
+        deadline = time.monotonic() + timeout
+        ids = list(self.workflow_ids)
+        try:
+            while time.monotonic() < deadline:
+                with eng.connect() as c:
+                    left = c.execute(
+                        sa.text(
+                            "SELECT count(*) FROM workflows WHERE id = ANY(:ids) AND status NOT IN :t"
+                        ).bindparams(sa.bindparam("t", expanding=True)),
+                        {"ids": ids, "t": list(TERMINAL)},
+                    ).scalar()
+                if left == 0:
+                    return
+                time.sleep(0.5)
+        finally:
+            eng.dispose()
+
+    def check_invariants(self) -> None:
+        eng = self.engine()
+        v = self.summary.violations
+        with eng.connect() as c:
+
+            def q(sql: str, **params: Any) -> list[Any]:
+                return c.execute(sa.text(sql), params).all()
+
+            ids = list(self.workflow_ids)
+            not_done = q(
+                "SELECT id, status FROM workflows WHERE id = ANY(:ids) AND status NOT IN ('succeeded','failed','cancelled')",
+                ids=ids,
+            )
+            for r in not_done:
+                detail = q(
+                    "SELECT name, status, attempts, dispatch_count, deps_remaining, lease_expires_at "
+                    "FROM tasks WHERE workflow_id = :w ORDER BY id",
+                    w=r.id,
+                )
+                v.append(f"workflow {r.id} never finished (still {r.status}): {[tuple(d) for d in detail]}")
+            missing = set(ids) - {
+                r.id for r in q("SELECT id FROM workflows WHERE id = ANY(:ids)", ids=ids)
+            }
+            v += [f"submitted workflow {i} is not in the database" for i in sorted(missing)]
+            twice = q(
+                "SELECT task_id, count(*) n FROM task_attempts WHERE outcome = 'succeeded' GROUP BY task_id HAVING count(*) > 1"
+            )
+            v += [f"task {r.task_id} has {r.n} successful attempts" for r in twice]
+            no_result = q(
+                "SELECT t.id FROM tasks t WHERE t.status = 'succeeded' AND (t.result IS NULL OR t.result = 'null'::jsonb "
+                "OR NOT EXISTS (SELECT 1 FROM task_attempts a WHERE a.task_id = t.id AND a.attempt = t.attempts AND a.outcome = 'succeeded'))"
+            )
+            v += [f"succeeded task {r.id} has no recorded result/attempt" for r in no_result]
+            tables = {
+                r[0] for r in q("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+            }
+            if "operations" in tables:
+                stuck = q("SELECT ic_id FROM operations WHERE status = 'processing'")
+                v += [f"operation {r.ic_id} stuck in processing" for r in stuck]
+            self.summary.outcomes = dict(
+                q(
+                    "SELECT status, count(*) FROM workflows WHERE id = ANY(:ids) GROUP BY status",
+                    ids=ids,
+                )
+            )
+            self.summary.recoveries = {
+                "lost attempts retried": q(
+                    "SELECT count(*) FROM task_attempts WHERE outcome = 'lost'"
+                )[0][0],
+                "messages re-sent": q(
+                    "SELECT coalesce(sum(dispatch_count - attempts), 0) FROM tasks WHERE dispatch_count > attempts"
+                )[0][0],
+                "stale results refused": q(
+                    "SELECT count(*) FROM task_attempts WHERE outcome = 'stale'"
+                )[0][0],
+            }
+        eng.dispose()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--seconds", type=float, default=180)
+    ap.add_argument("--seed", type=int, default=int(time.time()))
+    ap.add_argument("--workdir", type=Path, default=None)
+    opts = ap.parse_args()
+    workdir = opts.workdir or Path(f"/tmp/kiln-chaos-{os.getpid()}")
+    workdir.mkdir(parents=True, exist_ok=True)
+    print(f"seed {opts.seed}; logs in {workdir}", flush=True)
+    summary = Chaos(opts.seconds, opts.seed, workdir).run()
+    print(summary.render())
+    print(json.dumps({"violations": len(summary.violations)}))
+    raise SystemExit(1 if summary.violations else 0)
+
+
+if __name__ == "__main__":
+    main()
