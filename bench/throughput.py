@@ -75,17 +75,12 @@ def wait(cond, timeout: float, what: str):  # type: ignore[no-untyped-def]
     return value
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--tasks", type=int, default=20_000)
-    ap.add_argument("--shape", choices=("many", "one"), default="many")
-    ap.add_argument("--w2", type=int, default=300)
-    ap.add_argument("--processes", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=4)
-    opts = ap.parse_args()
-
+def measure(
+    tasks: int = 20_000, shape: str = "many", w2: int = 300, processes: int = 2, threads: int = 4
+) -> dict:
+    """Run W1 then W2 and return the figures (also printed)."""
+    opts = argparse.Namespace(tasks=tasks, shape=shape, w2=w2, processes=processes, threads=threads)
+    figures: dict = {}
     url = fresh_database()
     r = redis.Redis.from_url(REDIS)
     r.flushdb()
@@ -108,11 +103,8 @@ def main() -> None:
     else:
         spec: WorkflowSpec = parse_definition({"name": "w1", "tasks": [noop]})
         for start_i in range(0, opts.tasks, 1000):
-            kiln.txn(
-                lambda c, n=min(1000, opts.tasks - start_i): [
-                    submit_workflow_txn(c, spec) for _ in range(n)
-                ]
-            )
+            n = min(1000, opts.tasks - start_i)
+            kiln.txn(lambda c, n=n: [submit_workflow_txn(c, spec) for _ in range(n)])
     submit_s = time.perf_counter() - t0
     print(
         f"W1 submit: {opts.tasks} tasks ({opts.shape}) in {submit_s:.2f}s = {opts.tasks / submit_s:,.0f}/s"
@@ -141,6 +133,7 @@ def main() -> None:
         lambda c: c.execute(sa.text("SELECT min(queued_at), max(finished_at) FROM tasks")).one()
     )
     drain = (last - first).total_seconds()
+    figures["w1_tasks_per_s"] = opts.tasks / drain
     print(
         f"W1 drain: {opts.tasks} no-op tasks, concurrency {opts.processes}x{opts.threads}: "
         f"{opts.tasks / drain:,.0f} tasks/s (first dispatch -> last result {drain:.2f}s; "
@@ -166,6 +159,7 @@ def main() -> None:
             "W2",
         )
         ms = [float(v) * 1000 for v in lat]
+        figures.update(w2_p50_ms=pct(ms, 50), w2_p95_ms=pct(ms, 95), w2_p99_ms=pct(ms, 99))
         print(
             f"W2 submit->start over {opts.w2} single-task workflows 20 ms apart: "
             f"p50 {pct(ms, 50):.2f} ms, p95 {pct(ms, 95):.2f} ms, p99 {pct(ms, 99):.2f} ms, "
@@ -177,6 +171,20 @@ def main() -> None:
         p.wait(timeout=30)
     kiln.close()
     r.flushdb()
+    return figures
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--tasks", type=int, default=20_000)
+    ap.add_argument("--shape", choices=("many", "one"), default="many")
+    ap.add_argument("--w2", type=int, default=300)
+    ap.add_argument("--processes", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=4)
+    opts = ap.parse_args()
+    measure(opts.tasks, opts.shape, opts.w2, opts.processes, opts.threads)
 
 
 if __name__ == "__main__":
