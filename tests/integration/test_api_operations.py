@@ -269,3 +269,22 @@ def test_concurrent_controllers_apply_each_operation_once_and_in_order(pg_kiln, 
     )
     assert len(claimers) > 1
     assert all(pipeline(client, p["id"])["status"] == "deleted" for p in pipelines)
+
+
+def test_pipelines_interleave_fairly_one_shard_each_per_generation(kiln, monkeypatch):
+    from workers.embedded import EmbeddedRuntime
+
+    monkeypatch.delenv("KILN_API_TOKEN", raising=False)
+    client = create_app(kiln).test_client()
+    pids = [new_pipeline(client, shards=(("x",), ("y",), ("z",)))["id"] for _ in range(3)]
+    with EmbeddedRuntime(kiln, threads=1, hooks=controller_hooks()):
+        for pid in pids:
+            wait_pipeline(client, pid, lambda x: x["status"] == "completed", f"pipeline {pid}")
+    runs = sorted(
+        (s["started_at"], s["shard_index"], pid)
+        for pid in pids
+        for s in pipeline(client, pid)["shards"]
+    )
+    # No pipeline ran its next shard while another one still waited for its previous one.
+    assert [shard for _, shard, _ in runs] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert [pid for _, _, pid in runs] == pids * 3
