@@ -451,25 +451,58 @@ def inflight_by_instance(conn: sa.Connection) -> dict[int, int]:
     return {r[0]: r[1] for r in rows}
 
 
-def free_slots(conn: sa.Connection, now: dt.datetime | None = None) -> dict[str, int]:
-    """Per model type served by a live instance: how many more of its tasks may be sent now
-    (slots of the live instances serving it, less Kiln's tasks running there and the tasks
-    of that model type already queued for a worker)."""
+@dataclass
+class Capacity:
+    """Free slots per live instance, and which instances serve each model type. An instance
+    serving several model types has one pool of slots for all of them."""
+
+    room: dict[int, int]
+    serving: dict[str, list[int]]
+
+    def take(self, model_type: str) -> bool:
+        """Reserve a slot for one task of ``model_type`` on the roomiest instance serving it."""
+        ids = [i for i in self.serving.get(model_type, ()) if self.room[i] > 0]
+        if not ids:
+            return False
+        best = max(ids, key=lambda i: (self.room[i], -i))
+        self.room[best] -= 1
+        return True
+
+    def per_model_type(self) -> dict[str, int]:
+        return {cap: sum(self.room[i] for i in ids) for cap, ids in self.serving.items()}
+
+
+def capacity(conn: sa.Connection, now: dt.datetime | None = None) -> Capacity:
+    """Slots Kiln may still fill now: each live instance's slots less Kiln's tasks running
+    there, less one per task sent to a worker but not placed yet (queued, or claimed a moment
+    ago) of a model type it serves."""
     live = live_instances(conn, now)
     inflight = inflight_by_instance(conn)
-    queued = dict(
-        conn.execute(
-            sa.select(tasks.c.model_type, sa.func.count())
-            .where(tasks.c.status == TaskStatus.QUEUED, tasks.c.model_type.is_not(None))
-            .group_by(tasks.c.model_type)
-        ).all()
+    cap = Capacity(
+        room={i.id: max(i.slots - inflight.get(i.id, 0), 0) for i in live},
+        serving={},
     )
-    free: dict[str, int] = {}
     for inst in live:
-        room = max(inst.slots - inflight.get(inst.id, 0), 0)
-        for cap in inst.capabilities:
-            free[cap] = free.get(cap, 0) + room
-    return {cap: n - queued.get(cap, 0) for cap, n in free.items()}
+        for name in sorted(inst.capabilities):
+            cap.serving.setdefault(name, []).append(inst.id)
+    unplaced = sa.or_(
+        tasks.c.status == TaskStatus.QUEUED,
+        sa.and_(tasks.c.status == TaskStatus.RUNNING, tasks.c.instance_id.is_(None)),
+    )
+    for model_type, count in conn.execute(
+        sa.select(tasks.c.model_type, sa.func.count())
+        .where(unplaced, tasks.c.model_type.is_not(None))
+        .group_by(tasks.c.model_type)
+    ).all():
+        for _ in range(count):
+            cap.take(model_type)
+    return cap
+
+
+def free_slots(conn: sa.Connection, now: dt.datetime | None = None) -> dict[str, int]:
+    """Per model type served by a live instance: how many more of its tasks may be sent now
+    (see :func:`capacity`; instances serving several model types count in each)."""
+    return capacity(conn, now).per_model_type()
 
 
 def note_busy_txn(conn: sa.Connection, free: dict[str, int]) -> None:

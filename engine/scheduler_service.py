@@ -34,7 +34,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from engine.db import aware, utcnow
 from engine.errors import KilnError
-from engine.instances import free_slots, inflight_by_instance, live_instances
+from engine.instances import Capacity, capacity, inflight_by_instance, live_instances
 from engine.prediction import Estimate, Prediction, estimate
 from engine.scheduling import (
     POLICY_NAMES,
@@ -177,7 +177,8 @@ def item_of(row: Any) -> QueuedItem:
     a workflow is the group round-robin and fair share rotate between."""
     predicted = getattr(row, "predicted", None)
     return QueuedItem(
-        id=str(row.id),
+        # Zero-padded so that ties broken by id follow submission order.
+        id=f"{row.id:015d}",
         group=f"workflow:{row.workflow_id}",
         priority=row.priority,
         enqueued_at=_seconds(row.ready_at or row.created_at),
@@ -228,18 +229,17 @@ class SchedulerService:
         with self._lock:
             self._refresh_policy()
             now = time.time()
-            by_id = {str(c.id): c for c in candidates}
+            by_id = {item_of(c).id: c for c in candidates}
             ranked = self.scheduler.order([item_of(c) for c in candidates], now)
-            free: dict[str, int] | None = None
+            free: Capacity | None = None
             out = []
             for item in ranked:
                 row = by_id[item.id]
                 if row.handler is None and row.model_type is not None:
                     if free is None:
-                        free = self.kiln.read(free_slots)
-                    if free.get(row.model_type, 0) <= 0:
+                        free = self.kiln.read(capacity)
+                    if not free.take(row.model_type):
                         continue
-                    free[row.model_type] -= 1
                 out.append(row)
                 self.scheduler.record_start(item, now)
                 self._inflight[item.id] = item
@@ -270,7 +270,7 @@ class SchedulerService:
                 ).all()
             )
             for r in rows:
-                item = self._inflight.pop(str(r.id), None) or item_of(r)
+                item = self._inflight.pop(item_of(r).id, None) or item_of(r)
                 finished = aware(r.finished_at)
                 runtime = r.actual_s
                 if runtime is None:
@@ -489,7 +489,7 @@ def schedule_next(conn: sa.Connection, *, limit: int = 10) -> dict[str, Any]:
     scheduler.params = stored.params
     scheduler.set_policy(stored.policy)
     rows = _queued_rows(conn, limit=2000)
-    by_id = {str(r.id): r for r in rows}
+    by_id = {item_of(r).id: r for r in rows}
     decisions = scheduler.explain([item_of(r) for r in rows], time.time(), limit=limit)
     queue = [
         {

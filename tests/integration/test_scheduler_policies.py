@@ -1,0 +1,237 @@
+"""The scheduler service with real processes: policy switches at run time re-order the queue,
+stats report them, and aging keeps low-priority and long work from starving."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from engine.db import aware
+from engine.runtime import Kiln
+from tests.conftest import wait_for
+from tests.integration.test_instances_routing import (
+    live_instance,
+    model_task,
+    serve_kiln,
+    start_instance,
+    wait_run,
+)
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
+
+
+def started_at(kiln: Kiln, workflow_id: int) -> dict[str, dt.datetime]:
+    return {
+        t["name"]: aware(t["started_at"])
+        for t in kiln.workflow(workflow_id)["tasks"]
+        if t["started_at"] is not None
+    }
+
+
+def put_policy(api: str, policy: str, **params: Any) -> requests.Response:
+    body: dict[str, Any] = {"policy": policy}
+    if params:
+        body["params"] = params
+    return requests.put(f"{api}/scheduler/policy", json=body, timeout=5)
+
+
+def test_policy_names_are_exact_and_a_bad_one_is_a_400(pg_kiln):
+    with serve_kiln(pg_kiln) as api:
+        for bad in ("priority", "SJF", "", None, 3):
+            answer = requests.put(f"{api}/scheduler/policy", json={"policy": bad}, timeout=5)
+            assert answer.status_code == 400, bad
+            assert answer.json()["error"] == "invalid_policy"
+            assert set(answer.json()) == {"error", "message", "details"}
+        assert requests.put(f"{api}/scheduler/policy", data="x", timeout=5).status_code == 400
+        assert put_policy(api, "Fair", bogus=1).status_code == 400
+        ok = put_policy(api, "RoundRobin")
+        assert ok.status_code == 200
+        assert ok.json()["previous_policy"] == "FIFO"
+        stats = requests.get(f"{api}/scheduler/stats", timeout=5).json()
+        assert stats["policy"] == "RoundRobin"
+        for key in ("total_scheduled", "context_switches", "preemptions", "active"):
+            assert stats[key] == 0
+        assert stats["quantum_micros"] > 0
+        empty = requests.post(f"{api}/scheduler/schedule-next", timeout=5).json()
+        assert empty["next_task_id"] is None and empty["message"]
+
+
+def test_switching_policy_at_run_time_reorders_queued_work_and_is_reported_in_stats(
+    cluster, pg_kiln
+):
+    with serve_kiln(pg_kiln) as api:
+        inst = start_instance(api, "m", "--max-concurrency", "1")
+        try:
+            wait_for(lambda: live_instance(api, inst.url), what="registered")
+            cluster.controller()
+            cluster.worker(threads=4)
+            blocker = pg_kiln.submit({"name": "blocker", "tasks": [model_task("b", "m", 2500)]})
+            wait_for(
+                lambda: pg_kiln.workflow(blocker)["tasks"][0]["status"] == "running",
+                what="the blocker running",
+            )
+            wf = pg_kiln.submit(
+                {
+                    "name": "queued",
+                    "tasks": [model_task(f"p{p}", "m", 50, priority=p) for p in range(5)],
+                }
+            )
+            fifo = requests.post(f"{api}/scheduler/schedule-next", timeout=5).json()
+            assert fifo["policy"] == "FIFO"
+            assert [q["name"] for q in fifo["queue"]] == ["p0", "p1", "p2", "p3", "p4"]
+            assert put_policy(api, "Priority").status_code == 200
+            prio = requests.post(f"{api}/scheduler/schedule-next", timeout=5).json()
+            assert [q["name"] for q in prio["queue"]] == ["p4", "p3", "p2", "p1", "p0"]
+            assert prio["next"]["reason"].startswith("Priority: priority 4")
+            assert pg_kiln.workflow(blocker)["tasks"][0]["status"] == "running", (
+                "the blocker finished before the switch; the test proves nothing"
+            )
+            assert wait_run(cluster, pg_kiln, wf)["status"] == "succeeded"
+            starts = started_at(pg_kiln, wf)
+            assert sorted(starts, key=starts.__getitem__) == ["p4", "p3", "p2", "p1", "p0"]
+
+            def reported() -> dict[str, Any] | None:
+                stats = requests.get(f"{api}/scheduler/stats", timeout=5).json()
+                return stats if stats["total_scheduled"] >= 6 else None
+
+            stats = wait_for(reported, what="stats counting the dispatches")
+            assert stats["policy"] == "Priority"
+            assert stats["context_switches"] >= 1  # blocker's run, then the other workflow
+            assert stats["active"] == 0
+        finally:
+            inst.stop()
+
+
+class Feeder:
+    """Submits a one-task workflow every ``interval`` seconds until stopped."""
+
+    def __init__(self, kiln: Kiln, make: Any, interval: float = 0.1) -> None:
+        self.kiln, self.make, self.interval = kiln, make, interval
+        self.submitted: list[tuple[int, dt.datetime]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        i = 0
+        while not self.stop.wait(self.interval):
+            wf = self.kiln.submit({"name": f"feed-{i}", "tasks": [self.make(i)]})
+            self.submitted.append((wf, dt.datetime.now(dt.UTC)))
+            i += 1
+
+    def __enter__(self) -> Feeder:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
+
+
+def occupy(kiln: Kiln, model_type: str, duration_ms: int = 800) -> int:
+    """Fill the single slot so the tasks submitted next have to queue in Kiln."""
+    wf = kiln.submit({"name": "occupy", "tasks": [model_task("b", model_type, duration_ms)]})
+    wait_for(lambda: kiln.workflow(wf)["tasks"][0]["status"] == "running", what="the slot occupied")
+
+
+def assert_not_starved(
+    kiln: Kiln, victim: int, feeder: Feeder, bound_s: float, blocker: int | None = None
+) -> None:
+    """The victim started within ``bound_s`` of being submitted, while newer favoured work
+    kept arriving, and after at least some of that newer work (the policy did favour it)."""
+    task = wait_for(
+        lambda: (t := kiln.workflow(victim)["tasks"][0])["started_at"] and t,
+        timeout=bound_s + 5,
+        what="the victim to start",
+    )
+    waited = (aware(task["started_at"]) - aware(task["created_at"])).total_seconds()
+    assert waited < bound_s, f"waited {waited:.1f}s"
+    submitted_after = [wf for wf, at in feeder.submitted if at > aware(task["created_at"])]
+    overtook = [wf for wf in submitted_after if kiln.workflow(wf)["tasks"][0]["started_at"]]
+    overtook = [
+        wf
+        for wf in overtook
+        if aware(kiln.workflow(wf)["tasks"][0]["started_at"]) < aware(task["started_at"])
+    ]
+    seen = [
+        (t["name"], str(t["created_at"])[11:23], str(t["started_at"])[11:23], t["predicted_s"])
+        for wf, _ in feeder.submitted[:8]
+        for t in kiln.workflow(wf)["tasks"]
+    ]
+    assert overtook, (
+        f"no newer favoured task ran first: the policy was not in effect; victim "
+        f"{str(task['created_at'])[11:23]} -> {str(task['started_at'])[11:23]}; others {seen}"
+        f" blocker {kiln.workflow(blocker)['tasks'] if blocker else None}"
+    )
+    assert feeder.thread.is_alive(), "the stream ended first: starvation was not tested"
+
+
+def test_priority_aging_lets_a_low_priority_task_run_within_a_bounded_wait(cluster, pg_kiln):
+    with serve_kiln(pg_kiln) as api:
+        inst = start_instance(api, "m", "--max-concurrency", "1")
+        try:
+            wait_for(lambda: live_instance(api, inst.url), what="registered")
+            # 10 priority levels per second of waiting: bound ~ (5 - 0) / 10 s behind the
+            # newest high-priority task, plus the ones already ahead.
+            assert put_policy(api, "Priority", aging_per_minute=600).status_code == 200
+            cluster.controller()
+            cluster.worker(threads=4)
+            b = occupy(pg_kiln, "m")
+            low = pg_kiln.submit({"name": "low", "tasks": [model_task("low", "m", 100)]})
+            with Feeder(pg_kiln, lambda i: model_task(f"high{i}", "m", 150, priority=5)) as f:
+                assert_not_starved(pg_kiln, low, f, bound_s=5.0, blocker=b)
+        finally:
+            inst.stop()
+
+
+def test_shortest_predicted_aging_lets_a_long_task_run_within_a_bounded_wait(
+    cluster, pg_kiln, tmp_path: Path
+):
+    predictions = tmp_path / "predictions.json"
+    predictions.write_text(
+        json.dumps(
+            [
+                {
+                    "status": "success",
+                    "model_type": model_type,
+                    "model_info": {"hardware": "simulated"},
+                    "quantiles": [0.1, 0.25, 0.5, 0.75, 0.9],
+                    "quantile_predictions": values,
+                }
+                for model_type, values in (
+                    ("long", [1500, 1800, 2000, 2200, 2500]),
+                    ("short", [80, 90, 100, 110, 120]),
+                )
+            ]
+        )
+    )
+    cluster.env["KILN_PREDICTIONS_FILE"] = str(predictions)
+    cluster.env["KILN_PREDICTOR_MIN_SAMPLES"] = "1000"  # keep the lookup's sizes
+    with serve_kiln(pg_kiln) as api:
+        inst = start_instance(
+            api, "m", "--capability", "long", "--capability", "short", "--max-concurrency", "1"
+        )
+        try:
+            wait_for(lambda: live_instance(api, inst.url), what="registered")
+            # Every second of waiting forgives 4 s of predicted size.
+            assert put_policy(api, "ShortestPredicted", aging=4.0).status_code == 200
+            cluster.controller()
+            cluster.worker(threads=4)
+            b = occupy(pg_kiln, "short")
+            long = pg_kiln.submit({"name": "long", "tasks": [model_task("long", "long", 100)]})
+            wait_for(
+                lambda: pg_kiln.workflow(long)["tasks"][0]["predicted_s"],
+                what="the long task's prediction",
+            )
+            with Feeder(pg_kiln, lambda i: model_task(f"short{i}", "short", 150)) as f:
+                assert_not_starved(pg_kiln, long, f, bound_s=5.0, blocker=b)
+            task = pg_kiln.workflow(long)["tasks"][0]
+            assert task["predicted"]["method"] == "lookup"
+            assert task["predicted_s"] == pytest.approx(2.0, rel=0.05)
+        finally:
+            inst.stop()
