@@ -53,6 +53,8 @@ from engine.states import TaskStatus, WorkflowStatus
 log = logging.getLogger("kiln.scheduler")
 DEFAULT_POLICY = "FIFO"
 DEFAULT_PLACEMENT = "min_expected_completion"
+# Policies whose record_finish uses actual run times (vruntime, round-robin quantum).
+LEARNS_FROM_RUN_TIMES = frozenset({"Fair", "RoundRobin"})
 ACTIVE = [TaskStatus.READY, TaskStatus.RETRYING, TaskStatus.QUEUED, TaskStatus.RUNNING]
 
 
@@ -193,7 +195,9 @@ class SchedulerService:
     """One controller's scheduler. ``order`` is the ``order=`` callable of the controller;
     ``sync`` (a hook) persists state and learns from finished tasks."""
 
-    def __init__(self, kiln: Any, *, policy_refresh_s: float = 0.2) -> None:
+    def __init__(
+        self, kiln: Any, *, policy_refresh_s: float = 0.2, persist_every_s: float = 0.5
+    ) -> None:
         self.kiln = kiln
         self.policy_refresh_s = policy_refresh_s
         self._lock = threading.Lock()
@@ -202,7 +206,8 @@ class SchedulerService:
         self._finished_after = utcnow()
         self._inflight: dict[str, QueuedItem] = {}
         self.scheduler = Scheduler(DEFAULT_POLICY)
-        self._placement = DEFAULT_PLACEMENT
+        self._persisted_at = -1e9
+        self.persist_every_s = persist_every_s
 
     def _refresh_policy(self) -> None:
         if time.monotonic() - self._loaded_at < self.policy_refresh_s:
@@ -247,40 +252,17 @@ class SchedulerService:
             return out
 
     def sync(self, kiln: Any = None) -> None:
-        """Hook: learn run times of tasks finished since the last pass, persist the state."""
+        """Hook: learn run times of tasks finished since the last pass (only the policies
+        that use them, Fair and RoundRobin, pay for the query), and persist the state at
+        most every ``persist_every_s``."""
         with self._lock:
             self._refresh_policy()
-            since = self._finished_after
-            rows = self.kiln.read(
-                lambda c: c.execute(
-                    sa.select(
-                        tasks.c.id,
-                        tasks.c.workflow_id,
-                        tasks.c.priority,
-                        tasks.c.ready_at,
-                        tasks.c.created_at,
-                        tasks.c.predicted,
-                        tasks.c.started_at,
-                        tasks.c.finished_at,
-                        tasks.c.actual_s,
-                    )
-                    .where(tasks.c.finished_at > since, tasks.c.started_at.is_not(None))
-                    .order_by(tasks.c.finished_at)
-                    .limit(1000)
-                ).all()
-            )
-            for r in rows:
-                item = self._inflight.pop(item_of(r).id, None) or item_of(r)
-                finished = aware(r.finished_at)
-                runtime = r.actual_s
-                if runtime is None:
-                    runtime = max((finished - aware(r.started_at)).total_seconds(), 0.0)
-                self.scheduler.record_finish(item, runtime, finished.timestamp())
-                self._finished_after = max(self._finished_after, finished)
-                self._dirty = True
-            if len(self._inflight) > 100_000:
+            if self.scheduler.policy_name in LEARNS_FROM_RUN_TIMES:
+                self._learn_finished()
+            else:
                 self._inflight.clear()
-            if not self._dirty:
+                self._finished_after = utcnow()
+            if not self._dirty or time.monotonic() - self._persisted_at < self.persist_every_s:
                 return
             state = self.scheduler.state
 
@@ -292,6 +274,39 @@ class SchedulerService:
 
             self.kiln.txn(write)
             self._dirty = False
+            self._persisted_at = time.monotonic()
+
+    def _learn_finished(self) -> None:
+        since = self._finished_after
+        rows = self.kiln.read(
+            lambda c: c.execute(
+                sa.select(
+                    tasks.c.id,
+                    tasks.c.workflow_id,
+                    tasks.c.priority,
+                    tasks.c.ready_at,
+                    tasks.c.created_at,
+                    tasks.c.predicted,
+                    tasks.c.started_at,
+                    tasks.c.finished_at,
+                    tasks.c.actual_s,
+                )
+                .where(tasks.c.finished_at > since, tasks.c.started_at.is_not(None))
+                .order_by(tasks.c.finished_at)
+                .limit(1000)
+            ).all()
+        )
+        for r in rows:
+            item = self._inflight.pop(item_of(r).id, None) or item_of(r)
+            finished = aware(r.finished_at)
+            runtime = r.actual_s
+            if runtime is None:
+                runtime = max((finished - aware(r.started_at)).total_seconds(), 0.0)
+            self.scheduler.record_finish(item, runtime, finished.timestamp())
+            self._finished_after = max(self._finished_after, finished)
+            self._dirty = True
+        if len(self._inflight) > 100_000:
+            self._inflight.clear()
 
 
 # --- placement (workers) ----------------------------------------------------------------
