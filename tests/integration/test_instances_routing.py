@@ -122,6 +122,12 @@ def test_tasks_reach_only_instances_of_their_model_type(cluster, pg_kiln, lost_a
             for t in run["tasks"]:
                 assert t["result"]["model"] == t["model_type"]
                 assert t["actual_s"] == pytest.approx(0.05, abs=0.05)
+            # What ran was measured, and the predictor learns from it.
+            learned = requests.post(
+                f"{api}/predict", json={"model_type": "alpha", "metadata": {}}, timeout=5
+            ).json()
+            assert learned["prediction_method"] == "learned"
+            assert learned["quantile_predictions"][2] == pytest.approx(50, abs=50)
         finally:
             alpha.stop()
             beta.stop()
