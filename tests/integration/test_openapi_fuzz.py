@@ -47,7 +47,7 @@ def test_no_generated_request_breaks_the_api_or_its_documented_contract(pg_kiln,
                 suppress_health_check=list(HealthCheck),
                 database=None,
             )
-            def fuzz(case):  # type: ignore[no-untyped-def]
+            def fuzz(case, excluded=excluded):  # type: ignore[no-untyped-def]
                 response = case.call_and_validate(
                     headers={"Authorization": f"Bearer {TOKEN}"}, excluded_checks=excluded
                 )
