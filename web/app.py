@@ -53,6 +53,11 @@ def create_app(kiln: Kiln | None = None) -> Flask:
 
     for blueprint in (workflows.blp, pipelines.blp, dispatcher.blp):
         api.register_blueprint(blueprint)
+    from web import instances_api, predictor_api, scheduler_api
+
+    for module in (instances_api, predictor_api, scheduler_api):
+        for plain_blueprint in module.blueprints:
+            app.register_blueprint(plain_blueprint)
     register_error_handlers(app)
     auth.install(app, kiln.settings.api_token or os.environ.get("KILN_API_TOKEN", ""))
 

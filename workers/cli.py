@@ -187,8 +187,11 @@ def _run_and_follow(kiln, definition: Any, as_json: bool) -> None:  # type: igno
     if kiln.settings.embedded_broker:
         from workers.embedded import EmbeddedRuntime
         from workers.hooks import controller_hooks
+        from workers.scheduling_hooks import scheduler_order, scheduling_hooks
 
-        with EmbeddedRuntime(kiln, hooks=controller_hooks()):
+        with EmbeddedRuntime(
+            kiln, hooks=controller_hooks() + scheduling_hooks(kiln), order=scheduler_order(kiln)
+        ):
             run = _follow(kiln, workflow_id, as_json, follow)
     else:
         run = _follow(kiln, workflow_id, as_json, follow)

@@ -17,7 +17,7 @@ log = logging.getLogger("kiln.embedded")
 class EmbeddedRuntime:
     """Start with ``with EmbeddedRuntime(kiln) as rt: ...``; stops cleanly on exit."""
 
-    def __init__(self, kiln: Kiln, *, threads: int = 4, hooks=()) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, kiln: Kiln, *, threads: int = 4, hooks=(), order=None) -> None:  # type: ignore[no-untyped-def]
         if not kiln.settings.embedded_broker:
             raise ValueError("EmbeddedRuntime needs the in-process broker (KILN_BROKER_URL unset)")
         import workers.actors as actors
@@ -26,7 +26,7 @@ class EmbeddedRuntime:
         self.kiln = kiln
         self.broker = actors.broker
         self.worker = dramatiq.Worker(self.broker, worker_threads=threads, worker_timeout=100)
-        self.controller = Controller(kiln, hooks=hooks)
+        self.controller = Controller(kiln, hooks=hooks, order=order)
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self.controller.run, args=(self._stop,), name="kiln-controller", daemon=True
