@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
+from engine import recovery
 from engine import tasks as task_ops
 from engine import workflows as wf_ops
 from engine.config import Settings
@@ -148,10 +149,10 @@ class Kiln:
             )
         )
 
-    def recover(self) -> task_ops.Recovery:
+    def recover(self) -> recovery.Recovery:
         s = self.settings
         return self.txn(
-            lambda c: task_ops.recover_txn(
+            lambda c: recovery.recover_txn(
                 c,
                 lease_s=s.lease_s,
                 dispatch_timeout_s=s.dispatch_timeout_s,
@@ -162,7 +163,7 @@ class Kiln:
 
     def heartbeat_leases(self, worker_id: str, held: list[tuple[int, int]]) -> int:
         return self.txn(
-            lambda c: task_ops.heartbeat_leases_txn(
+            lambda c: recovery.heartbeat_leases_txn(
                 c, worker_id, held, lease_s=self.settings.lease_s
             )
         )
@@ -171,7 +172,7 @@ class Kiln:
         self, task_id: int, attempt: int, fraction: float, message: str | None
     ) -> bool:
         return self.txn(
-            lambda c: task_ops.report_progress_txn(
+            lambda c: recovery.report_progress_txn(
                 c, task_id, attempt, fraction, message, lease_s=self.settings.lease_s
             )
         )

@@ -12,6 +12,8 @@ Each hook runs on every controller pass (cheap when there is nothing to do):
 * ``annotate_predictions`` — waiting ``model_type`` tasks get the prediction they will be
   scheduled with;
 * ``note_waiting`` — ready ``model_type`` tasks say when every instance serving them is busy;
+* ``note_unroutable`` — ready ``model_type`` tasks no live instance serves say so (once a
+  second: it scans the ready queue, so it stays off the dispatch path);
 * the scheduler service's ``sync`` — learns finished run times and persists its state.
 """
 
@@ -23,7 +25,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from engine.instances import detect_lost_txn, free_slots, note_busy_txn
+from engine.db import utcnow
+from engine.instances import detect_lost_txn, free_slots, note_busy_txn, note_unroutable_txn
 from engine.predictor import predictor_for
 from engine.runtime import Kiln
 from engine.scheduler_service import SchedulerService, annotate_predictions_txn
@@ -90,9 +93,14 @@ def note_waiting(kiln: Kiln) -> None:
         kiln.txn(lambda c: note_busy_txn(c, free))
 
 
+def note_unroutable(kiln: Kiln) -> int:
+    return kiln.txn(lambda c: note_unroutable_txn(c, utcnow()))
+
+
 def scheduling_hooks(kiln: Kiln) -> list[Hook]:
     return [
         _every(LOST_CHECK_EVERY_S, detect_lost_instances),
+        _every(LOST_CHECK_EVERY_S, note_unroutable),
         annotate_predictions,
         note_waiting,
         scheduler_service(kiln).sync,
