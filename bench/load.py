@@ -1,0 +1,377 @@
+"""HTTP load on the real processes (a benchmark, not a test).
+
+Starts a fresh PostgreSQL database (``kiln_load``) and Redis db 7, the web process under
+gunicorn (``--gunicorn-workers`` x 4 threads, as in the Procfile), one ``kiln worker`` (8
+threads) and one ``kiln controller``; creates one context and one python pipeline per client;
+then ``--clients`` threads, each with its own ``requests.Session``, loop for ``--seconds``:
+
+* ``POST /workflows``: a two-task workflow (B after A, no-op handlers), expecting 201;
+* ``GET /workflows/<id>``: read it back, expecting 200;
+* on the client's own pipeline, alternately ``POST /dispatcher/stop-pipeline`` and
+  ``/dispatcher/resume-pipeline`` (200), then ``GET /dispatcher/operation-status/<ic_id>``
+  (200) once per loop until the controller has completed (or failed) the operation.
+
+Any other status, or an exception, is an error. Prints requests/s and latency p50/p95/p99 per
+endpoint, the errors, the operations' outcomes, and the backlog when the clients stop (tasks
+of the submitted workflows not finished, operations pending); then waits up to
+``--drain-seconds`` for that backlog to finish and reports how long it took.
+
+    python bench/load.py [--clients 16] [--seconds 30] [--gunicorn-workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+import requests
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from engine.config import Settings  # noqa: E402
+from engine.runtime import Kiln  # noqa: E402
+
+ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+DB = "kiln_load"
+REDIS = "redis://127.0.0.1:6379/7"
+HOST = "127.0.0.1"
+NOOP = "workers.bench_handlers:noop"
+WORKFLOW = {
+    "name": "load",
+    "tasks": [
+        {"name": "A", "handler": NOOP},
+        {"name": "B", "handler": NOOP, "depends_on": ["A"]},
+    ],
+}
+# Enough shards that no pipeline finishes during a run (a finished pipeline cannot be stopped).
+SHARDS = 2000
+LOGS = Path("/tmp/kiln-bench-logs")
+
+
+def fresh_database() -> str:
+    admin = sa.create_engine(ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
+        c.execute(sa.text(f"CREATE DATABASE {DB}"))
+    admin.dispose()
+    url = sa.make_url(ADMIN).set(database=DB).render_as_string(hide_password=False)
+    kiln = Kiln(Settings(database_url=url), pool_size=1)
+    kiln.upgrade()
+    kiln.close()
+    return url
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    k = max(0, min(len(values) - 1, round(p / 100 * (len(values) - 1))))
+    return values[k]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        cmd,
+        env=env,
+        cwd=ROOT,
+        stdout=open(log, "wb"),  # noqa: SIM115
+        stderr=subprocess.STDOUT,
+    )
+
+
+def wait_until(cond, timeout: float, what: str, procs: list[subprocess.Popen] = ()):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if value := cond():
+                return value
+        except requests.RequestException:
+            pass
+        for p in procs:
+            if p.poll() is not None:
+                raise SystemExit(f"{' '.join(p.args)} exited with {p.returncode} (logs in {LOGS})")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+# --- clients ----------------------------------------------------------------------------
+
+
+@dataclass
+class Stats:
+    latency: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    errors: list[str] = field(default_factory=list)
+    outcomes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    workflow_ids: list[int] = field(default_factory=list)
+
+
+class Client(threading.Thread):
+    """One HTTP client: submit, read back, and drive its pipeline's stop/resume operations."""
+
+    def __init__(self, base: str, pipeline_id: int, stop: threading.Event) -> None:
+        super().__init__(daemon=True)
+        self.base = base
+        self.pipeline_id = pipeline_id
+        self.stop_event = stop
+        self.stats = Stats()
+        self.session = requests.Session()
+        self.next_op = "stop"
+        self.pending_op: str | None = None
+
+    def call(self, label: str, method: str, path: str, expect: int, **kw: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            r = self.session.request(method, self.base + path, timeout=30, **kw)
+        except requests.RequestException as exc:
+            self.stats.errors.append(f"{label}: {type(exc).__name__}: {exc}")
+            return None
+        self.stats.latency[label].append((time.perf_counter() - t0) * 1000)
+        if r.status_code != expect:
+            self.stats.errors.append(f"{label}: HTTP {r.status_code}: {r.text[:200]}")
+            return None
+        return r.json()
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            run = self.call("POST /workflows", "POST", "/workflows", 201, json=WORKFLOW)
+            if run is not None:
+                self.stats.workflow_ids.append(run["id"])
+                self.call("GET /workflows/<id>", "GET", f"/workflows/{run['id']}", 200)
+            if self.pending_op is None:
+                op = self.next_op
+                created = self.call(
+                    f"POST /dispatcher/{op}-pipeline",
+                    "POST",
+                    f"/dispatcher/{op}-pipeline",
+                    200,
+                    json={"pipeline_id": self.pipeline_id},
+                )
+                if created is not None:
+                    self.pending_op = created["ic_id"]
+            else:
+                row = self.call(
+                    "GET /dispatcher/operation-status/<ic_id>",
+                    "GET",
+                    f"/dispatcher/operation-status/{self.pending_op}",
+                    200,
+                )
+                if row is not None and row["status"] in ("completed", "failed"):
+                    self.stats.outcomes[f"{row['operation']} {row['status']}"] += 1
+                    if row["status"] == "failed":
+                        self.stats.outcomes["failed: " + row["error"][:120]] += 1
+                    self.next_op = "resume" if self.next_op == "stop" else "stop"
+                    self.pending_op = None
+
+
+# --- backlog ----------------------------------------------------------------------------
+
+BACKLOG = sa.text(
+    "SELECT"
+    " (SELECT count(*) FROM tasks t JOIN workflows w ON w.id = t.workflow_id"
+    "   WHERE w.name = 'load' AND t.status NOT IN"
+    "   ('succeeded', 'failed', 'cancelled', 'upstream_failed')) AS tasks_unfinished,"
+    " (SELECT count(*) FROM workflows WHERE name = 'load'"
+    "   AND status NOT IN ('succeeded', 'failed', 'cancelled')) AS workflows_unfinished,"
+    " (SELECT count(*) FROM workflows WHERE name = 'load' AND status = 'failed')"
+    "   AS workflows_failed,"
+    " (SELECT count(*) FROM operations WHERE status IN ('pending', 'processing'))"
+    "   AS operations_pending,"
+    " (SELECT count(*) FROM tasks t JOIN pipelines p ON p.workflow_id = t.workflow_id"
+    "   WHERE t.status = 'succeeded') AS shards_done"
+)
+
+
+def backlog(kiln: Kiln) -> dict[str, int]:
+    return dict(kiln.read(lambda c: c.execute(BACKLOG).one()._mapping))
+
+
+# --- main -------------------------------------------------------------------------------
+
+
+def run(clients: int, seconds: float, gunicorn_workers: int, drain_seconds: float) -> None:
+    url = fresh_database()
+    r = redis.Redis.from_url(REDIS)
+    r.flushdb()
+    LOGS.mkdir(exist_ok=True)
+    port = free_port()
+    base = f"http://{HOST}:{port}"
+    env = {
+        **os.environ,
+        "KILN_DATABASE_URL": url,
+        "KILN_BROKER_URL": REDIS,
+        "KILN_LOG_LEVEL": "WARNING",
+        "PYTHONPATH": str(ROOT),
+    }
+    env.pop("KILN_API_TOKEN", None)
+    cli = [sys.executable, "-m", "workers.cli"]
+    procs = [
+        start(
+            [sys.executable, "-m", "gunicorn", "--workers", str(gunicorn_workers),
+             "--threads", "4", "--bind", f"{HOST}:{port}", "web.app:create_app()"],
+            env,
+            LOGS / "load-web.log",
+        ),
+        start([*cli, "worker", "--threads", "8"], env, LOGS / "load-worker.log"),
+        start([*cli, "controller"], env, LOGS / "load-controller.log"),
+    ]  # fmt: skip
+    kiln = Kiln(Settings(database_url=url), pool_size=1)
+    try:
+        wait_until(
+            lambda: requests.get(base + "/health", timeout=5).ok, 60, "the web process", procs
+        )
+        setup = requests.Session()
+        context = setup.post(
+            base + "/contexts",
+            json={"name": "load", "rows": list(range(SHARDS)), "num_shards": SHARDS},
+            timeout=60,
+        )
+        context.raise_for_status()
+        pipeline_ids = []
+        for i in range(clients):
+            p = setup.post(
+                base + "/pipelines",
+                json={
+                    "context_id": context.json()["id"],
+                    "pipeline_name": f"load-{i}",
+                    "pipeline_type": "python",
+                    "model_config": {"handler": NOOP},
+                },
+                timeout=60,
+            )
+            p.raise_for_status()
+            pipeline_ids.append(p.json()["id"])
+        print(
+            f"web: gunicorn {gunicorn_workers} workers x 4 threads on {base}; 1 kiln worker x 8 "
+            f"threads; 1 kiln controller; {clients} pipelines of {SHARDS} no-op shards",
+            flush=True,
+        )
+
+        stop = threading.Event()
+        threads = [Client(base, pid, stop) for pid in pipeline_ids]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        stop.wait(seconds)
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+        elapsed = time.perf_counter() - t0
+        at_stop = backlog(kiln)
+
+        drained = None
+        t1 = time.perf_counter()
+        while time.perf_counter() - t1 < drain_seconds:
+            now = backlog(kiln)
+            if now["tasks_unfinished"] == 0 and now["operations_pending"] == 0:
+                drained = time.perf_counter() - t1
+                break
+            time.sleep(0.2)
+        final = backlog(kiln)
+        dead = [" ".join(p.args) for p in procs if p.poll() is not None]
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        kiln.close()
+        r.flushdb()
+
+    failures = report(threads, elapsed, at_stop, final, drained, drain_seconds, dead)
+    if failures:
+        raise SystemExit(1)
+
+
+def report(
+    threads: list[Client],
+    elapsed: float,
+    at_stop: dict[str, int],
+    final: dict[str, int],
+    drained: float | None,
+    drain_seconds: float,
+    dead: list[str],
+) -> int:
+    """Print the figures; return the number of errors (HTTP, exceptions, dead processes)."""
+    latency: dict[str, list[float]] = defaultdict(list)
+    errors: list[str] = []
+    outcomes: dict[str, int] = defaultdict(int)
+    submitted = 0
+    for t in threads:
+        for label, values in t.stats.latency.items():
+            latency[label] += values
+        errors += t.stats.errors
+        for k, v in t.stats.outcomes.items():
+            outcomes[k] += v
+        submitted += len(t.stats.workflow_ids)
+    total = sum(len(v) for v in latency.values())
+    print(
+        f"\n{len(threads)} clients for {elapsed:.1f}s: {total:,} requests = {total / elapsed:,.0f}/s"
+    )
+    print(
+        f"{'endpoint':<42} {'requests':>8} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}"
+    )
+    for label in sorted(latency, key=lambda k: -len(latency[k])):
+        v = latency[label]
+        print(
+            f"{label:<42} {len(v):>8,} {len(v) / elapsed:>7.1f} {pct(v, 50):>8.1f} "
+            f"{pct(v, 95):>8.1f} {pct(v, 99):>8.1f}"
+        )
+    print(f"errors: {len(errors)}")
+    for e in errors[:10]:
+        print(f"  {e}")
+    print("operations: " + (", ".join(f"{k}: {v}" for k, v in sorted(outcomes.items())) or "-"))
+    print(
+        f"backlog when the clients stopped: {at_stop['tasks_unfinished']:,} tasks of "
+        f"{at_stop['workflows_unfinished']:,} submitted workflows unfinished (of {submitted:,} "
+        f"submitted), {at_stop['operations_pending']} operations pending; pipeline shards done "
+        f"meanwhile: {at_stop['shards_done']:,}"
+    )
+    if drained is not None:
+        print(f"drained in {drained:.1f}s after the clients stopped")
+    else:
+        print(
+            f"not drained within {drain_seconds:g}s: {final['tasks_unfinished']:,} tasks, "
+            f"{final['operations_pending']} operations left"
+        )
+    if final["workflows_failed"]:
+        print(f"workflows failed: {final['workflows_failed']}")
+    if dead:
+        print(f"processes that died during the run: {dead}")
+    return len(errors) + len(dead)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--gunicorn-workers", type=int, default=2)
+    ap.add_argument("--drain-seconds", type=float, default=60.0)
+    opts = ap.parse_args()
+    if not 1 <= opts.clients <= 256 or not 0 < opts.seconds <= 600:
+        ap.error("--clients must be 1..256 and --seconds 0..600")
+    run(opts.clients, opts.seconds, opts.gunicorn_workers, opts.drain_seconds)
+
+
+if __name__ == "__main__":
+    main()
