@@ -74,3 +74,9 @@ def progress(steps: int = 4, delay: float = 0.2) -> str:
 def not_registered(x: int) -> int:
     """Called by import path ``tests.handlers:not_registered``."""
     return x * 2
+
+
+def tag_rows(rows: list, model_config: dict, shard_index: int) -> list:
+    """A python pipeline's shard function (named by import path in model_config.handler)."""
+    time.sleep(model_config.get("delay_s", 0))
+    return [f"{shard_index}:{row}" for row in rows]

@@ -32,7 +32,15 @@ from tests.chaos.services import ThrowawayPostgres, ThrowawayRedis, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 TERMINAL = ("succeeded", "failed", "cancelled")
-FAULTS = ("kill_worker", "kill_controller", "restart_postgres", "restart_redis", "flush_redis")
+FAULTS = (
+    "kill_worker",
+    "kill_controller",
+    "kill_instance",
+    "restart_postgres",
+    "restart_redis",
+    "flush_redis",
+)
+MODEL_TYPE = "chaos-llm"
 
 
 @dataclass
@@ -43,6 +51,8 @@ class Summary:
     faults: collections.Counter = field(default_factory=collections.Counter)
     recoveries: dict[str, int] = field(default_factory=dict)
     outcomes: dict[str, int] = field(default_factory=dict)
+    pipelines: int = 0
+    operations: dict[str, int] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
 
     def render(self) -> str:
@@ -50,6 +60,7 @@ class Summary:
             f"chaos run: {self.seconds:.0f}s",
             f"  workflows submitted: {self.workflows_submitted} (HTTP retries during faults: {self.submit_retries})",
             f"  workflow outcomes:   {dict(sorted(self.outcomes.items()))}",
+            f"  pipelines: {self.pipelines}; operations: {dict(sorted(self.operations.items()))}",
             "  faults injected:     "
             + ", ".join(f"{k}={v}" for k, v in sorted(self.faults.items())),
             "  recoveries observed: "
@@ -105,7 +116,18 @@ def random_workflow(rng: random.Random, n: int) -> dict[str, Any]:
     for i in range(rng.randint(2, 7)):
         deps = sorted(rng.sample([t["name"] for t in tasks], k=min(len(tasks), rng.randint(0, 2))))
         kind = rng.random()
-        if kind < 0.45:
+        if kind < 0.15:
+            task = {
+                "model_type": MODEL_TYPE,
+                "params": {
+                    "input_data": {"prompt": f"row {i}"},
+                    "metadata": {
+                        "input_tokens": rng.randint(50, 2000),
+                        "output_tokens": rng.randint(5, 200),
+                    },
+                },
+            }
+        elif kind < 0.45:
             task = {
                 "handler": "tests.handlers:sleep",
                 "params": {"seconds": round(rng.uniform(0.05, 0.6), 2), "value": i},
@@ -137,6 +159,8 @@ class Chaos:
         )
         self.summary = Summary()
         self.workflow_ids: list[int] = []
+        self.pipeline_ids: list[int] = []
+        self.operations: list[str] = []
         self.stop_submitting = threading.Event()
         self.procs: dict[str, list[Proc]] = {}
 
@@ -158,6 +182,7 @@ class Chaos:
             "KILN_RETRY_MAX_S": "1",
             "KILN_CONTROLLER_POLL_S": "0.2",
             "KILN_LOG_LEVEL": "WARNING",
+            "KILN_INSTANCE_LOST_AFTER_S": "3",
             "PYTHONPATH": str(ROOT),
         }
         subprocess.run(
@@ -184,6 +209,29 @@ class Chaos:
             ],
             "controller": [
                 Proc(f"controller{i}", kiln_cmd("controller"), self.env, logs) for i in range(2)
+            ],
+            "instance": [
+                Proc(
+                    f"instance{i}",
+                    kiln_cmd(
+                        "instance",
+                        "--model-type",
+                        MODEL_TYPE,
+                        "--port",
+                        str(free_port()),
+                        "--kiln-url",
+                        f"http://127.0.0.1:{self.web_port}",
+                        "--speed",
+                        "0.003",
+                        "--max-concurrency",
+                        "4",
+                        "--heartbeat-interval",
+                        "0.5",
+                    ),
+                    self.env,
+                    logs,
+                )
+                for i in range(2)
             ],
         }
         for group in self.procs.values():
@@ -233,10 +281,73 @@ class Chaos:
 
     def submitter(self) -> None:
         n = 0
+        next_pipeline = 0.0
         while not self.stop_submitting.is_set():
             self.submit(random_workflow(self.rng, n))
             n += 1
+            if time.monotonic() >= next_pipeline:
+                self.new_pipeline(n)
+                next_pipeline = time.monotonic() + self.rng.uniform(5, 10)
+            elif self.pipeline_ids and self.rng.random() < 0.15:
+                self.operate(
+                    self.rng.choice(self.pipeline_ids), self.rng.choice(("stop", "resume"))
+                )
             self.stop_submitting.wait(self.rng.uniform(0.1, 0.4))
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """An API call retried through faults (5xx, connection errors) for up to a minute."""
+        for attempt in range(120):
+            try:
+                r = requests.request(method, self.base + path, json=body, timeout=5)
+                if r.status_code < 500:
+                    r.raise_for_status()
+                    return r.json()
+            except requests.ConnectionError:
+                pass
+            except requests.Timeout:
+                pass
+            self.summary.submit_retries += 1
+            time.sleep(min(1.0, 0.05 * (attempt + 1)))
+        raise RuntimeError(f"{method} {path} kept failing for a minute")
+
+    def new_pipeline(self, n: int) -> None:
+        ctx = self.call(
+            "POST",
+            "/contexts",
+            {"name": f"chaos-{n}", "rows": [f"r{i}" for i in range(24)], "num_shards": 12},
+        )
+        p = self.call(
+            "POST",
+            "/pipelines",
+            {
+                "context_id": ctx["id"],
+                "pipeline_name": f"chaos-{n}",
+                "pipeline_type": "python",
+                "model_config": {"handler": "tests.handlers:tag_rows", "delay_s": 0.4},
+            },
+        )
+        self.pipeline_ids.append(p["id"])
+
+    def operate(self, pipeline_id: int, operation: str) -> str:
+        op = self.call("POST", f"/dispatcher/{operation}-pipeline", {"pipeline_id": pipeline_id})
+        self.operations.append(op["ic_id"])
+        return op["ic_id"]
+
+    def finish_pipelines(self, timeout: float) -> None:
+        """Resume whatever the run left stopped, until every pipeline completed."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pending = [
+                p
+                for p in (self.call("GET", f"/pipelines/{i}") for i in self.pipeline_ids)
+                if p["status"] != "completed"
+            ]
+            if not pending:
+                return
+            for p in pending:
+                if p["status"] == "stopped":
+                    self.operate(p["id"], "resume")
+            time.sleep(1.0)
 
     # --- faults ---------------------------------------------------------------------------
 
@@ -245,6 +356,8 @@ class Chaos:
             victim = self.rng.choice(self.procs["worker"])
         elif kind == "kill_controller":
             victim = self.rng.choice(self.procs["controller"])
+        elif kind == "kill_instance":
+            victim = self.rng.choice(self.procs["instance"])
         elif kind == "restart_postgres":
             self.pg.restart()
             victim = None
@@ -281,6 +394,7 @@ class Chaos:
                 for p in group:
                     p.ensure_running()
             self.drain(timeout=180)
+            self.finish_pipelines(timeout=120)
             self.check_invariants()
         finally:
             self.summary.seconds = time.monotonic() - started
@@ -334,7 +448,9 @@ class Chaos:
                     "FROM tasks WHERE workflow_id = :w ORDER BY id",
                     w=r.id,
                 )
-                v.append(f"workflow {r.id} never finished (still {r.status}): {[tuple(d) for d in detail]}")
+                v.append(
+                    f"workflow {r.id} never finished (still {r.status}): {[tuple(d) for d in detail]}"
+                )
             missing = set(ids) - {
                 r.id for r in q("SELECT id FROM workflows WHERE id = ANY(:ids)", ids=ids)
             }
@@ -354,6 +470,25 @@ class Chaos:
             if "operations" in tables:
                 stuck = q("SELECT ic_id FROM operations WHERE status = 'processing'")
                 v += [f"operation {r.ic_id} stuck in processing" for r in stuck]
+            for pid in self.pipeline_ids:
+                p = self.call("GET", f"/pipelines/{pid}")
+                done = q(
+                    "SELECT count(*) FROM tasks t JOIN pipelines p ON p.workflow_id = t.workflow_id "
+                    "WHERE p.id = :p AND t.status = 'succeeded'",
+                    p=pid,
+                )[0][0]
+                if p["shards_completed"] != done:
+                    v.append(
+                        f"pipeline {pid}: shards_completed {p['shards_completed']} but {done} shard tasks succeeded"
+                    )
+                if p["status"] != "completed":
+                    v.append(
+                        f"pipeline {pid} did not complete (still {p['status']}, {p['shards_completed']}/{p['num_shards']})"
+                    )
+            self.summary.pipelines = len(self.pipeline_ids)
+            self.summary.operations = dict(
+                q("SELECT operation || ':' || status, count(*) FROM operations GROUP BY 1")
+            )
             self.summary.outcomes = dict(
                 q(
                     "SELECT status, count(*) FROM workflows WHERE id = ANY(:ids) GROUP BY status",
