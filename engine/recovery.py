@@ -178,6 +178,6 @@ def recover_txn(
                     dispatch_count=tasks.c.dispatch_count + 1,
                 )
             )
-            out.resend.append(Dispatch(row.id, row.attempts + 1, row.workflow_id))
+            out.resend.append(Dispatch(row.id, row.attempts + 1, row.workflow_id, alone=True))
     settle_workflows_txn(conn, touched)
     return out

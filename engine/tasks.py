@@ -41,6 +41,9 @@ class Dispatch:
     task_id: int
     attempt: int
     workflow_id: int
+    # A model_type task waits on a TaskInstance for most of its run: it gets a message (and
+    # so a worker thread) of its own instead of sharing a batch with others.
+    alone: bool = False
 
 
 @dataclass
@@ -133,9 +136,12 @@ def mark_queued_txn(
             not_before=None,
             waiting_reason=None,
         )
-        .returning(tasks.c.id, tasks.c.attempts, tasks.c.workflow_id)
+        .returning(tasks.c.id, tasks.c.attempts, tasks.c.workflow_id, tasks.c.model_type)
     ).all()
-    by_id = {r.id: Dispatch(r.id, r.attempts + 1, r.workflow_id) for r in rows}
+    by_id = {
+        r.id: Dispatch(r.id, r.attempts + 1, r.workflow_id, alone=r.model_type is not None)
+        for r in rows
+    }
     mark_running_txn(conn, (d.workflow_id for d in by_id.values()))
     return [by_id[i] for i in task_ids if i in by_id]
 

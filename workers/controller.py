@@ -34,11 +34,16 @@ HOOKS_EVERY_S = 0.02
 
 
 def send_with_broker(dispatches: Sequence[Dispatch], batch: int) -> None:
-    """Send ``dispatches`` as ``kiln_run_tasks`` messages of at most ``batch`` tasks each."""
+    """Send ``dispatches`` as ``kiln_run_tasks`` messages of at most ``batch`` tasks each
+    (one each for tasks that must run alone)."""
     from workers.actors import run_tasks
 
-    for i in range(0, len(dispatches), batch):
-        run_tasks.send([[d.task_id, d.attempt] for d in dispatches[i : i + batch]])
+    for d in dispatches:
+        if d.alone:
+            run_tasks.send([[d.task_id, d.attempt]])
+    shared = [d for d in dispatches if not d.alone]
+    for i in range(0, len(shared), batch):
+        run_tasks.send([[d.task_id, d.attempt] for d in shared[i : i + batch]])
 
 
 class Controller:
