@@ -53,16 +53,22 @@ def create_app(kiln: Kiln | None = None) -> Flask:
 
     for blueprint in (workflows.blp, pipelines.blp, dispatcher.blp):
         api.register_blueprint(blueprint)
+    from web import ui  # the operator's dashboard at /ui (HTML, not part of the OpenAPI doc)
+
+    app.register_blueprint(ui.bp)
     from web import instances_api, predictor_api, scheduler_api
 
     for module in (instances_api, predictor_api, scheduler_api):
         for plain_blueprint in module.blueprints:
             app.register_blueprint(plain_blueprint)
+    from web import health, metrics
+
+    for module in (health, metrics):
+        for plain_blueprint in module.blueprints:
+            app.register_blueprint(plain_blueprint)
     register_error_handlers(app)
     auth.install(app, kiln.settings.api_token or os.environ.get("KILN_API_TOKEN", ""))
+    from workers.logging_setup import setup_logging_if_unconfigured
 
-    @app.get("/health")
-    def health():  # type: ignore[no-untyped-def]
-        return {"status": "ok"}
-
+    setup_logging_if_unconfigured("web")  # gunicorn leaves the root logger bare
     return app

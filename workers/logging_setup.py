@@ -1,0 +1,180 @@
+"""Logging for every Kiln process: one JSON object per line (or a readable line for local use)
+carrying the ids a log line is about.
+
+* ``KILN_LOG_LEVEL`` — ``DEBUG``, ``INFO``, ``WARNING`` (default), ``ERROR``.
+* ``KILN_LOG_FORMAT`` — ``json`` (default) or ``text``; when unset, ``text`` if stderr is a
+  terminal, ``json`` otherwise (processes under a supervisor, in a container, in tests).
+
+Each JSON line has ``timestamp`` (UTC, ISO 8601), ``level``, ``logger``, ``message``,
+``process`` (``kind:host:pid``) and, when known, the ids involved: ``workflow_id``,
+``task_id``, ``attempt``, ``operation_id``, ``pipeline_id``, ``instance_id``,
+``process_id``. Ids come from three places, later ones winning:
+
+1. :func:`set_process_fields` — fields of the whole process (a worker's registered id);
+2. the task a handler runs for (``engine.context``), so a handler's own ``logging`` calls
+   carry its workflow, task and attempt without doing anything;
+3. :func:`log_context` (a context manager over a contextvar) and ``extra={...}`` on the call.
+
+Any other ``extra`` field is written too, as JSON (``str()`` for what JSON cannot hold); an
+exception is written as ``exception`` (the formatted traceback) — logs are for operators, the
+API never shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import datetime as dt
+import json
+import logging
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from typing import Any, TextIO
+
+ID_FIELDS = (
+    "workflow_id",
+    "task_id",
+    "attempt",
+    "operation_id",
+    "pipeline_id",
+    "instance_id",
+    "process_id",
+)
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+_context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "kiln_log_context", default=None
+)
+_process_fields: dict[str, Any] = {}
+HANDLER_NAME = "kiln"
+
+
+def set_process_fields(**fields: Any) -> None:
+    """Fields every line of this process carries from now on (``None`` removes one)."""
+    for key, value in fields.items():
+        if value is None:
+            _process_fields.pop(key, None)
+        else:
+            _process_fields[key] = value
+
+
+@contextlib.contextmanager
+def log_context(**ids: Any) -> Iterator[None]:
+    """Within the block (this thread or task only), log lines carry ``ids``."""
+    token = _context.set(
+        {**(_context.get() or {}), **{k: v for k, v in ids.items() if v is not None}}
+    )
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+def _task_fields() -> dict[str, Any]:
+    from engine.context import _current
+
+    ctx = _current.get()
+    if ctx is None:
+        return {}
+    return {"workflow_id": ctx.workflow_id, "task_id": ctx.task_id, "attempt": ctx.attempt}
+
+
+class ContextFilter(logging.Filter):
+    """Puts the process, task and context ids on each record (``extra=`` wins)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for source in (_process_fields, _task_fields(), _context.get() or {}):
+            for key, value in source.items():
+                if key not in record.__dict__:
+                    setattr(record, key, value)
+        return True
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return str(value)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line."""
+
+    def __init__(self, process: str) -> None:
+        super().__init__()
+        self.process = process
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "timestamp": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "process": self.process,
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and not key.startswith("_"):
+                out[key] = _jsonable(value)
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        elif record.stack_info:
+            out["stack"] = record.stack_info
+        return json.dumps(out, default=str, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    """``time LEVEL logger: message [workflow_id=1 task_id=2]`` for people at a terminal."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        ids = " ".join(
+            f"{k}={record.__dict__[k]}" for k in ID_FIELDS if record.__dict__.get(k) is not None
+        )
+        if not ids:
+            return line
+        first, nl, rest = line.partition("\n")
+        return f"{first} [{ids}]{nl}{rest}"
+
+
+def _format_name(stream: TextIO) -> str:
+    name = os.environ.get("KILN_LOG_FORMAT", "").strip().lower()
+    if name in ("json", "text"):
+        return name
+    if name:
+        raise ValueError(f"KILN_LOG_FORMAT must be json or text, got {name!r}")
+    return "text" if getattr(stream, "isatty", lambda: False)() else "json"
+
+
+def setup_logging(kind: str = "cli", *, stream: TextIO | None = None) -> logging.Handler:
+    """Install Kiln's handler on the root logger (replacing a previous one of ours) with the
+    level and format from the environment; return it."""
+    stream = stream or sys.stderr
+    level = os.environ.get("KILN_LOG_LEVEL", "WARNING").strip().upper() or "WARNING"
+    if level not in logging.getLevelNamesMapping():
+        raise ValueError(f"KILN_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
+    handler = logging.StreamHandler(stream)
+    handler.set_name(HANDLER_NAME)
+    process = f"{kind}:{socket.gethostname()}:{os.getpid()}"
+    handler.setFormatter(
+        JsonFormatter(process) if _format_name(stream) == "json" else TextFormatter()
+    )
+    handler.addFilter(ContextFilter())
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == HANDLER_NAME]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    return handler
+
+
+def setup_logging_if_unconfigured(kind: str) -> None:
+    """For hosts that did not configure logging (gunicorn leaves the root logger bare)."""
+    if not logging.getLogger().handlers:
+        setup_logging(kind)
