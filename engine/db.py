@@ -62,7 +62,10 @@ def _serialise_sqlite_writers(engine: sa.Engine) -> None:
 
     @sa.event.listens_for(engine, "begin")
     def _on_begin(conn):  # type: ignore[no-untyped-def]
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Reads (``Kiln.read``) begin deferred: under WAL they never wait for a writer, so a
+        # read made while the same thread holds a write transaction cannot deadlock on it.
+        readonly = conn.get_execution_options().get("kiln_readonly", False)
+        conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
 
 def is_postgres(conn: sa.Connection | sa.Engine) -> bool:

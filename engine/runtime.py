@@ -52,7 +52,7 @@ class Kiln:
 
     def read(self, fn: Callable[[sa.Connection], T]) -> T:
         with translate_errors(), self.engine.connect() as conn:
-            return fn(conn)
+            return fn(conn.execution_options(kiln_readonly=True))
 
     # --- schema -----------------------------------------------------------------------
 
