@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import sqlalchemy.exc
 from rich.console import Console
 
 from engine.config import Settings
@@ -50,6 +51,8 @@ class KilnGroup(click.Group):
             return super().invoke(ctx)
         except KilnError as exc:
             _fail(exc.message, 1 if exc.status_code >= 500 else 2)
+        except sqlalchemy.exc.DBAPIError as exc:
+            _fail(f"database error: {str(exc.orig).strip()}", 1)
 
 
 @click.group(cls=KilnGroup)
