@@ -50,6 +50,10 @@ bp = Blueprint(
 PAGE_SIZE = 100
 PROCESS_HORIZON_S = 3600
 SILENT_AFTER_S = 30
+# Past this many tasks a run's page stops drawing its graph and shows the tasks that tell the
+# most (see _most_telling) in the timeline and table: the page is re-rendered every 2 s.
+MAX_DRAWN_TASKS = 300
+UNFINISHED_FIRST = ("running", "queued", "retrying", "failed", "ready")
 PIPELINE_STATES = [str(s) for s in pl.PipelineStatus]
 # Which pipeline actions make sense in which state (the controller refuses the others
 # anyway, with a reason in the operations log; the buttons just do not offer them).
@@ -171,23 +175,27 @@ def run(workflow_id: int) -> Any:
         ).scalar()
     )
     now = utcnow().timestamp()
-    names = [t["name"] for t in data["tasks"]]
-    deps = {t["name"]: t["depends_on"] for t in data["tasks"]}
-    try:
-        graph = ui_graph.dag_layout(names, deps)
-    except ui_graph.CycleError:  # refused at submission; never drawn wrong if it happens
-        graph = None
-    status_of = {t["name"]: t["status"] for t in data["tasks"]}
+    every = data["tasks"]
+    shown = every if len(every) <= MAX_DRAWN_TASKS else _most_telling(every)
+    graph = None
+    if len(every) <= MAX_DRAWN_TASKS:
+        names = [t["name"] for t in every]
+        deps = {t["name"]: t["depends_on"] for t in every}
+        try:
+            graph = ui_graph.dag_layout(names, deps)
+        except ui_graph.CycleError:  # refused at submission; never drawn wrong if it happens
+            graph = None
+    status_of = {t["name"]: t["status"] for t in every}
     counts: dict[str, int] = {}
-    for t in data["tasks"]:
+    for t in every:
         counts[t["status"]] = counts.get(t["status"], 0) + 1
-    gantt = ui_graph.gantt_layout(
-        [(t["name"], _spans(t)) for t in data["tasks"]], now=now, width=1200
-    )
+    gantt = ui_graph.gantt_layout([(t["name"], _spans(t)) for t in shown], now=now, width=1200)
     return _page(
         "ui/run.html",
         "ui/_run.html",
         run=data,
+        shown=shown,
+        max_drawn=MAX_DRAWN_TASKS,
         pipeline_id=pipeline_id,
         graph=graph,
         status_of=status_of,
@@ -333,6 +341,13 @@ def _spans(task: dict[str, Any]) -> list[ui_graph.Span]:
             title += f" · {a['error'][:200]}"
         spans.append(ui_graph.Span(start=start, end=end, kind=outcome, title=title))
     return spans
+
+
+def _most_telling(every: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """At most MAX_DRAWN_TASKS tasks: running, queued, retrying, failed and ready ones first,
+    then the rest, each group in submission order; shown in submission order."""
+    ranked = sorted(every, key=lambda t: (t["status"] not in UNFINISHED_FIRST, t["id"]))
+    return sorted(ranked[:MAX_DRAWN_TASKS], key=lambda t: t["id"])
 
 
 def _last_operations(conn: sa.Connection, pipeline_ids: list[int]) -> dict[int, dict[str, Any]]:

@@ -188,6 +188,22 @@ def test_every_page_renders_without_javascript_on_both_databases(kiln):
     assert client.get("/ui/static/kiln.js").status_code == 200
 
 
+def test_a_run_too_big_to_draw_still_shows_a_bounded_page(kiln):
+    import tests.handlers  # noqa: F401 - registers noop
+    from web import ui
+    from web.app import create_app
+
+    client = create_app(kiln).test_client()
+    n = ui.MAX_DRAWN_TASKS + 20
+    tasks = [{"name": f"t{i}", "handler": "noop"} for i in range(n)]
+    run_id = client.post("/workflows", json={"name": "wide", "tasks": tasks}).get_json()["id"]
+    r = client.get(f"/ui/runs/{run_id}")
+    assert r.status_code == 200
+    assert f"{n} tasks are too many to draw" in r.text
+    assert 'id="dag"' not in r.text
+    assert r.text.count("<tr data-task=") == ui.MAX_DRAWN_TASKS
+
+
 # --- in the browser -----------------------------------------------------------------------------
 
 
@@ -379,6 +395,8 @@ def test_instances_and_the_scheduler_policy_selector(cluster, browser, artefacts
             what="the instance listed as live",
         )  # fmt: skip
         assert "llama-8b" in text(browser, "#instances-table")
+        assert attr(browser, "#instances-table .badge", "data-status") == "live"
+        assert "0/4" in text(browser, "#instances-table .progress-label")
         wait_for(lambda: "worker" in text(browser, "#processes-table"), 20, what="the worker")
         shoot(browser, artefacts, "instances")
 
