@@ -32,7 +32,7 @@ def slow_shard(rows, model_config, shard_index):
     return [f"{shard_index}:{r}" for r in rows]
 
 
-class Kiln:
+class Deployment:
     """``kiln web`` (plus the worker and controller) of one test, and an HTTP client for it."""
 
     def __init__(self, cluster, token: str = "") -> None:
@@ -211,7 +211,7 @@ def test_a_run_too_big_to_draw_still_shows_a_bounded_page(kiln):
 @pytest.mark.redis
 @pytest.mark.slow
 def test_stop_on_a_running_pipeline_shows_it_stopped_without_a_reload(cluster, browser, artefacts):
-    kiln = Kiln(cluster, token=TOKEN)
+    kiln = Deployment(cluster, token=TOKEN)
     running = kiln.pipeline("translate-fr", num_shards=8, delay_s=0.6)
     quick = kiln.pipeline("summarise", num_shards=3, delay_s=0)
     row = f"tr[data-pipeline-id='{running['id']}']"
@@ -284,7 +284,7 @@ def test_stop_on_a_running_pipeline_shows_it_stopped_without_a_reload(cluster, b
 def test_a_run_page_draws_the_graph_coloured_by_state_and_a_timeline_of_attempts(
     cluster, browser, artefacts
 ):
-    kiln = Kiln(cluster)
+    kiln = Deployment(cluster)
     run = kiln.post(
         "/workflows",
         {
@@ -384,7 +384,7 @@ def fill(driver, task: str) -> str:
 @pytest.mark.redis
 @pytest.mark.slow
 def test_instances_and_the_scheduler_policy_selector(cluster, browser, artefacts):
-    kiln = Kiln(cluster, token=TOKEN)
+    kiln = Deployment(cluster, token=TOKEN)
     env = {"KILN_API_TOKEN": TOKEN}
     with InstanceProcess(
         ["--model-type", "llama-8b", "--kiln-url", kiln.base, "--max-concurrency", "4"], env=env
