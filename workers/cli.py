@@ -25,13 +25,6 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-def _setup_logging() -> None:
-    logging.basicConfig(
-        level=os.environ.get("KILN_LOG_LEVEL", "WARNING").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-
-
 def _kiln():  # type: ignore[no-untyped-def]
     from engine.runtime import Kiln
 
@@ -62,7 +55,12 @@ def main() -> None:
     Configure with KILN_DATABASE_URL (default: SQLite file ./kiln.db) and KILN_BROKER_URL
     (default: in-process broker). See the README for everything else.
     """
-    _setup_logging()
+    from workers.logging_setup import setup_logging
+
+    try:
+        setup_logging(click.get_current_context().invoked_subcommand or "cli")
+    except ValueError as exc:  # a bad KILN_LOG_LEVEL / KILN_LOG_FORMAT
+        _fail(str(exc))
     load_imports()
 
 
@@ -72,10 +70,17 @@ def db() -> None:
 
 
 @db.command("upgrade")
-def db_upgrade() -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print {database, revision} as JSON.")
+def db_upgrade(as_json: bool) -> None:
     """Migrate the database to the newest schema."""
     kiln = _kiln()
     kiln.upgrade()
+    if as_json:
+        from workers.cli_ops import db_revision
+
+        where = kiln.engine.url.render_as_string(hide_password=True)
+        click.echo(json.dumps({"database": where, "revision": db_revision(kiln)}))
+        return
     console.print(
         f"database at {kiln.engine.url.render_as_string(hide_password=True)} is up to date"
     )
@@ -209,7 +214,9 @@ def _follow(kiln, workflow_id: int, as_json: bool, follow):  # type: ignore[no-u
     from engine.states import WORKFLOW_TERMINAL
 
     if not as_json:
-        return follow(kiln, workflow_id, console)
+        from workers.cli_ops import follow_progress
+
+        return follow_progress(kiln, workflow_id, console)
     run = kiln.workflow(workflow_id)
     while run["status"] not in WORKFLOW_TERMINAL:
         time.sleep(0.1)
@@ -272,6 +279,11 @@ def _instance_command() -> None:
 
 
 _instance_command()
+
+from workers.cli_ops import COMMANDS  # noqa: E402 - operator commands, in their own module
+
+for _command in COMMANDS:
+    main.add_command(_command)
 
 if __name__ == "__main__":
     main()
