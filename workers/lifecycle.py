@@ -16,8 +16,17 @@ from engine.processes import (
     stop_process_txn,
 )
 from workers.executor import held
+from workers.logging_setup import pop_context, push_context, set_process_fields
 
 log = logging.getLogger("kiln.worker")
+_tokens = threading.local()  # per worker thread: the log context of the message it runs
+
+
+def _task_ids(message) -> list[int]:  # type: ignore[no-untyped-def]
+    items = message.args[0] if message.args else None
+    if not isinstance(items, list):
+        return []
+    return [i[0] for i in items if isinstance(i, list | tuple) and i and isinstance(i[0], int)]
 
 
 class WorkerLifecycle(dramatiq.Middleware):
@@ -51,6 +60,12 @@ class WorkerLifecycle(dramatiq.Middleware):
                     lambda c: register_process_txn(c, pid, "worker", concurrency=self.concurrency)
                 )
                 self._id = pid
+                set_process_fields(process_id=pid)
+                log.info(
+                    "worker registered with %d threads; database reachable",
+                    self.concurrency,
+                    extra={"process_id": pid},
+                )
                 self._thread = threading.Thread(
                     target=self._beat, name="kiln-lease-heartbeat", daemon=True
                 )
@@ -60,12 +75,35 @@ class WorkerLifecycle(dramatiq.Middleware):
     def _beat(self) -> None:
         kiln = self._kiln
         interval = kiln.settings.lease_s / 3
+        failing = False
         while not self._stop.wait(interval):
             try:
                 kiln.heartbeat_leases(self._id, held.snapshot())
                 kiln.txn(lambda c: heartbeat_process_txn(c, self._id))
+                if failing:
+                    log.warning("lease heartbeat works again; database reachable")
+                    failing = False
             except Exception:  # noqa: BLE001 - keep beating; the database may be back soon
+                failing = True
                 log.warning("lease heartbeat failed; retrying in %.1fs", interval, exc_info=True)
+
+    def before_process_message(self, broker, message):  # type: ignore[no-untyped-def]
+        """Log lines while this message runs carry its task ids (one task: ``task_id``)."""
+        ids = _task_ids(message)
+        _tokens.token = push_context(
+            message_id=message.message_id,
+            task_id=ids[0] if len(ids) == 1 else None,
+            task_ids=ids if len(ids) > 1 else None,
+        )
+        log.debug("running %d task(s)", len(ids))
+
+    def after_process_message(self, broker, message, *, result=None, exception=None):  # type: ignore[no-untyped-def]
+        token = getattr(_tokens, "token", None)
+        if token is not None:
+            _tokens.token = None
+            pop_context(token)
+
+    after_skip_message = after_process_message
 
     def before_worker_shutdown(self, broker, worker):  # type: ignore[no-untyped-def]
         self._stop.set()

@@ -80,6 +80,18 @@ def _task_fields() -> dict[str, Any]:
     return {"workflow_id": ctx.workflow_id, "task_id": ctx.task_id, "attempt": ctx.attempt}
 
 
+def push_context(**ids: Any) -> contextvars.Token:
+    """Like :func:`log_context` for code that cannot use a ``with`` block (middleware hooks);
+    undo with :func:`pop_context` in the same thread."""
+    return _context.set(
+        {**(_context.get() or {}), **{k: v for k, v in ids.items() if v is not None}}
+    )
+
+
+def pop_context(token: contextvars.Token) -> None:
+    _context.reset(token)
+
+
 class ContextFilter(logging.Filter):
     """Puts the process, task and context ids on each record (``extra=`` wins)."""
 
