@@ -16,7 +16,7 @@ from engine.processes import (
     stop_process_txn,
 )
 from workers.executor import held
-from workers.logging_setup import pop_context, push_context, set_process_fields
+from workers.logging_setup import pop_context, push_context
 
 log = logging.getLogger("kiln.worker")
 _tokens = threading.local()  # per worker thread: the log context of the message it runs
@@ -60,7 +60,6 @@ class WorkerLifecycle(dramatiq.Middleware):
                     lambda c: register_process_txn(c, pid, "worker", concurrency=self.concurrency)
                 )
                 self._id = pid
-                set_process_fields(process_id=pid)
                 log.info(
                     "worker registered with %d threads; database reachable",
                     self.concurrency,
@@ -85,12 +84,20 @@ class WorkerLifecycle(dramatiq.Middleware):
                     failing = False
             except Exception:  # noqa: BLE001 - keep beating; the database may be back soon
                 failing = True
-                log.warning("lease heartbeat failed; retrying in %.1fs", interval, exc_info=True)
+                log.warning(
+                    "lease heartbeat failed; retrying in %.1fs",
+                    interval,
+                    exc_info=True,
+                    extra={"process_id": self._id},
+                )
 
     def before_process_message(self, broker, message):  # type: ignore[no-untyped-def]
         """Log lines while this message runs carry its task ids (one task: ``task_id``)."""
         ids = _task_ids(message)
+        # The worker's id goes on these lines, not process-wide: the embedded runtime runs a
+        # controller in the same process.
         _tokens.token = push_context(
+            process_id=self._id,
             message_id=message.message_id,
             task_id=ids[0] if len(ids) == 1 else None,
             task_ids=ids if len(ids) > 1 else None,
