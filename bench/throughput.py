@@ -5,8 +5,9 @@ W1: pre-submit N no-op tasks, then start the workers (concurrency 8 = 2 processe
     the last result recorded, read from the database).
     --shape many: N single-task workflows (each a run with its own completion) [default]
     --shape one:  one workflow with N independent tasks
-W2: with the same processes idle, submit 300 single-task workflows 20 ms apart and report
-    submit -> start latency (task.started_at - workflow.created_at) p50/p95/p99.
+W2: with the same processes idle, submit 300 single-task workflows 20 ms apart (as the web
+    process does: ``Kiln.submit`` with a broker sender) and report submit -> start latency
+    (task.started_at - workflow.created_at) p50/p95/p99.
 
     python bench/throughput.py [--tasks 20000] [--shape many|one] [--w2 300]
 """
@@ -143,10 +144,16 @@ def measure(
     if opts.w2:
         spec = parse_definition({"name": "w2", "tasks": [noop]})
         time.sleep(1.0)  # idle workers
-        ids = []
+        # Submitted the way the web process does: Kiln.submit with a broker sender, so an
+        # idle queue's work goes straight to the workers (the controller is the fallback).
+        os.environ.update(KILN_BROKER_URL=REDIS, KILN_QUEUE=os.environ.get("KILN_QUEUE", "kiln"))
+        from workers.controller import send_now
+
+        submitter = Kiln(Settings(database_url=url, broker_url=REDIS), pool_size=2, sender=send_now)
         for _ in range(opts.w2):
-            ids.append(kiln.txn(lambda c: submit_workflow_txn(c, spec))[0])
+            submitter.submit(spec, check_handlers=False)
             time.sleep(0.02)
+        submitter.close()
         q = sa.text(
             "SELECT extract(epoch FROM t.started_at - w.created_at) FROM workflows w "
             "JOIN tasks t ON t.workflow_id = w.id WHERE w.name = 'w2' AND t.status = 'succeeded'"

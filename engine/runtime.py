@@ -28,9 +28,18 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 class Kiln:
     """A handle on one Kiln database. Thread-safe; create one per process."""
 
-    def __init__(self, settings: Settings | None = None, *, pool_size: int = 5) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        pool_size: int = 5,
+        sender: Callable[[list[task_ops.Dispatch]], None] | None = None,
+    ) -> None:
         self.settings = settings or Settings.from_env()
         self.engine = make_engine(self.settings.database_url, pool_size=pool_size)
+        # A process that can reach the broker sets ``sender``: work it makes ready while the
+        # queue is idle is then sent at once instead of waiting for a controller's pass.
+        self.sender = sender
 
     def close(self) -> None:
         self.engine.dispose()
@@ -98,9 +107,32 @@ class Kiln:
             spec = parse_definition(definition)
         if check_handlers:
             wf_ops.check_handlers(spec)
-        return self.txn(
-            lambda c: wf_ops.submit_workflow_txn(c, spec, idempotency_key=idempotency_key)
-        )
+
+        def submit(conn: sa.Connection) -> tuple[int, bool, list[task_ops.Dispatch]]:
+            wf_id, created = wf_ops.submit_workflow_txn(conn, spec, idempotency_key=idempotency_key)
+            dispatched: list[task_ops.Dispatch] = []
+            if created and self.sender is not None:
+                roots = wf_ops.ready_task_ids(conn, wf_id)
+                dispatched = task_ops.dispatch_now_txn(
+                    conn, roots, lease_s=self.settings.dispatch_timeout_s
+                )
+            return wf_id, created, dispatched
+
+        wf_id, created, dispatched = self.txn(submit)
+        self._send(dispatched)
+        return wf_id, created
+
+    def _send(self, dispatched: list[task_ops.Dispatch]) -> None:
+        if not dispatched or self.sender is None:
+            return
+        try:
+            self.sender(dispatched)
+        except Exception:  # noqa: BLE001 - leased in the database; the controller re-sends
+            log.warning(
+                "could not send %d tasks; a controller will re-send them",
+                len(dispatched),
+                exc_info=True,
+            )
 
     def workflow(self, workflow_id: int) -> dict[str, Any]:
         return self.read(lambda c: wf_ops.get_workflow(c, workflow_id))
@@ -140,14 +172,17 @@ class Kiln:
         )
 
     def record(self, outcomes: list[task_ops.Outcome]) -> task_ops.RecordReport:
-        return self.txn(
+        report = self.txn(
             lambda c: task_ops.record_outcomes_txn(
                 c,
                 outcomes,
                 retry_base_s=self.settings.retry_base_s,
                 retry_max_s=self.settings.retry_max_s,
+                dispatch_lease_s=self.settings.dispatch_timeout_s if self.sender else None,
             )
         )
+        self._send(report.dispatched)
+        return report
 
     def recover(self) -> recovery.Recovery:
         s = self.settings

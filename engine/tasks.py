@@ -78,7 +78,8 @@ class Outcome:
 class RecordReport:
     applied: list[int] = field(default_factory=list)
     stale: list[int] = field(default_factory=list)
-    readied: int = 0
+    readied: list[int] = field(default_factory=list)
+    dispatched: list[Dispatch] = field(default_factory=list)  # for the caller to send
 
 
 # --- dispatch (controller) ------------------------------------------------------------
@@ -144,6 +145,64 @@ def mark_queued_txn(
     }
     mark_running_txn(conn, (d.workflow_id for d in by_id.values()))
     return [by_id[i] for i in task_ids if i in by_id]
+
+
+# Direct dispatch is for an idle system only: past this many tasks already sent and not yet
+# claimed, newly ready work waits for the controller and its scheduling policy.
+DIRECT_DISPATCH_MAX_QUEUED = 16
+
+
+def dispatch_now_txn(
+    conn: sa.Connection, task_ids: Sequence[int], *, lease_s: float
+) -> list[Dispatch]:
+    """Lease tasks that just became ready for their creator to send itself, skipping the
+    controller's hop, when nothing else is waiting to be dispatched and few tasks are in
+    flight: with an idle queue there is nothing for the scheduler to order them against, so
+    this saves latency without bypassing any policy. Otherwise (or for ``model_type`` tasks,
+    which need placement) returns ``[]`` and leaves them to the controller."""
+    if not task_ids:
+        return []
+    now = utcnow()
+    ids = list(task_ids)
+    others_waiting = conn.execute(
+        sa.select(tasks.c.id)
+        .where(
+            tasks.c.status.in_(DISPATCHABLE),
+            tasks.c.id.not_in(ids),
+            sa.or_(tasks.c.not_before.is_(None), tasks.c.not_before <= now),
+            sa.exists().where(
+                workflows.c.id == tasks.c.workflow_id,
+                workflows.c.status.in_([WorkflowStatus.PENDING, WorkflowStatus.RUNNING]),
+            ),
+        )
+        .limit(1)
+    ).first()
+    if others_waiting is not None:
+        return []
+    in_flight = conn.execute(
+        sa.select(sa.func.count()).select_from(
+            sa.select(tasks.c.id)
+            .where(tasks.c.status == TaskStatus.QUEUED)
+            .limit(DIRECT_DISPATCH_MAX_QUEUED)
+            .subquery()
+        )
+    ).scalar_one()
+    if in_flight >= DIRECT_DISPATCH_MAX_QUEUED:
+        return []
+    eligible = conn.execute(
+        sa.select(tasks.c.id).where(
+            tasks.c.id.in_(ids),
+            tasks.c.handler.is_not(None),
+            tasks.c.not_before.is_(None),
+            sa.exists().where(
+                workflows.c.id == tasks.c.workflow_id,
+                workflows.c.status.in_([WorkflowStatus.PENDING, WorkflowStatus.RUNNING]),
+            ),
+        )
+    ).scalars()
+    eligible_ids = set(eligible)
+    chosen = [i for i in ids if i in eligible_ids]
+    return mark_queued_txn(conn, chosen, now=now, lease_until=now + dt.timedelta(seconds=lease_s))
 
 
 def dispatch_ready_txn(
@@ -312,10 +371,13 @@ def record_outcomes_txn(
     *,
     retry_base_s: float,
     retry_max_s: float,
+    dispatch_lease_s: float | None = None,
 ) -> RecordReport:
     """Record what workers observed, in one transaction: results for successes (and the
     dependents they make ready), retries or failures for the rest. An outcome whose attempt no
-    longer owns its task is refused and reported in ``stale``."""
+    longer owns its task is refused and reported in ``stale``. With ``dispatch_lease_s`` the
+    dependents made ready are leased for the caller to send at once when the queue is idle
+    (see :func:`dispatch_now_txn`)."""
     report = RecordReport()
     successes = [o for o in outcomes if o.ok]
     touched: set[int] = set()
@@ -339,6 +401,10 @@ def record_outcomes_txn(
         _close_attempts_txn(conn, [o for o in successes if o.task.id in done_ids], "succeeded")
         _close_attempts_txn(conn, [o for o in successes if o.task.id not in done_ids], "stale")
         report.readied = _ready_dependents_txn(conn, sorted(done_ids))
+        if dispatch_lease_s is not None:
+            report.dispatched = dispatch_now_txn(conn, report.readied, lease_s=dispatch_lease_s)
+        if len(report.dispatched) < len(report.readied):
+            notify_ready(conn)  # the controller dispatches what was not sent directly
     for o in outcomes:
         if o.ok:
             continue
@@ -367,11 +433,11 @@ def _close_attempts_txn(conn: sa.Connection, outcomes: Sequence[Outcome], outcom
     )
 
 
-def _ready_dependents_txn(conn: sa.Connection, succeeded: list[int]) -> int:
+def _ready_dependents_txn(conn: sa.Connection, succeeded: list[int]) -> list[int]:
     """Count down the dependencies of the tasks that wait on ``succeeded``; those reaching
     zero go pending -> ready."""
     if not succeeded:
-        return 0
+        return []
     d = task_dependencies
     children = sa.select(d.c.task_id).where(d.c.depends_on_id.in_(succeeded)).scalar_subquery()
     done_here = (
@@ -392,8 +458,7 @@ def _ready_dependents_txn(conn: sa.Connection, succeeded: list[int]) -> int:
             .where(tasks.c.id.in_(to_ready), tasks.c.status == TaskStatus.PENDING)
             .values(status=TaskStatus.READY, ready_at=utcnow())
         )
-        notify_ready(conn)
-    return len(to_ready)
+    return to_ready
 
 
 def fail_attempt_txn(

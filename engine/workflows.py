@@ -39,7 +39,11 @@ def _insert(conn: sa.Connection, table: sa.Table):
 
 
 def submit_workflow_txn(
-    conn: sa.Connection, spec: WorkflowSpec, *, idempotency_key: str | None = None
+    conn: sa.Connection,
+    spec: WorkflowSpec,
+    *,
+    idempotency_key: str | None = None,
+    notify: bool = True,
 ) -> tuple[int, bool]:
     """Write the run, its tasks and edges; return ``(workflow_id, created)``.
 
@@ -100,8 +104,19 @@ def submit_workflow_txn(
     ]
     if edges:
         conn.execute(task_dependencies.insert(), edges)
-    notify_ready(conn)
+    if notify:
+        notify_ready(conn)
     return wf_id, True
+
+
+def ready_task_ids(conn: sa.Connection, workflow_id: int) -> list[int]:
+    return list(
+        conn.execute(
+            sa.select(tasks.c.id)
+            .where(tasks.c.workflow_id == workflow_id, tasks.c.status == TaskStatus.READY)
+            .order_by(tasks.c.priority.desc(), tasks.c.id)
+        ).scalars()
+    )
 
 
 def mark_running_txn(conn: sa.Connection, workflow_ids: Iterable[int]) -> None:

@@ -25,7 +25,12 @@ def create_app(kiln: Kiln | None = None) -> Flask:
         from engine.registry import load_imports
 
         load_imports()
-        kiln = Kiln(Settings.from_env())
+        settings = Settings.from_env()
+        sender = None
+        if not settings.embedded_broker:
+            # Submissions to an idle queue go straight to the broker (see Kiln.sender).
+            from workers.controller import send_now as sender
+        kiln = Kiln(settings, sender=sender)
     app = Flask("kiln")
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.config.update(

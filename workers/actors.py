@@ -27,7 +27,9 @@ def kiln() -> Kiln:
     with _kiln_lock:
         if _kiln is None:
             load_imports()
-            _kiln = Kiln(_settings, pool_size=16)
+            from workers.controller import send_now
+
+            _kiln = Kiln(_settings, pool_size=16, sender=send_now)
         return _kiln
 
 
@@ -50,9 +52,7 @@ def _decode(items: object) -> list[tuple[int, int]] | None:
     return out
 
 
-@dramatiq.actor(
-    actor_name="kiln_run_tasks", queue_name=_settings.queue_name, broker=broker
-)
+@dramatiq.actor(actor_name="kiln_run_tasks", queue_name=_settings.queue_name, broker=broker)
 def run_tasks(items: object) -> None:
     """Claim and run ``[[task_id, attempt], ...]``. A payload that cannot be decoded is
     dropped with an error in the log: its tasks stay leased in the database, are re-sent by

@@ -46,6 +46,13 @@ def send_with_broker(dispatches: Sequence[Dispatch], batch: int) -> None:
         run_tasks.send([[d.task_id, d.attempt] for d in shared[i : i + batch]])
 
 
+def send_now(dispatches: Sequence[Dispatch]) -> None:
+    """``Kiln.sender`` for processes that reach the broker: send what they leased directly,
+    in batches sized for the default worker concurrency."""
+    batch = max(1, min(64, math.ceil(len(dispatches) / DEFAULT_CONCURRENCY)))
+    send_with_broker(dispatches, batch)
+
+
 class Controller:
     def __init__(
         self,

@@ -21,7 +21,9 @@ class EmbeddedRuntime:
         if not kiln.settings.embedded_broker:
             raise ValueError("EmbeddedRuntime needs the in-process broker (KILN_BROKER_URL unset)")
         import workers.actors as actors
+        from workers.controller import send_now
 
+        kiln.sender = kiln.sender or send_now
         actors._kiln = kiln  # the worker threads share this process's Kiln handle
         self.kiln = kiln
         self.broker = actors.broker
