@@ -12,6 +12,7 @@ from engine import instances as registry
 from engine.db import utcnow
 from engine.runtime import Kiln
 from engine.scheduler_service import place_task_txn
+from workers.scheduling_hooks import note_unroutable
 
 
 def register(kiln: Kiln, model_type: str, port: int, *capabilities: str) -> int:
@@ -64,6 +65,7 @@ def test_only_tasks_a_live_instance_serves_are_dispatched_and_the_others_say_why
     register(kiln, "alpha", 1, "summarise")
     wf = submit(kiln, "alpha", "summarise", "beta")
     dispatched = {d.task_id for d in kiln.dispatch(10)}
+    note_unroutable(kiln)  # what the controller's pass runs after dispatching
     by_name = tasks_by_name(kiln, wf)
     assert dispatched == {by_name["t0-alpha"]["id"], by_name["t1-summarise"]["id"]}
     assert by_name["t2-beta"]["status"] == "ready"
