@@ -4,6 +4,7 @@ failure between concurrent workers and controllers."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -16,7 +17,7 @@ from engine import recovery
 from engine import tasks as task_ops
 from engine import workflows as wf_ops
 from engine.config import Settings
-from engine.db import make_engine, translate_errors
+from engine.db import make_engine, translate_errors, utcnow
 from engine.definitions import Workflow, WorkflowSpec, parse_definition
 
 log = logging.getLogger("kiln.runtime")
@@ -109,13 +110,17 @@ class Kiln:
             wf_ops.check_handlers(spec)
 
         def submit(conn: sa.Connection) -> tuple[int, bool, list[task_ops.Dispatch]]:
-            wf_id, created = wf_ops.submit_workflow_txn(conn, spec, idempotency_key=idempotency_key)
+            # With a sender and an idle queue, the new run's ready tasks are leased here and
+            # sent after commit; otherwise the controller is woken to dispatch them.
+            idle = self.sender is not None and task_ops.queue_is_idle_txn(conn)
+            wf_id, created, ready = wf_ops.insert_workflow_txn(
+                conn, spec, idempotency_key=idempotency_key, notify=not idle
+            )
             dispatched: list[task_ops.Dispatch] = []
-            if created and self.sender is not None:
-                roots = wf_ops.ready_task_ids(conn, wf_id)
-                dispatched = task_ops.dispatch_now_txn(
-                    conn, roots, lease_s=self.settings.dispatch_timeout_s
-                )
+            if created and idle and ready:
+                now = utcnow()
+                lease = now + dt.timedelta(seconds=self.settings.dispatch_timeout_s)
+                dispatched = task_ops.mark_queued_txn(conn, ready, now=now, lease_until=lease)
             return wf_id, created, dispatched
 
         wf_id, created, dispatched = self.txn(submit)

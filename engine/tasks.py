@@ -152,23 +152,14 @@ def mark_queued_txn(
 DIRECT_DISPATCH_MAX_QUEUED = 16
 
 
-def dispatch_now_txn(
-    conn: sa.Connection, task_ids: Sequence[int], *, lease_s: float
-) -> list[Dispatch]:
-    """Lease tasks that just became ready for their creator to send itself, skipping the
-    controller's hop, when nothing else is waiting to be dispatched and few tasks are in
-    flight: with an idle queue there is nothing for the scheduler to order them against, so
-    this saves latency without bypassing any policy. Otherwise (or for ``model_type`` tasks,
-    which need placement) returns ``[]`` and leaves them to the controller."""
-    if not task_ids:
-        return []
+def queue_is_idle_txn(conn: sa.Connection, *, excluding: Sequence[int] = ()) -> bool:
+    """True when no dispatchable task (other than ``excluding``) waits for the controller and
+    fewer than ``DIRECT_DISPATCH_MAX_QUEUED`` tasks are sent but not yet claimed."""
     now = utcnow()
-    ids = list(task_ids)
-    others_waiting = conn.execute(
+    waiting = (
         sa.select(tasks.c.id)
         .where(
             tasks.c.status.in_(DISPATCHABLE),
-            tasks.c.id.not_in(ids),
             sa.or_(tasks.c.not_before.is_(None), tasks.c.not_before <= now),
             sa.exists().where(
                 workflows.c.id == tasks.c.workflow_id,
@@ -176,32 +167,49 @@ def dispatch_now_txn(
             ),
         )
         .limit(1)
-    ).first()
-    if others_waiting is not None:
-        return []
-    in_flight = conn.execute(
-        sa.select(sa.func.count()).select_from(
-            sa.select(tasks.c.id)
-            .where(tasks.c.status == TaskStatus.QUEUED)
-            .limit(DIRECT_DISPATCH_MAX_QUEUED)
-            .subquery()
+    )
+    if excluding:
+        waiting = waiting.where(tasks.c.id.not_in(list(excluding)))
+    in_flight = (
+        sa.select(tasks.c.id)
+        .where(tasks.c.status == TaskStatus.QUEUED)
+        .limit(DIRECT_DISPATCH_MAX_QUEUED)
+        .subquery()
+    )
+    row = conn.execute(
+        sa.select(
+            sa.exists(waiting).label("waiting"),
+            sa.select(sa.func.count()).select_from(in_flight).scalar_subquery().label("in_flight"),
         )
-    ).scalar_one()
-    if in_flight >= DIRECT_DISPATCH_MAX_QUEUED:
+    ).one()
+    return not row.waiting and row.in_flight < DIRECT_DISPATCH_MAX_QUEUED
+
+
+def dispatch_now_txn(
+    conn: sa.Connection, task_ids: Sequence[int], *, lease_s: float
+) -> list[Dispatch]:
+    """Lease tasks that just became ready for their creator to send itself, skipping the
+    controller's hop, when the queue is idle (:func:`queue_is_idle_txn`): with nothing else
+    waiting there is nothing for the scheduler to order them against, so this saves latency
+    without bypassing any policy. Otherwise (or for ``model_type`` tasks, which need
+    placement) returns ``[]`` and leaves them to the controller."""
+    if not task_ids or not queue_is_idle_txn(conn, excluding=task_ids):
         return []
-    eligible = conn.execute(
-        sa.select(tasks.c.id).where(
-            tasks.c.id.in_(ids),
-            tasks.c.handler.is_not(None),
-            tasks.c.not_before.is_(None),
-            sa.exists().where(
-                workflows.c.id == tasks.c.workflow_id,
-                workflows.c.status.in_([WorkflowStatus.PENDING, WorkflowStatus.RUNNING]),
-            ),
-        )
-    ).scalars()
-    eligible_ids = set(eligible)
-    chosen = [i for i in ids if i in eligible_ids]
+    now = utcnow()
+    eligible = set(
+        conn.execute(
+            sa.select(tasks.c.id).where(
+                tasks.c.id.in_(list(task_ids)),
+                tasks.c.handler.is_not(None),
+                tasks.c.not_before.is_(None),
+                sa.exists().where(
+                    workflows.c.id == tasks.c.workflow_id,
+                    workflows.c.status.in_([WorkflowStatus.PENDING, WorkflowStatus.RUNNING]),
+                ),
+            )
+        ).scalars()
+    )
+    chosen = [i for i in task_ids if i in eligible]
     return mark_queued_txn(conn, chosen, now=now, lease_until=now + dt.timedelta(seconds=lease_s))
 
 

@@ -45,7 +45,21 @@ def submit_workflow_txn(
     idempotency_key: str | None = None,
     notify: bool = True,
 ) -> tuple[int, bool]:
-    """Write the run, its tasks and edges; return ``(workflow_id, created)``.
+    wf_id, created, _ = insert_workflow_txn(
+        conn, spec, idempotency_key=idempotency_key, notify=notify
+    )
+    return wf_id, created
+
+
+def insert_workflow_txn(
+    conn: sa.Connection,
+    spec: WorkflowSpec,
+    *,
+    idempotency_key: str | None = None,
+    notify: bool = True,
+) -> tuple[int, bool, list[int]]:
+    """Write the run, its tasks and edges; return ``(workflow_id, created, ready_ids)`` where
+    ``ready_ids`` are the handler tasks ready at once (no dependencies), in dispatch order.
 
     With an idempotency key already used, nothing is written and the existing run's id is
     returned with ``created=False``.
@@ -72,7 +86,7 @@ def submit_workflow_txn(
             existing = conn.execute(
                 sa.select(workflows.c.id).where(workflows.c.idempotency_key == idempotency_key)
             ).scalar_one()
-            return existing, False
+            return existing, False, []
     else:
         wf_id = conn.execute(workflows.insert().values(values).returning(workflows.c.id)).scalar()
 
@@ -106,17 +120,9 @@ def submit_workflow_txn(
         conn.execute(task_dependencies.insert(), edges)
     if notify:
         notify_ready(conn)
-    return wf_id, True
-
-
-def ready_task_ids(conn: sa.Connection, workflow_id: int) -> list[int]:
-    return list(
-        conn.execute(
-            sa.select(tasks.c.id)
-            .where(tasks.c.workflow_id == workflow_id, tasks.c.status == TaskStatus.READY)
-            .order_by(tasks.c.priority.desc(), tasks.c.id)
-        ).scalars()
-    )
+    ready = [t for t in spec.tasks if not t.depends_on and t.handler]
+    ready.sort(key=lambda t: -t.priority)
+    return wf_id, True, [by_name[t.name] for t in ready]
 
 
 def mark_running_txn(conn: sa.Connection, workflow_ids: Iterable[int]) -> None:
