@@ -12,6 +12,7 @@ its end.
 
 from __future__ import annotations
 
+import abc
 import bisect
 import statistics
 from collections.abc import Sequence
@@ -24,15 +25,16 @@ from engine.scheduling.items import QueuedItem, SchedulerState, UnknownPolicy
 _MICROS = 1_000_000
 
 
-class Policy:
+class Policy(abc.ABC):
     """Base class; ``record_start`` keeps the counters every policy reports."""
 
     name: ClassVar[str] = ""
 
+    @abc.abstractmethod
     def order(
         self, items: Sequence[QueuedItem], now: float, state: SchedulerState
     ) -> list[QueuedItem]:
-        raise NotImplementedError
+        """The items in the order to run them."""
 
     def pick(
         self, items: Sequence[QueuedItem], now: float, state: SchedulerState
@@ -40,8 +42,9 @@ class Policy:
         ordered = self.order(items, now, state)
         return ordered[0] if ordered else None
 
+    @abc.abstractmethod
     def explain(self, item: QueuedItem, now: float, state: SchedulerState) -> str:
-        raise NotImplementedError
+        """Why ``item`` is where it is in the order, for people."""
 
     def record_start(self, item: QueuedItem, now: float, state: SchedulerState) -> None:
         state.total_scheduled += 1
@@ -49,7 +52,7 @@ class Policy:
             state.context_switches += 1
         state.last_group = item.group
 
-    def record_finish(
+    def record_finish(  # noqa: B027 - optional hook; most policies keep no per-finish state
         self, item: QueuedItem, runtime: float, now: float, state: SchedulerState
     ) -> None:
         """``runtime`` is the item's actual execution time in seconds."""
@@ -61,8 +64,9 @@ class _KeyedPolicy(Policy):
     def _context(self, items: Sequence[QueuedItem], now: float, state: SchedulerState) -> Any:
         return None
 
+    @abc.abstractmethod
     def _key(self, item: QueuedItem, now: float, state: SchedulerState, ctx: Any) -> tuple:
-        raise NotImplementedError
+        """The sort key of ``item`` (smallest runs first)."""
 
     def order(
         self, items: Sequence[QueuedItem], now: float, state: SchedulerState
