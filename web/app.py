@@ -63,9 +63,8 @@ def create_app(kiln: Kiln | None = None) -> Flask:
     app.register_blueprint(ui.bp)
     from web import instances_api, predictor_api, scheduler_api
 
-    for module in (instances_api, predictor_api, scheduler_api):
-        for plain_blueprint in module.blueprints:
-            app.register_blueprint(plain_blueprint)
+    for blueprint in (instances_api.blp, predictor_api.blp, scheduler_api.blp):
+        api.register_blueprint(blueprint)
     from web import health, metrics
 
     for module in (health, metrics):

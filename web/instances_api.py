@@ -15,56 +15,70 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import jsonify
+from flask_smorest import Blueprint
 
 from engine import instances as registry
-from web.errors import BadRequest
+from web.auth import SECURITY
+from web.common import kiln
+from web.schemas_scheduling import (
+    DeregisteredSchema,
+    HeartbeatAnswerSchema,
+    HeartbeatSchema,
+    InstanceListSchema,
+    RegisteredSchema,
+    RegistrationSchema,
+)
 
-blp = Blueprint("instances", __name__)
+blp = Blueprint("instances", __name__, description="The TaskInstance registry.")
+ID = "int(max=9223372036854775807)"
 
-
-def _kiln() -> Any:
-    return current_app.extensions["kiln"]
-
-
-def _body() -> dict[str, Any]:
-    data = request.get_json(silent=True)
-    if not isinstance(data, dict):
-        raise BadRequest("the request body must be a JSON object")
-    return data
+# The views answer with the engine's dicts as they are (the schemas document them).
 
 
 @blp.post("/instances")
-def register():  # type: ignore[no-untyped-def]
-    reg = registry.Registration.parse(_body())
-    kiln = _kiln()
-    instance_id, created = kiln.txn(lambda c: registry.register_txn(c, reg))
-    listed = kiln.read(registry.list_instances)
+@blp.arguments(RegistrationSchema)
+@blp.response(201, RegisteredSchema)
+@blp.alt_response(200, schema=RegisteredSchema, description="the url was registered before")
+@blp.doc(security=SECURITY)
+def register(data: dict[str, Any]):  # type: ignore[no-untyped-def]
+    """Register an instance: 201 when new, 200 when its url is known (it came back)."""
+    reg = registry.Registration.parse(data)
+    k = kiln()
+    instance_id, created = k.txn(lambda c: registry.register_txn(c, reg))
+    listed = k.read(registry.list_instances)
     instance = next((i for i in listed if i["id"] == instance_id), None)
     return jsonify({"id": instance_id, "created": created, "instance": instance}), (
         201 if created else 200
     )
 
 
-@blp.post("/instances/<int:instance_id>/heartbeat")
-def heartbeat(instance_id: int):  # type: ignore[no-untyped-def]
-    body = _body()
-    kiln = _kiln()
-    s = kiln.settings
+@blp.post(f"/instances/<{ID}:instance_id>/heartbeat")
+@blp.arguments(HeartbeatSchema)
+@blp.response(200, HeartbeatAnswerSchema)
+@blp.doc(security=SECURITY)
+def heartbeat(data: dict[str, Any], instance_id: int):  # type: ignore[no-untyped-def]
+    """Status, load, counters and task progress; 404 when the id is unknown (register
+    again). ``offline`` re-queues the tasks still placed on the instance."""
+    k = kiln()
+    s = k.settings
     return jsonify(
-        kiln.txn(
+        k.txn(
             lambda c: registry.heartbeat_txn(
-                c, instance_id, body, retry_base_s=s.retry_base_s, retry_max_s=s.retry_max_s
+                c, instance_id, data, retry_base_s=s.retry_base_s, retry_max_s=s.retry_max_s
             )
         )
     )
 
 
-@blp.delete("/instances/<int:instance_id>")
+@blp.delete(f"/instances/<{ID}:instance_id>")
+@blp.response(200, DeregisteredSchema)
+@blp.doc(security=SECURITY)
 def deregister(instance_id: int):  # type: ignore[no-untyped-def]
-    kiln = _kiln()
-    s = kiln.settings
-    requeued = kiln.txn(
+    """Forget an instance; the tasks running on it are retried elsewhere."""
+    k = kiln()
+    s = k.settings
+    requeued = k.txn(
         lambda c: registry.deregister_txn(
             c, instance_id, retry_base_s=s.retry_base_s, retry_max_s=s.retry_max_s
         )
@@ -73,9 +87,8 @@ def deregister(instance_id: int):  # type: ignore[no-untyped-def]
 
 
 @blp.get("/instances")
+@blp.response(200, InstanceListSchema)
 def list_instances():  # type: ignore[no-untyped-def]
-    items = _kiln().read(registry.list_instances)
+    """Every registered instance with its load and whether it is live."""
+    items = kiln().read(registry.list_instances)
     return jsonify({"instances": items, "count": len(items)})
-
-
-blueprints = [blp]

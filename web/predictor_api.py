@@ -15,24 +15,34 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import jsonify
+from flask_smorest import Blueprint
 
 from engine.predictor import models, predictor_for
-from web.errors import BadRequest
+from web.auth import SECURITY
+from web.common import kiln
+from web.schemas_scheduling import (
+    ModelListSchema,
+    NoPredictionSchema,
+    PredictionSchema,
+    PredictorHealthSchema,
+    PredictRequestSchema,
+)
 
-blp = Blueprint("predictor", __name__)
+blp = Blueprint("predictor", __name__, description="Duration predictions (seed 000).")
 
-
-def _kiln() -> Any:
-    return current_app.extensions["kiln"]
+# The views answer with the engine's dicts as they are (the schemas document them).
 
 
 @blp.post("/predict")
-def predict():  # type: ignore[no-untyped-def]
-    data = request.get_json(silent=True)
-    if not isinstance(data, dict):
-        raise BadRequest("the request body must be a JSON object")
-    answer = predictor_for(_kiln()).response(data.get("model_type"), data.get("metadata"))
+@blp.arguments(PredictRequestSchema)
+@blp.response(200, PredictionSchema)
+@blp.alt_response(404, schema=NoPredictionSchema, description="no source knows the model type")
+@blp.doc(security=SECURITY)
+def predict(data: dict[str, Any]):  # type: ignore[no-untyped-def]
+    """Quantiles of a task's duration for a model type and metadata; 400 for an invalid
+    body, 404 when no source (learned, lookup file, external service) knows the type."""
+    answer = predictor_for(kiln()).response(data.get("model_type"), data.get("metadata"))
     if answer["status"] != "success":
         answer = {
             **answer,
@@ -44,15 +54,16 @@ def predict():  # type: ignore[no-untyped-def]
 
 
 @blp.get("/predictor/health")
+@blp.response(200, PredictorHealthSchema)
 def health():  # type: ignore[no-untyped-def]
-    return jsonify(predictor_for(_kiln()).health())
+    """The predictor's sources and whether each works."""
+    return jsonify(predictor_for(kiln()).health())
 
 
 @blp.get("/predictor/models")
+@blp.response(200, ModelListSchema)
 def list_models():  # type: ignore[no-untyped-def]
-    kiln = _kiln()
-    predictor = predictor_for(kiln)
-    return jsonify({"status": "success", "models": kiln.read(lambda c: models(c, predictor))})
-
-
-blueprints = [blp]
+    """Every model type some source can predict."""
+    k = kiln()
+    predictor = predictor_for(k)
+    return jsonify({"status": "success", "models": k.read(lambda c: models(c, predictor))})

@@ -24,14 +24,9 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
 @contextlib.contextmanager
 def serve_kiln(kiln: Kiln) -> Iterator[str]:
     """Kiln's HTTP API (with the instance, predictor and scheduler blueprints) in a thread."""
-    from web import instances_api, predictor_api, scheduler_api
     from web.app import create_app
 
     app = create_app(kiln)
-    for module in (instances_api, predictor_api, scheduler_api):
-        for blueprint in module.blueprints:
-            if blueprint.name not in app.blueprints:
-                app.register_blueprint(blueprint)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -16,13 +16,20 @@ from web.app import create_app
 MAX_EXAMPLES = 25
 TOKEN = "fuzz-token"
 # These endpoints validate more than a JSON schema can say (a handler that must be importable,
-# the task graph, exactly one of shards/rows/source, per-type pipeline settings) and answer a
-# documented 422 with the reason; "schema-valid data must be accepted" does not hold there.
+# the task graph, exactly one of shards/rows/source, per-type pipeline settings, names and
+# urls that are not blank once stripped and hold no NUL character, each scheduling policy's
+# own tuning parameters) and answer a documented 422 (400 for the predictor and the
+# scheduler, as seeds 000 and 001 say) with the reason; "schema-valid data must be accepted"
+# does not hold there.
 SEMANTIC = {
     ("POST", "/workflows"),
     ("POST", "/contexts"),
     ("POST", "/pipelines"),
     ("POST", "/dispatcher/clone-pipeline"),
+    ("POST", "/instances"),
+    ("POST", "/instances/{instance_id}/heartbeat"),
+    ("POST", "/predict"),
+    ("PUT", "/scheduler/policy"),
 }
 
 
