@@ -40,10 +40,10 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import fresh_database, pct  # noqa: E402
 from engine.config import Settings  # noqa: E402
 from engine.runtime import Kiln  # noqa: E402
 
-ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 DB = "kiln_load"
 REDIS = "redis://127.0.0.1:6379/7"
 HOST = "127.0.0.1"
@@ -58,25 +58,6 @@ WORKFLOW = {
 # Enough shards that no pipeline finishes during a run (a finished pipeline cannot be stopped).
 SHARDS = 2000
 LOGS = Path("/tmp/kiln-bench-logs")
-
-
-def fresh_database() -> str:
-    admin = sa.create_engine(ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
-        c.execute(sa.text(f"CREATE DATABASE {DB}"))
-    admin.dispose()
-    url = sa.make_url(ADMIN).set(database=DB).render_as_string(hide_password=False)
-    kiln = Kiln(Settings(database_url=url), pool_size=1)
-    kiln.upgrade()
-    kiln.close()
-    return url
-
-
-def pct(values: list[float], p: float) -> float:
-    values = sorted(values)
-    k = max(0, min(len(values) - 1, round(p / 100 * (len(values) - 1))))
-    return values[k]
 
 
 def free_port() -> int:
@@ -206,7 +187,7 @@ def backlog(kiln: Kiln) -> dict[str, int]:
 
 
 def run(clients: int, seconds: float, gunicorn_workers: int, drain_seconds: float) -> None:
-    url = fresh_database()
+    url = fresh_database(DB)
     r = redis.Redis.from_url(REDIS)
     r.flushdb()
     LOGS.mkdir(exist_ok=True)

@@ -44,6 +44,7 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import fresh_database, pct  # noqa: E402
 from engine.config import Settings  # noqa: E402
 from engine.runtime import Kiln  # noqa: E402
 from engine.tasks import Outcome, claim_txn, dispatch_ready_txn  # noqa: E402
@@ -51,46 +52,10 @@ from workers.controller import Controller  # noqa: E402
 from workers.hooks import controller_hooks  # noqa: E402
 from workers.scheduling_hooks import scheduler_order, scheduling_hooks  # noqa: E402
 
-ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 DB = "kiln_scale"
 REDIS = "redis://127.0.0.1:6379/6"
 WORKER = "bench-scale-worker"
-# What docs/scale.md recommends adding to the schema (not in the migrations yet): each makes a
-# query that every controller pass runs proportional to the tasks it is looking for instead of
-# to every task in the table. ``--proposed-indexes`` creates them to compare.
-PROPOSED_INDEXES = (
-    # engine.instances.note_unroutable_txn / note_busy_txn (every dispatch / every pass)
-    "CREATE INDEX tasks_model_type_waiting_idx ON tasks (model_type)"
-    " WHERE status IN ('ready', 'retrying') AND model_type IS NOT NULL",
-    # engine.scheduler_service.annotate_predictions_txn (every pass)
-    "CREATE INDEX tasks_unpredicted_idx ON tasks (id)"
-    " WHERE status IN ('pending', 'ready', 'retrying') AND model_type IS NOT NULL"
-    " AND predicted IS NULL",
-    # engine.scheduler_service.SchedulerService.sync (every pass)
-    "CREATE INDEX tasks_finished_at_idx ON tasks (finished_at) WHERE finished_at IS NOT NULL",
-)
 HANDLER = "workers.bench_handlers:noop"
-
-
-def fresh_database(extra_ddl: tuple[str, ...] = ()) -> str:
-    admin = sa.create_engine(ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
-        c.execute(sa.text(f"CREATE DATABASE {DB}"))
-    admin.dispose()
-    url = sa.make_url(ADMIN).set(database=DB).render_as_string(hide_password=False)
-    kiln = Kiln(Settings(database_url=url), pool_size=1)
-    kiln.upgrade()
-    for ddl in extra_ddl:
-        kiln.txn(lambda c, ddl=ddl: c.execute(sa.text(ddl)))
-    kiln.close()
-    return url
-
-
-def pct(values: list[float], p: float) -> float:
-    values = sorted(values)
-    k = max(0, min(len(values) - 1, round(p / 100 * (len(values) - 1))))
-    return values[k]
 
 
 # --- loading ----------------------------------------------------------------------------
@@ -352,19 +317,11 @@ def main() -> None:
     ap.add_argument("--passes", type=int, default=20, help="idle controller passes per size")
     ap.add_argument("--controller-seconds", type=float, default=20.0)
     ap.add_argument("--plans", choices=("all", "dispatch", "none"), default="all")
-    ap.add_argument(
-        "--proposed-indexes",
-        action="store_true",
-        help="also create the indexes docs/scale.md recommends (PROPOSED_INDEXES)",
-    )
     opts = ap.parse_args()
     sizes = sorted(int(s) for s in opts.sizes.split(","))
 
-    url = fresh_database(PROPOSED_INDEXES if opts.proposed_indexes else ())
-    print(
-        "schema: migrations head"
-        + (" + PROPOSED_INDEXES" if opts.proposed_indexes else " (as shipped)")
-    )
+    url = fresh_database(DB)
+    print("schema: migrations head (the partial indexes of docs/scale.md ship in 0005)")
     kiln = Kiln(Settings(database_url=url, broker_url=REDIS, dispatch_window=2000), pool_size=2)
     ctl = idle_controller(url)
     logs = Path("/tmp/kiln-bench-logs")

@@ -28,33 +28,14 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import fresh_database, pct  # noqa: E402
 from engine.config import Settings  # noqa: E402
 from engine.definitions import WorkflowSpec, parse_definition  # noqa: E402
 from engine.runtime import Kiln  # noqa: E402
 from engine.workflows import submit_workflow_txn  # noqa: E402
 
-ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 DB = "kiln_bench"
 REDIS = "redis://127.0.0.1:6379/8"
-
-
-def fresh_database() -> str:
-    admin = sa.create_engine(ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
-        c.execute(sa.text(f"CREATE DATABASE {DB}"))
-    admin.dispose()
-    url = sa.make_url(ADMIN).set(database=DB).render_as_string(hide_password=False)
-    kiln = Kiln(Settings(database_url=url), pool_size=1)
-    kiln.upgrade()
-    kiln.close()
-    return url
-
-
-def pct(values: list[float], p: float) -> float:
-    values = sorted(values)
-    k = max(0, min(len(values) - 1, round(p / 100 * (len(values) - 1))))
-    return values[k]
 
 
 def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -82,7 +63,7 @@ def measure(
     """Run W1 then W2 and return the figures (also printed)."""
     opts = argparse.Namespace(tasks=tasks, shape=shape, w2=w2, processes=processes, threads=threads)
     figures: dict = {}
-    url = fresh_database()
+    url = fresh_database(DB)
     r = redis.Redis.from_url(REDIS)
     r.flushdb()
     env = {
