@@ -111,6 +111,7 @@ def recover_txn(
             tasks.c.name,
             tasks.c.dispatch_count,
             tasks.c.lease_owner,
+            tasks.c.started_at,
         )
         .where(
             tasks.c.status.in_([TaskStatus.QUEUED, TaskStatus.RUNNING]),
@@ -138,13 +139,14 @@ def recover_txn(
                 f"worker {row.lease_owner} lost during attempt {row.attempts} of "
                 f"{row.max_attempts} (lease expired; the process died or hung)"
             )
+            # The claim's own start time stays on the task row.
             lost = Outcome(
-                claimed, ok=False, started_at=now, finished_at=now, error=error, kind="lost"
-            )
-            # Keep the claim's own start time on the task row.
-            lost.started_at = (
-                conn.execute(sa.select(tasks.c.started_at).where(tasks.c.id == row.id)).scalar()
-                or now
+                claimed,
+                ok=False,
+                started_at=row.started_at or now,
+                finished_at=now,
+                error=error,
+                kind="lost",
             )
             if fail_attempt_txn(conn, lost, retry_base_s=retry_base_s, retry_max_s=retry_max_s):
                 out.lost.append(row.id)

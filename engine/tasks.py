@@ -9,7 +9,6 @@ nothing. Functions ending in ``_txn`` never commit.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -567,9 +566,3 @@ def propagate_failure_txn(conn: sa.Connection, task_id: int, workflow_id: int, e
             .where(workflows.c.id == workflow_id, workflows.c.error.is_(None))
             .values(error=error)
         )
-
-
-def result_json(value: Any) -> Any:
-    """Validate that a handler's return value is JSON; raise TypeError naming the problem."""
-    json.dumps(value)
-    return value

@@ -19,7 +19,6 @@ from engine.registry import resolve_handler
 from engine.schema import task_attempts, task_dependencies, tasks, workflows
 from engine.states import (
     TASK_ACTIVE,
-    TASK_NOT_STARTED,
     WORKFLOW_TRANSITIONS,
     TaskStatus,
     WorkflowStatus,
@@ -285,7 +284,3 @@ def list_workflows(
     if before_id:
         q = q.where(workflows.c.id < before_id)
     return [dict(r) for r in conn.execute(q.limit(limit)).mappings()]
-
-
-def not_started_states() -> list[str]:
-    return [str(s) for s in TASK_NOT_STARTED]

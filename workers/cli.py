@@ -187,7 +187,6 @@ def _load_definition(target: str) -> Any:
 
 def _run_and_follow(kiln, definition: Any, as_json: bool) -> None:  # type: ignore[no-untyped-def]
     from workers.display import as_json as run_json
-    from workers.display import follow
 
     if kiln.settings.embedded_broker:
         kiln.upgrade()
@@ -200,15 +199,15 @@ def _run_and_follow(kiln, definition: Any, as_json: bool) -> None:  # type: igno
         with EmbeddedRuntime(
             kiln, hooks=controller_hooks() + scheduling_hooks(kiln), order=scheduler_order(kiln)
         ):
-            run = _follow(kiln, workflow_id, as_json, follow)
+            run = _follow(kiln, workflow_id, as_json)
     else:
-        run = _follow(kiln, workflow_id, as_json, follow)
+        run = _follow(kiln, workflow_id, as_json)
     if as_json:
         click.echo(run_json(run))
     raise SystemExit(0 if run["status"] == "succeeded" else 1)
 
 
-def _follow(kiln, workflow_id: int, as_json: bool, follow):  # type: ignore[no-untyped-def]
+def _follow(kiln, workflow_id: int, as_json: bool):  # type: ignore[no-untyped-def]
     import time
 
     from engine.states import WORKFLOW_TERMINAL

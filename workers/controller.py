@@ -175,7 +175,7 @@ class Controller:
                 if busy:
                     continue  # more may be ready; go again at once
                 if listener is not None:
-                    listener.wait(poll, stop)
+                    listener.wait(poll)
                 else:
                     stop.wait(poll)
             except (DatabaseUnavailable, sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
@@ -204,7 +204,7 @@ class _Listener:
         self.conn = psycopg.connect(url, autocommit=True)
         self.conn.execute(f"LISTEN {READY_CHANNEL}")
 
-    def wait(self, timeout: float, stop: threading.Event) -> None:
+    def wait(self, timeout: float) -> None:
         for _ in self.conn.notifies(timeout=timeout, stop_after=1):
             break
         # Drain whatever else arrived: one pass handles all of it.

@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
-from rich.console import Console
-from rich.live import Live
 from rich.table import Table
 
 from engine.db import aware
-from engine.runtime import Kiln
-from engine.states import WORKFLOW_TERMINAL
 
 STATE_STYLE = {
     "succeeded": "green",
@@ -62,17 +57,6 @@ def run_table(run: dict[str, Any]) -> Table:
             "" if outcome is None else _short(outcome),
         )
     return table
-
-
-def follow(kiln: Kiln, workflow_id: int, console: Console, *, interval: float = 0.2) -> dict:
-    """Show the run live until it ends; return its final state."""
-    run = kiln.workflow(workflow_id)
-    with Live(run_table(run), console=console, refresh_per_second=8, transient=False) as live:
-        while run["status"] not in WORKFLOW_TERMINAL:
-            time.sleep(interval)
-            run = kiln.workflow(workflow_id)
-            live.update(run_table(run))
-    return run
 
 
 def as_json(run: dict[str, Any]) -> str:

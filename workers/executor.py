@@ -8,7 +8,6 @@ import logging
 import threading
 import time
 import traceback
-from typing import Any
 
 from engine.context import TaskContext, reset_current, set_current
 from engine.db import utcnow
@@ -151,7 +150,3 @@ def run_one(kiln: Kiln, task: ClaimedTask) -> Outcome:
     except (TypeError, ValueError) as exc:
         return failed(f"result is not JSON-serialisable: {exc}", retryable=False)
     return Outcome(task, ok=True, started_at=started, finished_at=utcnow(), result=result)
-
-
-def describe(items: Any) -> str:
-    return ", ".join(f"{t}@{a}" for t, a in items)
