@@ -136,7 +136,12 @@ class Feeder:
 def occupy(kiln: Kiln, model_type: str, duration_ms: int = 800) -> int:
     """Fill the single slot so the tasks submitted next have to queue in Kiln."""
     wf = kiln.submit({"name": "occupy", "tasks": [model_task("b", model_type, duration_ms)]})
-    wait_for(lambda: kiln.workflow(wf)["tasks"][0]["status"] == "running", what="the slot occupied")
+    # Occupied once the task runs *on the instance* (placed), not merely claimed by a worker.
+    wait_for(
+        lambda: (t := kiln.workflow(wf)["tasks"][0])["status"] == "running" and t["instance_id"],
+        what="the slot occupied",
+    )
+    return wf
 
 
 def assert_not_starved(
