@@ -122,28 +122,86 @@ def dispatch_candidates_txn(conn: sa.Connection, *, limit: int, now: dt.datetime
 def mark_queued_txn(
     conn: sa.Connection, task_ids: Sequence[int], *, now: dt.datetime, lease_until: dt.datetime
 ) -> list[Dispatch]:
-    """ready/retrying -> queued for the given tasks, keeping the caller's order."""
+    """ready/retrying -> queued for the given tasks, keeping the caller's order; their runs
+    go pending -> running. On PostgreSQL both are one statement."""
     if not task_ids:
         return []
-    rows = conn.execute(
-        tasks.update()
-        .where(tasks.c.id.in_(list(task_ids)), tasks.c.status.in_(DISPATCHABLE))
-        .values(
-            status=TaskStatus.QUEUED,
-            queued_at=now,
-            lease_expires_at=lease_until,
-            dispatch_count=tasks.c.dispatch_count + 1,
-            not_before=None,
-            waiting_reason=None,
-        )
-        .returning(tasks.c.id, tasks.c.attempts, tasks.c.workflow_id, tasks.c.model_type)
-    ).all()
+    if is_postgres(conn):
+        rows = conn.execute(
+            _PG_MARK_QUEUED, {"ids": list(task_ids), "now": now, "lease": lease_until}
+        ).all()
+    else:
+        rows = conn.execute(
+            tasks.update()
+            .where(tasks.c.id.in_(list(task_ids)), tasks.c.status.in_(DISPATCHABLE))
+            .values(
+                status=TaskStatus.QUEUED,
+                queued_at=now,
+                lease_expires_at=lease_until,
+                dispatch_count=tasks.c.dispatch_count + 1,
+                not_before=None,
+                waiting_reason=None,
+            )
+            .returning(tasks.c.id, tasks.c.attempts, tasks.c.workflow_id, tasks.c.model_type)
+        ).all()
     by_id = {
         r.id: Dispatch(r.id, r.attempts + 1, r.workflow_id, alone=r.model_type is not None)
         for r in rows
     }
-    mark_running_txn(conn, (d.workflow_id for d in by_id.values()))
+    if not is_postgres(conn):
+        mark_running_txn(conn, (d.workflow_id for d in by_id.values()))
     return [by_id[i] for i in task_ids if i in by_id]
+
+
+# The hot path's statements on PostgreSQL, written once: each is a single round trip that
+# does what the portable version does in two (the guards are the same).
+_PG_MARK_QUEUED = sa.text(
+    """
+    WITH q AS (
+        UPDATE tasks SET status = 'queued', queued_at = :now, lease_expires_at = :lease,
+               dispatch_count = dispatch_count + 1, not_before = NULL, waiting_reason = NULL
+        WHERE id = ANY(CAST(:ids AS bigint[])) AND status IN ('ready', 'retrying')
+        RETURNING id, attempts, workflow_id, model_type
+    ), w AS (
+        UPDATE workflows SET status = 'running', started_at = :now
+        WHERE id IN (SELECT workflow_id FROM q) AND status = 'pending'
+    )
+    SELECT * FROM q
+    """
+).bindparams(sa.bindparam("now", type_=Timestamp), sa.bindparam("lease", type_=Timestamp))
+
+_PG_QUEUE_IS_IDLE = sa.text(
+    """
+    SELECT NOT EXISTS (
+        SELECT 1 FROM tasks t
+        WHERE t.status IN ('ready', 'retrying')
+          AND (t.not_before IS NULL OR t.not_before <= :now)
+          AND t.id <> ALL(CAST(:excluding AS bigint[]))
+          AND EXISTS (SELECT 1 FROM workflows w
+                      WHERE w.id = t.workflow_id AND w.status IN ('pending', 'running'))
+    ) AND (SELECT count(*) FROM (SELECT 1 FROM tasks WHERE status = 'queued' LIMIT :cap) q) < :cap
+    """
+).bindparams(sa.bindparam("now", type_=Timestamp))
+
+_PG_CLAIM = sa.text(
+    """
+    WITH want AS (
+        SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:prev AS integer[])) AS w(id, prev)
+    ), c AS (
+        UPDATE tasks AS t SET status = 'running', attempts = t.attempts + 1,
+               lease_owner = :worker, lease_expires_at = :lease, started_at = :now,
+               progress = NULL, progress_message = NULL
+        FROM want
+        WHERE t.id = want.id AND t.attempts = want.prev AND t.status = 'queued'
+        RETURNING t.id, t.attempts, t.workflow_id, t.name, t.handler, t.model_type, t.params,
+                  t.timeout_s, t.max_attempts
+    ), a AS (
+        INSERT INTO task_attempts (task_id, attempt, worker, started_at)
+        SELECT id, attempts, :worker, :now FROM c
+    )
+    SELECT * FROM c
+    """
+).bindparams(sa.bindparam("now", type_=Timestamp), sa.bindparam("lease", type_=Timestamp))
 
 
 # Direct dispatch is for an idle system only: past this many tasks already sent and not yet
@@ -155,6 +213,13 @@ def queue_is_idle_txn(conn: sa.Connection, *, excluding: Sequence[int] = ()) -> 
     """True when no dispatchable task (other than ``excluding``) waits for the controller and
     fewer than ``DIRECT_DISPATCH_MAX_QUEUED`` tasks are sent but not yet claimed."""
     now = utcnow()
+    if is_postgres(conn):
+        return bool(
+            conn.execute(
+                _PG_QUEUE_IS_IDLE,
+                {"now": now, "excluding": list(excluding), "cap": DIRECT_DISPATCH_MAX_QUEUED},
+            ).scalar()
+        )
     waiting = (
         sa.select(tasks.c.id)
         .where(
@@ -256,6 +321,48 @@ def claim_txn(
     if not items:
         return []
     now = utcnow()
+    if is_postgres(conn):
+        rows = conn.execute(
+            _PG_CLAIM,
+            {
+                "ids": [t for t, _ in items],
+                "prev": [a - 1 for _, a in items],
+                "worker": worker_id,
+                "now": now,
+                "lease": now + dt.timedelta(seconds=lease_s),
+            },
+        ).all()
+    else:
+        rows = _claim_portable_txn(conn, items, worker_id=worker_id, lease_s=lease_s, now=now)
+    if not rows:
+        return []
+    claimed = [
+        ClaimedTask(
+            id=r.id,
+            attempt=r.attempts,
+            workflow_id=r.workflow_id,
+            name=r.name,
+            handler=r.handler,
+            model_type=r.model_type,
+            params=r.params,
+            timeout_s=r.timeout_s,
+            max_attempts=r.max_attempts,
+        )
+        for r in rows
+    ]
+    _resolve_references_txn(conn, claimed)
+    order = {t: i for i, (t, _) in enumerate(items)}
+    return sorted(claimed, key=lambda c: order[c.id])
+
+
+def _claim_portable_txn(
+    conn: sa.Connection,
+    items: list[tuple[int, int]],
+    *,
+    worker_id: str,
+    lease_s: float,
+    now: dt.datetime,
+) -> list[Any]:
     rows = conn.execute(
         tasks.update()
         .where(
@@ -283,32 +390,15 @@ def claim_txn(
             tasks.c.max_attempts,
         )
     ).all()
-    if not rows:
-        return []
-    conn.execute(
-        task_attempts.insert(),
-        [
-            {"task_id": r.id, "attempt": r.attempts, "worker": worker_id, "started_at": now}
-            for r in rows
-        ],
-    )
-    claimed = [
-        ClaimedTask(
-            id=r.id,
-            attempt=r.attempts,
-            workflow_id=r.workflow_id,
-            name=r.name,
-            handler=r.handler,
-            model_type=r.model_type,
-            params=r.params,
-            timeout_s=r.timeout_s,
-            max_attempts=r.max_attempts,
+    if rows:
+        conn.execute(
+            task_attempts.insert(),
+            [
+                {"task_id": r.id, "attempt": r.attempts, "worker": worker_id, "started_at": now}
+                for r in rows
+            ],
         )
-        for r in rows
-    ]
-    _resolve_references_txn(conn, claimed)
-    order = {t: i for i, (t, _) in enumerate(items)}
-    return sorted(claimed, key=lambda c: order[c.id])
+    return rows
 
 
 def _resolve_references_txn(conn: sa.Connection, claimed: list[ClaimedTask]) -> None:

@@ -16,7 +16,7 @@ from engine.db import notify_ready, utcnow
 from engine.definitions import WorkflowSpec
 from engine.errors import IllegalTransition, WorkflowNotFound
 from engine.registry import resolve_handler
-from engine.schema import task_attempts, task_dependencies, tasks, workflows
+from engine.schema import Json, Timestamp, task_attempts, task_dependencies, tasks, workflows
 from engine.states import (
     TASK_ACTIVE,
     WORKFLOW_TRANSITIONS,
@@ -73,25 +73,8 @@ def insert_workflow_txn(
         "idempotency_key": idempotency_key,
         "created_at": now,
     }
-    if idempotency_key is not None:
-        stmt = (
-            _insert(conn, workflows)
-            .values(values)
-            .on_conflict_do_nothing(index_elements=["idempotency_key"])
-            .returning(workflows.c.id)
-        )
-        wf_id = conn.execute(stmt).scalar()
-        if wf_id is None:
-            existing = conn.execute(
-                sa.select(workflows.c.id).where(workflows.c.idempotency_key == idempotency_key)
-            ).scalar_one()
-            return existing, False, []
-    else:
-        wf_id = conn.execute(workflows.insert().values(values).returning(workflows.c.id)).scalar()
-
     rows = [
         {
-            "workflow_id": wf_id,
             "name": t.name,
             "handler": t.handler,
             "model_type": t.model_type,
@@ -106,22 +89,109 @@ def insert_workflow_txn(
         }
         for t in spec.tasks
     ]
-    ids = conn.execute(
-        tasks.insert().returning(tasks.c.id, sort_by_parameter_order=True), rows
-    ).scalars()
-    by_name = dict(zip((t.name for t in spec.tasks), ids, strict=True))
-    edges = [
-        {"task_id": by_name[t.name], "depends_on_id": by_name[d]}
-        for t in spec.tasks
-        for d in sorted(set(t.depends_on))
-    ]
-    if edges:
-        conn.execute(task_dependencies.insert(), edges)
+    edges = [(t.name, d) for t in spec.tasks for d in sorted(set(t.depends_on))]
+    if conn.dialect.name == "postgresql":
+        inserted = _insert_pg(conn, values, rows, edges)
+    else:
+        inserted = _insert_portable(conn, values, rows, edges)
+    if inserted is None:  # the idempotency key was used already
+        existing = conn.execute(
+            sa.select(workflows.c.id).where(workflows.c.idempotency_key == idempotency_key)
+        ).scalar_one()
+        return existing, False, []
+    wf_id, by_name = inserted
     if notify:
         notify_ready(conn)
     ready = [t for t in spec.tasks if not t.depends_on and t.handler]
     ready.sort(key=lambda t: -t.priority)
     return wf_id, True, [by_name[t.name] for t in ready]
+
+
+# The run, its tasks and its edges in one round trip. The tasks come as one JSON array (so
+# one statement serves any number of them) and the edges name their tasks, joined to the ids
+# the task insert returns. On an idempotency-key conflict nothing is inserted.
+_PG_INSERT_RUN = sa.text(
+    """
+    WITH w AS (
+        INSERT INTO workflows (name, status, on_error, priority, definition, idempotency_key,
+                               created_at)
+        VALUES (:name, 'pending', :on_error, :priority, :definition, :idempotency_key, :now)
+        ON CONFLICT (idempotency_key) DO NOTHING
+        RETURNING id
+    ), t AS (
+        INSERT INTO tasks (workflow_id, name, handler, model_type, params, status, priority,
+                           max_attempts, timeout_s, deps_remaining, created_at, ready_at)
+        SELECT w.id, r.name, r.handler, r.model_type, r.params, r.status, r.priority,
+               r.max_attempts, r.timeout_s, r.deps_remaining, :now,
+               CASE WHEN r.status = 'ready' THEN CAST(:now AS timestamptz) END
+        FROM w, jsonb_to_recordset(:tasks) AS r(
+            name text, handler text, model_type text, params jsonb, status text,
+            priority integer, max_attempts integer, timeout_s double precision,
+            deps_remaining integer)
+        RETURNING id, name, workflow_id
+    ), e AS (
+        INSERT INTO task_dependencies (task_id, depends_on_id)
+        SELECT a.id, b.id
+        FROM jsonb_to_recordset(:edges) AS x(task text, dep text)
+        JOIN t a ON a.name = x.task JOIN t b ON b.name = x.dep
+    )
+    SELECT t.workflow_id, t.id, t.name FROM t
+    """
+).bindparams(
+    sa.bindparam("definition", type_=Json),
+    sa.bindparam("tasks", type_=Json),
+    sa.bindparam("edges", type_=Json),
+    sa.bindparam("now", type_=Timestamp),
+)
+
+
+def _insert_pg(
+    conn: sa.Connection, values: dict[str, Any], rows: list[dict[str, Any]], edges: list
+) -> tuple[int, dict[str, int]] | None:
+    task_rows = [{k: v for k, v in r.items() if k not in ("created_at", "ready_at")} for r in rows]
+    got = conn.execute(
+        _PG_INSERT_RUN,
+        {
+            "name": values["name"],
+            "on_error": values["on_error"],
+            "priority": values["priority"],
+            "definition": values["definition"],
+            "idempotency_key": values["idempotency_key"],
+            "now": values["created_at"],
+            "tasks": task_rows,
+            "edges": [{"task": a, "dep": b} for a, b in edges],
+        },
+    ).all()
+    if not got:
+        return None
+    return got[0].workflow_id, {r.name: r.id for r in got}
+
+
+def _insert_portable(
+    conn: sa.Connection, values: dict[str, Any], rows: list[dict[str, Any]], edges: list
+) -> tuple[int, dict[str, int]] | None:
+    if values["idempotency_key"] is not None:
+        wf_id = conn.execute(
+            _insert(conn, workflows)
+            .values(values)
+            .on_conflict_do_nothing(index_elements=["idempotency_key"])
+            .returning(workflows.c.id)
+        ).scalar()
+        if wf_id is None:
+            return None
+    else:
+        wf_id = conn.execute(workflows.insert().values(values).returning(workflows.c.id)).scalar()
+    ids = conn.execute(
+        tasks.insert().returning(tasks.c.id, sort_by_parameter_order=True),
+        [{"workflow_id": wf_id, **r} for r in rows],
+    ).scalars()
+    by_name = dict(zip((r["name"] for r in rows), ids, strict=True))
+    if edges:
+        conn.execute(
+            task_dependencies.insert(),
+            [{"task_id": by_name[a], "depends_on_id": by_name[b]} for a, b in edges],
+        )
+    return wf_id, by_name
 
 
 def mark_running_txn(conn: sa.Connection, workflow_ids: Iterable[int]) -> None:

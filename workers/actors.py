@@ -12,8 +12,10 @@ from engine.config import Settings
 from engine.registry import load_imports
 from engine.runtime import Kiln
 from workers.broker import get_broker
+from workers.direct import DirectListeners, slots
 from workers.executor import execute_batch
 from workers.lifecycle import WorkerLifecycle
+from workers.logging_setup import pop_context, push_context
 
 log = logging.getLogger("kiln.worker")
 _settings = Settings.from_env()
@@ -35,6 +37,45 @@ def kiln() -> Kiln:
 
 lifecycle = WorkerLifecycle(kiln)
 broker.add_middleware(lifecycle)
+
+
+def _run_direct(items: list[tuple[int, int]]) -> None:
+    ids = [t for t, _ in items]
+    token = push_context(
+        process_id=lifecycle.process_id(kiln()),
+        task_id=ids[0] if len(ids) == 1 else None,
+        task_ids=ids if len(ids) > 1 else None,
+    )
+    try:
+        execute_batch(kiln(), items, lifecycle.process_id(kiln()))
+    finally:
+        pop_context(token)
+
+
+class DirectWakeups(dramatiq.Middleware):
+    """Sizes the process's execution slots to its worker threads and, on Redis, starts as
+    many listeners on the queue's direct wake-up list (``workers.direct``)."""
+
+    def __init__(self) -> None:
+        self._listeners: DirectListeners | None = None
+
+    def after_worker_boot(self, broker, worker):  # type: ignore[no-untyped-def]
+        threads = getattr(worker, "worker_threads", 1)
+        slots.resize(threads)
+        if _settings.embedded_broker:
+            return  # in-process: everything goes through the stub broker
+        self._listeners = DirectListeners(
+            _settings.broker_url, _settings.queue_name, threads, _run_direct, _decode
+        )
+        self._listeners.start()
+
+    def before_worker_shutdown(self, broker, worker):  # type: ignore[no-untyped-def]
+        if self._listeners is not None:
+            self._listeners.stop()
+            self._listeners = None
+
+
+broker.add_middleware(DirectWakeups())
 
 
 def _decode(items: object) -> list[tuple[int, int]] | None:
@@ -61,4 +102,5 @@ def run_tasks(items: object) -> None:
     if decoded is None:
         log.error("dropping undecodable kiln_run_tasks payload: %.200r", items)
         return
-    execute_batch(kiln(), decoded, lifecycle.process_id(kiln()))
+    with slots.hold():
+        execute_batch(kiln(), decoded, lifecycle.process_id(kiln()))

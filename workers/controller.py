@@ -13,6 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from engine.config import Settings
 from engine.db import READY_CHANNEL, is_postgres
 from engine.errors import DatabaseUnavailable
 from engine.processes import (
@@ -46,11 +47,31 @@ def send_with_broker(dispatches: Sequence[Dispatch], batch: int) -> None:
         run_tasks.send([[d.task_id, d.attempt] for d in shared[i : i + batch]])
 
 
+_pusher_lock = threading.Lock()
+_pusher: Any = None
+
+
 def send_now(dispatches: Sequence[Dispatch]) -> None:
-    """``Kiln.sender`` for processes that reach the broker: send what they leased directly,
-    in batches sized for the default worker concurrency."""
+    """``Kiln.sender`` for processes that reach the broker: send what they leased while the
+    queue is idle straight to the workers, in batches sized for the default worker
+    concurrency. On Redis that is a direct wake-up (``workers.direct``), which an idle worker
+    thread blocked on it takes at once; in-process it is a stub-broker message."""
+    global _pusher
     batch = max(1, min(64, math.ceil(len(dispatches) / DEFAULT_CONCURRENCY)))
-    send_with_broker(dispatches, batch)
+    with _pusher_lock:
+        if _pusher is None:
+            from workers.direct import Pusher
+
+            s = Settings.from_env()
+            _pusher = (
+                False
+                if s.embedded_broker
+                else Pusher(s.broker_url, s.queue_name, 2 * s.dispatch_timeout_s)
+            )
+    if _pusher is False:
+        send_with_broker(dispatches, batch)
+    else:
+        _pusher.push(dispatches, batch)
 
 
 class Controller:
