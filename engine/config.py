@@ -33,7 +33,7 @@ class Settings:
     dispatch_timeout_s: float = 30.0  # queued but not started for this long: message re-sent
     dispatch_window: int = 2000  # at most this many tasks queued (sent, not started) at once
     max_batch: int = 64  # at most this many tasks in one broker message
-    worker_poll_ms: int = 2  # idle worker's longest sleep between broker polls
+    worker_poll_ms: int = 20  # idle Dramatiq consumer's longest sleep between broker polls
     controller_poll_s: float = 0.5  # controller wakes at least this often
     retry_base_s: float = 1.0  # first retry backoff; doubles per attempt, with jitter
     retry_max_s: float = 300.0
@@ -50,7 +50,7 @@ class Settings:
             dispatch_timeout_s=_float("KILN_DISPATCH_TIMEOUT_S", 30.0),
             dispatch_window=_int("KILN_DISPATCH_WINDOW", 2000),
             max_batch=_int("KILN_MAX_BATCH", 64),
-            worker_poll_ms=_int("KILN_WORKER_POLL_MS", 2),
+            worker_poll_ms=_int("KILN_WORKER_POLL_MS", 20),
             controller_poll_s=_float("KILN_CONTROLLER_POLL_S", 0.5),
             retry_base_s=_float("KILN_RETRY_BASE_S", 1.0),
             retry_max_s=_float("KILN_RETRY_MAX_S", 300.0),

@@ -8,8 +8,10 @@ PostgreSQL state).
 
 Deviation: ``dramatiq_worker_timeout=2`` (ms) in the workers' environment. An idle Redis
 consumer backs off up to this long between polls; the default, 1,000 ms, put W2's p50 at
-about half a second in trial runs. Kiln's own workers set the same Dramatiq knob to 2 ms
-(``KILN_WORKER_POLL_MS``), so both run Dramatiq alike.
+about half a second in trial runs. 2 ms is Dramatiq's best case for W2 (it costs an idle
+worker about 40 % of a core in polling). Kiln's own workers poll at 20 ms
+(``KILN_WORKER_POLL_MS``) and take work sent to an idle queue from a blocking ``BLPOP``
+instead (``workers/direct.py``).
 """
 
 from __future__ import annotations

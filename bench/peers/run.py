@@ -362,7 +362,8 @@ NOTES = [
     " `tasks.started_at − workflows.created_at`). Concurrency 8 for all; how each peer reaches"
     " it is in the workers column and the docstring of bench/peers/<peer>_bench.py, with every"
     " deviation from the peer's defaults (DBOS's queue polling interval 1 s → 10 ms; Dramatiq's"
-    " idle worker timeout 1 s → 2 ms, the value Kiln's own Dramatiq workers use)."
+    " idle worker timeout 1 s → 2 ms, its best W2 latency; Kiln's workers poll Dramatiq at 20 ms"
+    " and take idle-queue work from a blocking Redis BLPOP)."
     " The pgbench row is one claim transaction per job at 8 clients with nothing else: a"
     " PostgreSQL queue needs at least a claim and a finish per job.",
 ]
