@@ -235,7 +235,7 @@ def cluster(pg_url: str, redis_url: str, tmp_path: Path) -> Iterator[Cluster]:
     import redis
 
     client = redis.Redis.from_url(redis_url)
-    for key in client.scan_iter(f"dramatiq:{queue}*"):
+    for key in [*client.scan_iter(f"dramatiq:{queue}*"), f"kiln:direct:{queue}"]:
         client.delete(key)
     client.close()
 
