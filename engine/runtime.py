@@ -47,10 +47,20 @@ class Kiln:
 
     # --- transactions -----------------------------------------------------------------
 
-    def txn(self, fn: Callable[[sa.Connection], T], *, attempts: int = 8) -> T:
-        """Run ``fn`` in a transaction and commit; retry it on deadlock/serialization errors."""
+    def txn(
+        self, fn: Callable[[sa.Connection], T], *, attempts: int = 8, single: bool = False
+    ) -> T:
+        """Run ``fn`` in a transaction and commit; retry it on deadlock/serialization errors.
+
+        ``single``: ``fn`` makes one statement that changes anything (reads aside), so on
+        PostgreSQL it runs in autocommit mode: that statement is its own transaction, and the
+        ``BEGIN`` and ``COMMIT`` round trips are saved."""
+        autocommit = single and self.engine.dialect.name == "postgresql"
         for attempt in range(1, attempts + 1):
             try:
+                if autocommit:
+                    with translate_errors(), self.engine.connect() as conn:
+                        return fn(conn.execution_options(isolation_level="AUTOCOMMIT"))
                 with translate_errors(), self.engine.begin() as conn:
                     return fn(conn)
             except sa.exc.DBAPIError as exc:
@@ -173,7 +183,8 @@ class Kiln:
         return self.txn(
             lambda c: task_ops.claim_txn(
                 c, items, worker_id=worker_id, lease_s=self.settings.lease_s
-            )
+            ),
+            single=True,  # on PostgreSQL the claim is one statement (engine.tasks._PG_CLAIM)
         )
 
     def record(self, outcomes: list[task_ops.Outcome]) -> task_ops.RecordReport:
