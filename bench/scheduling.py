@@ -50,6 +50,7 @@ from engine.scheduling import (  # noqa: E402
     InstanceLoad,
     QueuedItem,
     Scheduler,
+    ShortestPredicted,
     add_work,
     finish_work,
     place,
@@ -81,10 +82,10 @@ DEFAULT_TRACES = {
     },
 }
 
-# ShortestPredicted tuning (the policy's defaults): rank by the expected time and forgive
-# 0.01 s of predicted size per second waited. On the shared traces 0.01 keeps the most of the
-# mean gain; 0.02 holds Mooncake's p99 at 1.2x FIFO for ~1 point of Azure's mean (see --aging).
-SPF_AGING = 0.01
+# ShortestPredicted runs with the policy's own defaults (what the service uses) unless a flag
+# overrides them: gentle linear aging plus the backlog guard, which ages an item faster once it
+# has waited longer than the predicted work queued (see ShortestPredicted's docstring).
+SPF_DEFAULTS = ShortestPredicted()
 
 MODEL_TYPE = "llm"
 
@@ -375,8 +376,10 @@ def policy_runs(
         "aging": args.aging,
         "spread_penalty": args.spread_penalty,
         "starvation_limit": args.starvation_limit,
+        "backlog_factor": args.backlog_factor,
+        "backlog_aging": args.backlog_aging,
     }
-    pure = {"aging": 0.0}
+    pure = {"aging": 0.0, "backlog_factor": None}
     return [
         ("FIFO", "FIFO", {}, NoPredictor),
         ("RoundRobin", "RoundRobin", {}, NoPredictor),
@@ -442,6 +445,10 @@ def print_verdict(name: str, results: dict[str, Result]) -> None:
 # -- command line ---------------------------------------------------------------------------
 
 
+def _optional_float(raw: str) -> float | None:
+    return None if raw.lower() == "none" else float(raw)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -487,13 +494,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--aging",
         type=float,
-        default=SPF_AGING,
+        default=SPF_DEFAULTS.aging,
         help="ShortestPredicted: seconds of predicted size forgiven per second waited",
+    )
+    parser.add_argument(
+        "--backlog-factor",
+        type=_optional_float,
+        default=SPF_DEFAULTS.backlog_factor,
+        help="ShortestPredicted: the backlog guard starts once an item has waited this many "
+        "times the predicted work queued ('none' turns it off)",
+    )
+    parser.add_argument(
+        "--backlog-aging",
+        type=float,
+        default=SPF_DEFAULTS.backlog_aging,
+        help="ShortestPredicted: extra seconds of size forgiven per second waited past the guard",
     )
     parser.add_argument(
         "--spread-penalty",
         type=float,
-        default=0.0,
+        default=SPF_DEFAULTS.spread_penalty,
         help="ShortestPredicted: spreads added to the expected time",
     )
     parser.add_argument(

@@ -243,6 +243,14 @@ class RoundRobin(Policy):
             state.preemptions += 1
 
 
+@dataclass(frozen=True)
+class _QueueSizes:
+    """What ``ShortestPredicted`` needs to know about the whole queue for one decision."""
+
+    median: float  # the size an item without a prediction is ranked at
+    backlog: float  # predicted work queued: what a newcomer would wait behind under FIFO
+
+
 @dataclass
 class ShortestPredicted(_KeyedPolicy):
     """Shortest predicted run time first, with aging so long work cannot starve.
@@ -252,15 +260,28 @@ class ShortestPredicted(_KeyedPolicy):
     a prediction count as the median size of those that have one. The rank is
     ``size − aging · waited``: every second of waiting forgives ``aging`` seconds of size, so
     an item of size ``S`` overtakes fresh items of size ``s`` after at most ``(S − s) / aging``
-    seconds. ``starvation_limit`` (seconds, optional) is a hard bound on top: an item that has
-    waited longer runs before every younger item, oldest first.
+    seconds.
+
+    The backlog guard bounds the tail relative to FIFO without a limit in seconds: the
+    predicted work queued right now is what a job arriving now would wait behind under FIFO
+    (on one instance), so an item that has waited longer than ``backlog_factor`` times that
+    backlog is falling behind what FIFO would have given it. From that point on it ages
+    ``backlog_aging`` seconds of size faster per second, and overtakes the short work that
+    keeps arriving within ``(S − s) / (aging + backlog_aging)`` more seconds. With ``K``
+    instances sharing the queue a FIFO newcomer waits about backlog / ``K``, so
+    ``backlog_factor = 1 / K`` keeps the same meaning; ``None`` turns the guard off.
+
+    ``starvation_limit`` (seconds, optional) is a hard bound on top: an item that has waited
+    longer runs before every younger item, oldest first.
     """
 
     name: ClassVar[str] = "ShortestPredicted"
-    aging: float = 0.01
+    aging: float = 0.005
     spread_penalty: float = 0.0
     quantile: float | None = None
     starvation_limit: float | None = None
+    backlog_factor: float | None = 1.0
+    backlog_aging: float = 0.03
 
     def size(self, item: QueuedItem, default: float = 0.0) -> float:
         if item.predicted is None:
@@ -270,32 +291,51 @@ class ShortestPredicted(_KeyedPolicy):
         est = estimate(item.predicted)
         return est.expected + self.spread_penalty * est.spread
 
-    def _context(self, items, now, state):
+    def _context(self, items, now, state) -> _QueueSizes:
         sizes = [self.size(i) for i in items if i.predicted is not None]
-        return statistics.median(sizes) if sizes else 0.0
+        median = statistics.median(sizes) if sizes else 0.0
+        return _QueueSizes(median, sum(sizes) + median * (len(items) - len(sizes)))
+
+    def _starved(self, waited: float) -> bool:
+        return self.starvation_limit is not None and waited > self.starvation_limit
+
+    def _aging_credit(self, waited: float, queue: _QueueSizes) -> float:
+        """Seconds of size forgiven after ``waited`` seconds in a queue of this backlog."""
+        credit = self.aging * waited
+        if self.backlog_factor is not None:
+            credit += self.backlog_aging * max(waited - self.backlog_factor * queue.backlog, 0.0)
+        return credit
 
     def _key(self, item, now, state, ctx):
         waited = max(now - item.enqueued_at, 0.0)
-        if self.starvation_limit is not None and waited > self.starvation_limit:
+        if self._starved(waited):
             return (0, item.enqueued_at, item.id)
-        return (1, self.size(item, ctx) - self.aging * waited, item.id)
+        return (1, self.size(item, ctx.median) - self._aging_credit(waited, ctx), item.id)
 
     def explain(self, item, now, state):
+        # ``explain`` sees one item; the backlog guard needs the queue, which only ``order``
+        # has, so the reason states the rule and the part of the rank this item determines.
         waited = max(now - item.enqueued_at, 0.0)
-        if self.starvation_limit is not None and waited > self.starvation_limit:
+        if self._starved(waited):
             return (
                 f"ShortestPredicted: waited {waited:.1f} s > starvation limit "
                 f"{self.starvation_limit:g} s, runs oldest-first ahead of younger work"
             )
+        guard = (
+            ""
+            if self.backlog_factor is None
+            else f", plus {self.backlog_aging:g} per second waited beyond "
+            f"{self.backlog_factor:g} × the predicted work queued"
+        )
         if item.predicted is None:
             return (
                 "ShortestPredicted: no prediction, ranked as the median predicted size of the "
-                f"queue less aging {self.aging:g} × {waited:.1f} s waited"
+                f"queue less aging {self.aging:g} × {waited:.1f} s waited{guard}"
             )
         size = self.size(item)
         return (
             f"ShortestPredicted: predicted size {size:.3f} s − aging {self.aging:g} × "
-            f"{waited:.1f} s waited = rank {size - self.aging * waited:.3f}"
+            f"{waited:.1f} s waited = rank {size - self.aging * waited:.3f}{guard}"
         )
 
 
