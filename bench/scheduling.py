@@ -262,6 +262,59 @@ class OraclePredictor:
         pass
 
 
+class ExactFollowUps(KilnPredictor):
+    """A bound, not a predictor: the true duration for a job whose session already has a
+    finished request, Kiln's prediction otherwise. What perfect use of session history could
+    give at most."""
+
+    def predict(self, job: Job) -> Prediction | None:
+        if self.history is not None and self.history.feature(job.group) is not None:
+            return Prediction((0.5,), (job.duration,), method="external")
+        return super().predict(job)
+
+
+class Recorded:
+    """Passes through to ``inner`` and keeps (predicted expected time, true duration) pairs."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.pairs: list[tuple[float, float]] = []
+
+    def predict(self, job: Job) -> Prediction | None:
+        prediction = self.inner.predict(job)
+        if prediction is not None:
+            self.pairs.append((estimate(prediction).expected, job.duration))
+        return prediction
+
+    def observe(self, job: Job) -> None:
+        self.inner.observe(job)
+
+
+def spearman(pairs: list[tuple[float, float]]) -> float | None:
+    """Rank correlation of the pairs (ties get their average rank); None below 3 pairs."""
+    if len(pairs) < 3:
+        return None
+
+    def ranks(values: list[float]) -> list[float]:
+        order = sorted(range(len(values)), key=values.__getitem__)
+        out = [0.0] * len(values)
+        start = 0
+        while start < len(order):
+            end = start
+            while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+                end += 1
+            for k in range(start, end + 1):
+                out[order[k]] = (start + end) / 2
+            start = end + 1
+        return out
+
+    xs, ys = ranks([p for p, _ in pairs]), ranks([a for _, a in pairs])
+    try:
+        return statistics.correlation(xs, ys)
+    except statistics.StatisticsError:  # constant predictions
+        return None
+
+
 class NoPredictor:
     def predict(self, job: Job) -> None:
         return None
@@ -356,12 +409,15 @@ class Result:
     p50: float
     p99: float
     seconds: float
+    rho: float | None = None
 
 
-def summarise(label: str, completion: list[float], seconds: float) -> Result:
+def summarise(
+    label: str, completion: list[float], seconds: float, rho: float | None = None
+) -> Result:
     ordered = sorted(completion)
     q = statistics.quantiles(ordered, n=100, method="inclusive")
-    return Result(label, statistics.fmean(ordered), q[49], q[98], seconds)
+    return Result(label, statistics.fmean(ordered), q[49], q[98], seconds, rho)
 
 
 def policy_runs(
@@ -388,7 +444,18 @@ def policy_runs(
         ("ShortestPredicted", "ShortestPredicted", spf, kiln),
         ("naive SPF", "ShortestPredicted", pure, NaivePredictor),
         ("oracle SJF", "ShortestPredicted", pure, OraclePredictor),
-    ]
+    ] + (
+        [
+            (
+                "exact follow-ups",
+                "ShortestPredicted",
+                pure,
+                lambda: ExactFollowUps(feature_names, True),
+            )
+        ]
+        if args.bounds and use_history
+        else []
+    )
 
 
 def run_trace(spec: TraceSpec, args: argparse.Namespace) -> dict[str, Result]:
@@ -405,8 +472,11 @@ def run_trace(spec: TraceSpec, args: argparse.Namespace) -> dict[str, Result]:
     for label, policy, params, make_predictor in policy_runs(spec, bool(spec.session_col), args):
         started = time.perf_counter()
         scheduler = Scheduler(policy, params={policy: params})
-        completion = simulate(jobs, scheduler, make_predictor(), args.instances, args.placement)
-        results[label] = summarise(label, completion, time.perf_counter() - started)
+        predictor = Recorded(make_predictor())
+        completion = simulate(jobs, scheduler, predictor, args.instances, args.placement)
+        results[label] = summarise(
+            label, completion, time.perf_counter() - started, spearman(predictor.pairs)
+        )
     print_table(results)
     print_verdict(spec.name, results)
     return results
@@ -416,7 +486,7 @@ def print_table(results: dict[str, Result]) -> None:
     fifo, oracle = results["FIFO"], results["oracle SJF"]
     header = (
         f"{'policy':<18} {'mean s':>8} {'p50 s':>8} {'p99 s':>8} {'mean/FIFO':>10} "
-        f"{'p99/FIFO':>9} {'mean/orcl':>10} {'p99/orcl':>9} {'run s':>6}"
+        f"{'p99/FIFO':>9} {'mean/orcl':>10} {'p99/orcl':>9} {'rho':>6} {'run s':>6}"
     )
     print(header)
     print("-" * len(header))
@@ -424,7 +494,7 @@ def print_table(results: dict[str, Result]) -> None:
         print(
             f"{r.label:<18} {r.mean:8.1f} {r.p50:8.1f} {r.p99:8.1f} {r.mean / fifo.mean:10.3f} "
             f"{r.p99 / fifo.p99:9.3f} {r.mean / oracle.mean:10.3f} {r.p99 / oracle.p99:9.3f} "
-            f"{r.seconds:6.1f}"
+            f"{'-' if r.rho is None else format(r.rho, '.3f'):>6} {r.seconds:6.1f}"
         )
 
 
@@ -522,6 +592,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="ShortestPredicted: seconds after which a job runs oldest-first",
     )
     parser.add_argument("--limit", type=int, help="use only the first N rows of each trace")
+    parser.add_argument(
+        "--bounds",
+        action="store_true",
+        help="also run 'exact follow-ups' (true durations for jobs whose session has a finished "
+        "request, pure SPF): what perfect use of session history could give at most",
+    )
     args = parser.parse_args(argv)
     if args.instances < 1 or not 0 < args.load < 1.5:
         parser.error("--instances must be >= 1 and --load in (0, 1.5)")
