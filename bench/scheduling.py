@@ -6,11 +6,17 @@ queue on arrival, with Kiln's placement code). Every policy runs through the sam
 ``engine.scheduling`` code the service uses. Predictions come from Kiln's online predictor
 (``engine.prediction``) trained only on jobs that have finished so far in the simulation, from
 input tokens, declared feature columns and the history of the job's session; never from the
-output tokens or the true duration of the job being scheduled. Two baselines:
+output tokens or the true duration of the job being scheduled. ShortestPredicted runs with
+the policy's defaults unless ``--aging`` / ``--backlog-factor`` / ... say otherwise. Two
+baselines, both pure shortest-predicted-first (no aging, no backlog guard):
 
-- ``naive SPF``: running median of finished durations per input-token octave, pure
-  shortest-predicted-first (no aging);
+- ``naive SPF``: running median of finished durations per input-token octave;
 - ``oracle``: shortest-job-first with the true durations (a bound, not a policy).
+
+``--bounds`` adds ``exact follow-ups``: true durations for jobs whose session already has a
+finished request, Kiln's prediction otherwise, pure SPF: the most session history could give.
+The ``rho`` column is the Spearman rank correlation of each run's predictions (expected time)
+with the true durations.
 
 Usage::
 
