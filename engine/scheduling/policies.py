@@ -46,6 +46,13 @@ class Policy(abc.ABC):
     def explain(self, item: QueuedItem, now: float, state: SchedulerState) -> str:
         """Why ``item`` is where it is in the order, for people."""
 
+    def explain_order(
+        self, items: Sequence[QueuedItem], now: float, state: SchedulerState
+    ) -> list[tuple[QueuedItem, str]]:
+        """The items in the order to run them, each with why; a policy whose rank depends on
+        the whole queue overrides this to say so exactly."""
+        return [(item, self.explain(item, now, state)) for item in self.order(items, now, state)]
+
     def record_start(self, item: QueuedItem, now: float, state: SchedulerState) -> None:
         state.total_scheduled += 1
         if state.total_scheduled > 1 and item.group != state.last_group:
@@ -313,29 +320,44 @@ class ShortestPredicted(_KeyedPolicy):
         return (1, self.size(item, ctx.median) - self._aging_credit(waited, ctx), item.id)
 
     def explain(self, item, now, state):
-        # ``explain`` sees one item; the backlog guard needs the queue, which only ``order``
-        # has, so the reason states the rule and the part of the rank this item determines.
+        return self._reason(item, now, None)
+
+    def explain_order(self, items, now, state):
+        ctx = self._context(items, now, state)
+        ordered = sorted(items, key=lambda item: self._key(item, now, state, ctx))
+        return [(item, self._reason(item, now, ctx)) for item in ordered]
+
+    def _reason(self, item: QueuedItem, now: float, queue: _QueueSizes | None) -> str:
+        """Why ``item`` ranks where it does; without the ``queue`` (one item explained on its
+        own) the backlog guard's share of the rank is unknown, so the rule is stated."""
         waited = max(now - item.enqueued_at, 0.0)
         if self._starved(waited):
             return (
                 f"ShortestPredicted: waited {waited:.1f} s > starvation limit "
                 f"{self.starvation_limit:g} s, runs oldest-first ahead of younger work"
             )
-        guard = (
-            ""
-            if self.backlog_factor is None
-            else f", plus {self.backlog_aging:g} per second waited beyond "
-            f"{self.backlog_factor:g} × the predicted work queued"
-        )
         if item.predicted is None:
-            return (
-                "ShortestPredicted: no prediction, ranked as the median predicted size of the "
-                f"queue less aging {self.aging:g} × {waited:.1f} s waited{guard}"
+            size = queue.median if queue is not None else None
+            size_text = "no prediction, ranked as the queue's median predicted size" + (
+                "" if size is None else f" {size:.3f} s"
             )
-        size = self.size(item)
+        else:
+            size = self.size(item)
+            size_text = f"predicted size {size:.3f} s"
+        text = f"ShortestPredicted: {size_text} − aging {self.aging:g} × {waited:.1f} s waited"
+        if self.backlog_factor is None:
+            return text if size is None else f"{text} = rank {size - self.aging * waited:.3f}"
+        if queue is None or size is None:
+            return (
+                f"{text}, − {self.backlog_aging:g} × the seconds waited beyond "
+                f"{self.backlog_factor:g} × the predicted work queued"
+            )
+        bound = self.backlog_factor * queue.backlog
+        beyond = max(waited - bound, 0.0)
         return (
-            f"ShortestPredicted: predicted size {size:.3f} s − aging {self.aging:g} × "
-            f"{waited:.1f} s waited = rank {size - self.aging * waited:.3f}{guard}"
+            f"{text} − backlog guard {self.backlog_aging:g} × {beyond:.1f} s waited beyond "
+            f"{bound:.1f} s ({self.backlog_factor:g} × {queue.backlog:.1f} s of predicted work "
+            f"queued) = rank {size - self._aging_credit(waited, queue):.3f}"
         )
 
 

@@ -138,6 +138,15 @@ def test_shortest_predicted_backlog_guard_bounds_the_wait_behind_a_stream_of_sho
     assert 60 < started <= 61 + (60 - 1) / 0.5 + 1
 
 
+def test_shortest_predicted_explains_the_rank_the_backlog_guard_gave():
+    policy = {"aging": 0.0, "backlog_factor": 1.0, "backlog_aging": 0.5}
+    scheduler = Scheduler("ShortestPredicted", params={"ShortestPredicted": policy})
+    items = [item("long", at=0, predicted=secs(20)), item("short", at=99, predicted=secs(10))]
+    first = scheduler.explain(items, now=100)[0]
+    # 100 s waited, 30 s queued: 20 − 0.5 × 70 = −15.
+    assert first.item.id == "long" and "rank -15.000" in first.reason
+
+
 def test_shortest_predicted_ranks_unpredicted_items_at_the_median_size():
     items = [
         item("a", predicted=secs(1)),
