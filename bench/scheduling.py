@@ -6,11 +6,17 @@ queue on arrival, with Kiln's placement code). Every policy runs through the sam
 ``engine.scheduling`` code the service uses. Predictions come from Kiln's online predictor
 (``engine.prediction``) trained only on jobs that have finished so far in the simulation, from
 input tokens, declared feature columns and the history of the job's session; never from the
-output tokens or the true duration of the job being scheduled. Two baselines:
+output tokens or the true duration of the job being scheduled. ShortestPredicted runs with
+the policy's defaults unless ``--aging`` / ``--backlog-factor`` / ... say otherwise. Two
+baselines, both pure shortest-predicted-first (no aging, no backlog guard):
 
-- ``naive SPF``: running median of finished durations per input-token octave, pure
-  shortest-predicted-first (no aging);
+- ``naive SPF``: running median of finished durations per input-token octave;
 - ``oracle``: shortest-job-first with the true durations (a bound, not a policy).
+
+``--bounds`` adds ``exact follow-ups``: true durations for jobs whose session already has a
+finished request, Kiln's prediction otherwise, pure SPF: the most session history could give.
+The ``rho`` column is the Spearman rank correlation of each run's predictions (expected time)
+with the true durations.
 
 Usage::
 
@@ -50,6 +56,7 @@ from engine.scheduling import (  # noqa: E402
     InstanceLoad,
     QueuedItem,
     Scheduler,
+    ShortestPredicted,
     add_work,
     finish_work,
     place,
@@ -81,10 +88,10 @@ DEFAULT_TRACES = {
     },
 }
 
-# ShortestPredicted tuning (the policy's defaults): rank by the expected time and forgive
-# 0.01 s of predicted size per second waited. On the shared traces 0.01 keeps the most of the
-# mean gain; 0.02 holds Mooncake's p99 at 1.2x FIFO for ~1 point of Azure's mean (see --aging).
-SPF_AGING = 0.01
+# ShortestPredicted runs with the policy's own defaults (what the service uses) unless a flag
+# overrides them: gentle linear aging plus the backlog guard, which ages an item faster once it
+# has waited longer than the predicted work queued (see ShortestPredicted's docstring).
+SPF_DEFAULTS = ShortestPredicted()
 
 MODEL_TYPE = "llm"
 
@@ -261,6 +268,59 @@ class OraclePredictor:
         pass
 
 
+class ExactFollowUps(KilnPredictor):
+    """A bound, not a predictor: the true duration for a job whose session already has a
+    finished request, Kiln's prediction otherwise. What perfect use of session history could
+    give at most."""
+
+    def predict(self, job: Job) -> Prediction | None:
+        if self.history is not None and self.history.feature(job.group) is not None:
+            return Prediction((0.5,), (job.duration,), method="external")
+        return super().predict(job)
+
+
+class Recorded:
+    """Passes through to ``inner`` and keeps (predicted expected time, true duration) pairs."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.pairs: list[tuple[float, float]] = []
+
+    def predict(self, job: Job) -> Prediction | None:
+        prediction = self.inner.predict(job)
+        if prediction is not None:
+            self.pairs.append((estimate(prediction).expected, job.duration))
+        return prediction
+
+    def observe(self, job: Job) -> None:
+        self.inner.observe(job)
+
+
+def spearman(pairs: list[tuple[float, float]]) -> float | None:
+    """Rank correlation of the pairs (ties get their average rank); None below 3 pairs."""
+    if len(pairs) < 3:
+        return None
+
+    def ranks(values: list[float]) -> list[float]:
+        order = sorted(range(len(values)), key=values.__getitem__)
+        out = [0.0] * len(values)
+        start = 0
+        while start < len(order):
+            end = start
+            while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+                end += 1
+            for k in range(start, end + 1):
+                out[order[k]] = (start + end) / 2
+            start = end + 1
+        return out
+
+    xs, ys = ranks([p for p, _ in pairs]), ranks([a for _, a in pairs])
+    try:
+        return statistics.correlation(xs, ys)
+    except statistics.StatisticsError:  # constant predictions
+        return None
+
+
 class NoPredictor:
     def predict(self, job: Job) -> None:
         return None
@@ -355,12 +415,15 @@ class Result:
     p50: float
     p99: float
     seconds: float
+    rho: float | None = None
 
 
-def summarise(label: str, completion: list[float], seconds: float) -> Result:
+def summarise(
+    label: str, completion: list[float], seconds: float, rho: float | None = None
+) -> Result:
     ordered = sorted(completion)
     q = statistics.quantiles(ordered, n=100, method="inclusive")
-    return Result(label, statistics.fmean(ordered), q[49], q[98], seconds)
+    return Result(label, statistics.fmean(ordered), q[49], q[98], seconds, rho)
 
 
 def policy_runs(
@@ -375,8 +438,10 @@ def policy_runs(
         "aging": args.aging,
         "spread_penalty": args.spread_penalty,
         "starvation_limit": args.starvation_limit,
+        "backlog_factor": args.backlog_factor,
+        "backlog_aging": args.backlog_aging,
     }
-    pure = {"aging": 0.0}
+    pure = {"aging": 0.0, "backlog_factor": None}
     return [
         ("FIFO", "FIFO", {}, NoPredictor),
         ("RoundRobin", "RoundRobin", {}, NoPredictor),
@@ -385,7 +450,18 @@ def policy_runs(
         ("ShortestPredicted", "ShortestPredicted", spf, kiln),
         ("naive SPF", "ShortestPredicted", pure, NaivePredictor),
         ("oracle SJF", "ShortestPredicted", pure, OraclePredictor),
-    ]
+    ] + (
+        [
+            (
+                "exact follow-ups",
+                "ShortestPredicted",
+                pure,
+                lambda: ExactFollowUps(feature_names, True),
+            )
+        ]
+        if args.bounds and use_history
+        else []
+    )
 
 
 def run_trace(spec: TraceSpec, args: argparse.Namespace) -> dict[str, Result]:
@@ -402,8 +478,11 @@ def run_trace(spec: TraceSpec, args: argparse.Namespace) -> dict[str, Result]:
     for label, policy, params, make_predictor in policy_runs(spec, bool(spec.session_col), args):
         started = time.perf_counter()
         scheduler = Scheduler(policy, params={policy: params})
-        completion = simulate(jobs, scheduler, make_predictor(), args.instances, args.placement)
-        results[label] = summarise(label, completion, time.perf_counter() - started)
+        predictor = Recorded(make_predictor())
+        completion = simulate(jobs, scheduler, predictor, args.instances, args.placement)
+        results[label] = summarise(
+            label, completion, time.perf_counter() - started, spearman(predictor.pairs)
+        )
     print_table(results)
     print_verdict(spec.name, results)
     return results
@@ -413,7 +492,7 @@ def print_table(results: dict[str, Result]) -> None:
     fifo, oracle = results["FIFO"], results["oracle SJF"]
     header = (
         f"{'policy':<18} {'mean s':>8} {'p50 s':>8} {'p99 s':>8} {'mean/FIFO':>10} "
-        f"{'p99/FIFO':>9} {'mean/orcl':>10} {'p99/orcl':>9} {'run s':>6}"
+        f"{'p99/FIFO':>9} {'mean/orcl':>10} {'p99/orcl':>9} {'rho':>6} {'run s':>6}"
     )
     print(header)
     print("-" * len(header))
@@ -421,7 +500,7 @@ def print_table(results: dict[str, Result]) -> None:
         print(
             f"{r.label:<18} {r.mean:8.1f} {r.p50:8.1f} {r.p99:8.1f} {r.mean / fifo.mean:10.3f} "
             f"{r.p99 / fifo.p99:9.3f} {r.mean / oracle.mean:10.3f} {r.p99 / oracle.p99:9.3f} "
-            f"{r.seconds:6.1f}"
+            f"{'-' if r.rho is None else format(r.rho, '.3f'):>6} {r.seconds:6.1f}"
         )
 
 
@@ -440,6 +519,10 @@ def print_verdict(name: str, results: dict[str, Result]) -> None:
 
 
 # -- command line ---------------------------------------------------------------------------
+
+
+def _optional_float(raw: str) -> float | None:
+    return None if raw.lower() == "none" else float(raw)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -487,13 +570,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--aging",
         type=float,
-        default=SPF_AGING,
+        default=SPF_DEFAULTS.aging,
         help="ShortestPredicted: seconds of predicted size forgiven per second waited",
+    )
+    parser.add_argument(
+        "--backlog-factor",
+        type=_optional_float,
+        default=SPF_DEFAULTS.backlog_factor,
+        help="ShortestPredicted: the backlog guard starts once an item has waited this many "
+        "times the predicted work queued ('none' turns it off)",
+    )
+    parser.add_argument(
+        "--backlog-aging",
+        type=float,
+        default=SPF_DEFAULTS.backlog_aging,
+        help="ShortestPredicted: extra seconds of size forgiven per second waited past the guard",
     )
     parser.add_argument(
         "--spread-penalty",
         type=float,
-        default=0.0,
+        default=SPF_DEFAULTS.spread_penalty,
         help="ShortestPredicted: spreads added to the expected time",
     )
     parser.add_argument(
@@ -502,6 +598,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="ShortestPredicted: seconds after which a job runs oldest-first",
     )
     parser.add_argument("--limit", type=int, help="use only the first N rows of each trace")
+    parser.add_argument(
+        "--bounds",
+        action="store_true",
+        help="also run 'exact follow-ups' (true durations for jobs whose session has a finished "
+        "request, pure SPF): what perfect use of session history could give at most",
+    )
     args = parser.parse_args(argv)
     if args.instances < 1 or not 0 < args.load < 1.5:
         parser.error("--instances must be >= 1 and --load in (0, 1.5)")

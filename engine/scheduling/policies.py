@@ -46,6 +46,13 @@ class Policy(abc.ABC):
     def explain(self, item: QueuedItem, now: float, state: SchedulerState) -> str:
         """Why ``item`` is where it is in the order, for people."""
 
+    def explain_order(
+        self, items: Sequence[QueuedItem], now: float, state: SchedulerState
+    ) -> list[tuple[QueuedItem, str]]:
+        """The items in the order to run them, each with why; a policy whose rank depends on
+        the whole queue overrides this to say so exactly."""
+        return [(item, self.explain(item, now, state)) for item in self.order(items, now, state)]
+
     def record_start(self, item: QueuedItem, now: float, state: SchedulerState) -> None:
         state.total_scheduled += 1
         if state.total_scheduled > 1 and item.group != state.last_group:
@@ -243,6 +250,14 @@ class RoundRobin(Policy):
             state.preemptions += 1
 
 
+@dataclass(frozen=True)
+class _QueueSizes:
+    """What ``ShortestPredicted`` needs to know about the whole queue for one decision."""
+
+    median: float  # the size an item without a prediction is ranked at
+    backlog: float  # predicted work queued: what a newcomer would wait behind under FIFO
+
+
 @dataclass
 class ShortestPredicted(_KeyedPolicy):
     """Shortest predicted run time first, with aging so long work cannot starve.
@@ -252,15 +267,28 @@ class ShortestPredicted(_KeyedPolicy):
     a prediction count as the median size of those that have one. The rank is
     ``size − aging · waited``: every second of waiting forgives ``aging`` seconds of size, so
     an item of size ``S`` overtakes fresh items of size ``s`` after at most ``(S − s) / aging``
-    seconds. ``starvation_limit`` (seconds, optional) is a hard bound on top: an item that has
-    waited longer runs before every younger item, oldest first.
+    seconds.
+
+    The backlog guard bounds the tail relative to FIFO without a limit in seconds: the
+    predicted work queued right now is what a job arriving now would wait behind under FIFO
+    (on one instance), so an item that has waited longer than ``backlog_factor`` times that
+    backlog is falling behind what FIFO would have given it. From that point on it ages
+    ``backlog_aging`` seconds of size faster per second, and overtakes the short work that
+    keeps arriving within ``(S − s) / (aging + backlog_aging)`` more seconds. With ``K``
+    instances sharing the queue a FIFO newcomer waits about backlog / ``K``, so
+    ``backlog_factor = 1 / K`` keeps the same meaning; ``None`` turns the guard off.
+
+    ``starvation_limit`` (seconds, optional) is a hard bound on top: an item that has waited
+    longer runs before every younger item, oldest first.
     """
 
     name: ClassVar[str] = "ShortestPredicted"
-    aging: float = 0.01
+    aging: float = 0.005
     spread_penalty: float = 0.0
     quantile: float | None = None
     starvation_limit: float | None = None
+    backlog_factor: float | None = 1.0
+    backlog_aging: float = 0.03
 
     def size(self, item: QueuedItem, default: float = 0.0) -> float:
         if item.predicted is None:
@@ -270,32 +298,66 @@ class ShortestPredicted(_KeyedPolicy):
         est = estimate(item.predicted)
         return est.expected + self.spread_penalty * est.spread
 
-    def _context(self, items, now, state):
+    def _context(self, items, now, state) -> _QueueSizes:
         sizes = [self.size(i) for i in items if i.predicted is not None]
-        return statistics.median(sizes) if sizes else 0.0
+        median = statistics.median(sizes) if sizes else 0.0
+        return _QueueSizes(median, sum(sizes) + median * (len(items) - len(sizes)))
+
+    def _starved(self, waited: float) -> bool:
+        return self.starvation_limit is not None and waited > self.starvation_limit
+
+    def _aging_credit(self, waited: float, queue: _QueueSizes) -> float:
+        """Seconds of size forgiven after ``waited`` seconds in a queue of this backlog."""
+        credit = self.aging * waited
+        if self.backlog_factor is not None:
+            credit += self.backlog_aging * max(waited - self.backlog_factor * queue.backlog, 0.0)
+        return credit
 
     def _key(self, item, now, state, ctx):
         waited = max(now - item.enqueued_at, 0.0)
-        if self.starvation_limit is not None and waited > self.starvation_limit:
+        if self._starved(waited):
             return (0, item.enqueued_at, item.id)
-        return (1, self.size(item, ctx) - self.aging * waited, item.id)
+        return (1, self.size(item, ctx.median) - self._aging_credit(waited, ctx), item.id)
 
     def explain(self, item, now, state):
+        return self._reason(item, now, None)
+
+    def explain_order(self, items, now, state):
+        ctx = self._context(items, now, state)
+        ordered = sorted(items, key=lambda item: self._key(item, now, state, ctx))
+        return [(item, self._reason(item, now, ctx)) for item in ordered]
+
+    def _reason(self, item: QueuedItem, now: float, queue: _QueueSizes | None) -> str:
+        """Why ``item`` ranks where it does; without the ``queue`` (one item explained on its
+        own) the backlog guard's share of the rank is unknown, so the rule is stated."""
         waited = max(now - item.enqueued_at, 0.0)
-        if self.starvation_limit is not None and waited > self.starvation_limit:
+        if self._starved(waited):
             return (
                 f"ShortestPredicted: waited {waited:.1f} s > starvation limit "
                 f"{self.starvation_limit:g} s, runs oldest-first ahead of younger work"
             )
         if item.predicted is None:
-            return (
-                "ShortestPredicted: no prediction, ranked as the median predicted size of the "
-                f"queue less aging {self.aging:g} × {waited:.1f} s waited"
+            size = queue.median if queue is not None else None
+            size_text = "no prediction, ranked as the queue's median predicted size" + (
+                "" if size is None else f" {size:.3f} s"
             )
-        size = self.size(item)
+        else:
+            size = self.size(item)
+            size_text = f"predicted size {size:.3f} s"
+        text = f"ShortestPredicted: {size_text} − aging {self.aging:g} × {waited:.1f} s waited"
+        if self.backlog_factor is None:
+            return text if size is None else f"{text} = rank {size - self.aging * waited:.3f}"
+        if queue is None or size is None:
+            return (
+                f"{text}, − {self.backlog_aging:g} × the seconds waited beyond "
+                f"{self.backlog_factor:g} × the predicted work queued"
+            )
+        bound = self.backlog_factor * queue.backlog
+        beyond = max(waited - bound, 0.0)
         return (
-            f"ShortestPredicted: predicted size {size:.3f} s − aging {self.aging:g} × "
-            f"{waited:.1f} s waited = rank {size - self.aging * waited:.3f}"
+            f"{text} − backlog guard {self.backlog_aging:g} × {beyond:.1f} s waited beyond "
+            f"{bound:.1f} s ({self.backlog_factor:g} × {queue.backlog:.1f} s of predicted work "
+            f"queued) = rank {size - self._aging_credit(waited, queue):.3f}"
         )
 
 

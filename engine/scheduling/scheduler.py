@@ -59,11 +59,8 @@ class Scheduler:
         self, items: Sequence[QueuedItem], now: float, limit: int | None = None
     ) -> list[Decision]:
         """Dry run: what would run, in order, and why; changes nothing."""
-        ordered = self.order(items, now)[:limit]
-        return [
-            Decision(position, item, self.policy.explain(item, now, self.state))
-            for position, item in enumerate(ordered)
-        ]
+        ordered = self.policy.explain_order(items, now, self.state)[:limit]
+        return [Decision(position, item, reason) for position, (item, reason) in enumerate(ordered)]
 
     def record_start(self, item: QueuedItem, now: float) -> None:
         self.policy.record_start(item, now, self.state)

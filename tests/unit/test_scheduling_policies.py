@@ -105,6 +105,48 @@ def test_shortest_predicted_starvation_limit_runs_old_work_oldest_first():
     assert ids(policy.order(items, now=20, state=SchedulerState())) == ["long", "short"]
 
 
+def test_shortest_predicted_backlog_guard_runs_work_that_waited_longer_than_the_backlog():
+    # 30 s queued in all; "long" has waited 100 s, more than a FIFO newcomer would wait now.
+    policy = ShortestPredicted(aging=0.0, backlog_factor=1.0, backlog_aging=0.5)
+    items = [item("long", at=0, predicted=secs(20)), item("short", at=99, predicted=secs(10))]
+    assert ids(policy.order(items, now=100, state=SchedulerState())) == ["long", "short"]
+
+
+def test_shortest_predicted_backlog_guard_leaves_work_alone_within_the_backlog():
+    policy = ShortestPredicted(aging=0.0, backlog_factor=1.0, backlog_aging=0.5)
+    items = [item("long", at=0, predicted=secs(20)), item("short", at=19, predicted=secs(10))]
+    assert ids(policy.order(items, now=20, state=SchedulerState())) == ["short", "long"]
+
+
+def test_shortest_predicted_backlog_guard_can_be_turned_off():
+    policy = ShortestPredicted(aging=0.0, backlog_factor=None, backlog_aging=0.5)
+    items = [item("long", at=0, predicted=secs(20)), item("short", at=99, predicted=secs(10))]
+    assert ids(policy.order(items, now=100, state=SchedulerState())) == ["short", "long"]
+
+
+def test_shortest_predicted_backlog_guard_bounds_the_wait_behind_a_stream_of_short_work():
+    # Without linear aging only the guard can let "long" through: it must start once it has
+    # waited past the backlog plus (60 − 1) / backlog_aging seconds of catching up.
+    policy = {"aging": 0.0, "backlog_factor": 1.0, "backlog_aging": 0.5}
+    scheduler = Scheduler("ShortestPredicted", params={"ShortestPredicted": policy})
+
+    def arrivals(step, now):
+        first = [item("long", at=0.0, predicted=secs(60))] if step == 0 else []
+        return first + [item(f"short-{step}", at=now, predicted=secs(1))]
+
+    started = run_until_started(scheduler, "long", arrivals, runtime=1.0)
+    assert 60 < started <= 61 + (60 - 1) / 0.5 + 1
+
+
+def test_shortest_predicted_explains_the_rank_the_backlog_guard_gave():
+    policy = {"aging": 0.0, "backlog_factor": 1.0, "backlog_aging": 0.5}
+    scheduler = Scheduler("ShortestPredicted", params={"ShortestPredicted": policy})
+    items = [item("long", at=0, predicted=secs(20)), item("short", at=99, predicted=secs(10))]
+    first = scheduler.explain(items, now=100)[0]
+    # 100 s waited, 30 s queued: 20 − 0.5 × 70 = −15.
+    assert first.item.id == "long" and "rank -15.000" in first.reason
+
+
 def test_shortest_predicted_ranks_unpredicted_items_at_the_median_size():
     items = [
         item("a", predicted=secs(1)),
