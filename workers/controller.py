@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from engine.config import Settings
 from engine.db import READY_CHANNEL, is_postgres
 from engine.errors import DatabaseUnavailable
+from engine.maintenance import vacuum_if_bloated
 from engine.processes import (
     heartbeat_process_txn,
     live_processes,
@@ -32,6 +33,9 @@ DEFAULT_CONCURRENCY = 8
 # Hooks (operations, instance liveness, ...) are maintenance: they run on the pass after a
 # dispatch, but no more often than this, so a burst of wake-ups stays on the fast path.
 HOOKS_EVERY_S = 0.02
+# On a pass that found nothing to dispatch and nothing sent but unclaimed, vacuum the queue
+# tables if a burst left them bloated (engine.maintenance), at most this often.
+MAINTENANCE_EVERY_S = 1.0
 
 
 def send_with_broker(dispatches: Sequence[Dispatch], batch: int) -> None:
@@ -93,6 +97,8 @@ class Controller:
             0.2, min(self.settings.lease_s, self.settings.dispatch_timeout_s) / 5
         )
         self._last_recovery = 0.0
+        self._last_maintenance = 0.0
+        self._queued = 0  # tasks sent but not yet claimed, as the last pass counted them
         self._last_hooks = 0.0
         self._concurrency = (0.0, DEFAULT_CONCURRENCY)
         self.process_id = new_process_id("controller")
@@ -156,11 +162,19 @@ class Controller:
                 hook(self.kiln)
         if now - self._last_recovery >= self.recovery_interval_s:
             self.recover()
+        idle = not dispatched and self._queued == 0
+        if idle and now - self._last_maintenance >= MAINTENANCE_EVERY_S:
+            self._last_maintenance = now
+            try:
+                vacuum_if_bloated(self.kiln.engine)
+            except sa.exc.SQLAlchemyError:  # maintenance only: autovacuum still runs
+                log.warning("could not vacuum the queue tables", exc_info=True)
         return dispatched
 
     def dispatch(self) -> int:
         dispatched = 0
-        room = self.settings.dispatch_window - self.kiln.queued_count()
+        self._queued = self.kiln.queued_count()
+        room = self.settings.dispatch_window - self._queued
         while room > 0:
             want = min(room, 1000)
             batch = self.kiln.dispatch(want, order=self.order)

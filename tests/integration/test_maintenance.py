@@ -1,0 +1,74 @@
+"""The controller's own vacuum of the queue tables after a burst (engine.maintenance)."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from engine import maintenance
+from tests.conftest import wait_for
+
+
+def _burst(kiln, n: int) -> None:
+    """``n`` tasks of one run, each through one state change (one dead row version each)."""
+
+    def write(c):
+        wf = c.execute(
+            sa.text(
+                "INSERT INTO workflows (name, status, on_error, priority, definition, created_at)"
+                " VALUES ('burst', 'running', 'stop', 0, '{}', now()) RETURNING id"
+            )
+        ).scalar()
+        c.execute(
+            sa.text(
+                "INSERT INTO tasks (workflow_id, name, handler, params, status, created_at)"
+                " SELECT :wf, 't' || g, 'noop', '{}', 'ready', now()"
+                " FROM generate_series(1, :n) g"
+            ),
+            {"wf": wf, "n": n},
+        )
+
+    kiln.txn(write)
+    kiln.txn(lambda c: c.execute(sa.text("UPDATE tasks SET status = 'cancelled'")))
+
+
+def _last_vacuum(kiln):
+    return kiln.read(
+        lambda c: c.execute(
+            sa.text("SELECT last_vacuum FROM pg_stat_user_tables WHERE relname = 'tasks'")
+        ).scalar()
+    )
+
+
+def test_a_queue_left_bloated_by_a_burst_is_vacuumed_and_analysed(pg_kiln):
+    _burst(pg_kiln, maintenance.MIN_DEAD_ROWS + 2_000)
+    wait_for(
+        lambda: pg_kiln.read(maintenance.dead_rows)[0] >= maintenance.MIN_DEAD_ROWS,
+        timeout=15,
+        what="the statistics to count the dead rows",
+    )
+    assert _last_vacuum(pg_kiln) is None
+    assert maintenance.vacuum_if_bloated(pg_kiln.engine) is True
+    assert _last_vacuum(pg_kiln) is not None
+    wait_for(
+        lambda: pg_kiln.read(maintenance.dead_rows)[0] < maintenance.MIN_DEAD_ROWS,
+        timeout=15,
+        what="the vacuum to show in the statistics",
+    )
+    # Nothing left to do: a second call does not vacuum again.
+    assert maintenance.vacuum_if_bloated(pg_kiln.engine) is False
+
+
+def test_a_queue_with_few_dead_rows_is_left_to_autovacuum(pg_kiln):
+    _burst(pg_kiln, 500)
+    assert maintenance.vacuum_if_bloated(pg_kiln.engine) is False
+    assert _last_vacuum(pg_kiln) is None
+
+
+def test_vacuuming_is_skipped_on_sqlite(sqlite_url):
+    from engine.db import make_engine
+
+    engine = make_engine(sqlite_url)
+    try:
+        assert maintenance.vacuum_if_bloated(engine) is False
+    finally:
+        engine.dispose()
