@@ -87,10 +87,14 @@ def test_kiln_watch_follows_a_running_workflow_to_the_end(home):
         stderr=subprocess.PIPE,
         text=True,
     )
+    # The run starts only once the watcher has shown it waiting, so a slow interpreter start
+    # cannot make the watcher miss the run's progress.
+    first = watcher.stdout.readline()
     with EmbeddedRuntime(handle, threads=2):
         out, err = watcher.communicate(timeout=60)
     assert watcher.returncode == 0, err
-    snapshots = [json.loads(line) for line in out.splitlines()]
+    snapshots = [json.loads(line) for line in [first, *out.splitlines()]]
+    assert snapshots[0]["status"] == "pending" and snapshots[0]["finished"] == 0
     assert len(snapshots) >= 3  # it saw the run move, not only its end
     finished = [s["finished"] for s in snapshots]
     assert finished == sorted(finished) and finished[-1] == 3
