@@ -81,10 +81,12 @@ def wait_run(cluster: Any, kiln: Kiln, workflow_id: int, timeout: float = 30) ->
 
 @pytest.fixture
 def lost_after(cluster, monkeypatch) -> float:  # type: ignore[no-untyped-def]
-    """Instances silent for 1.5 s are lost, in the test process and the cluster's."""
-    monkeypatch.setenv("KILN_INSTANCE_LOST_AFTER_S", "1.5")
-    cluster.env["KILN_INSTANCE_LOST_AFTER_S"] = "1.5"
-    return 1.5
+    """Instances silent for 3 s (10 missed 0.3 s heartbeats) are lost, in the test process and
+    the cluster's: short enough to see a killed instance lost quickly, long enough that a live
+    one on a loaded CI machine is not (1.5 s once lost a live instance mid-test)."""
+    monkeypatch.setenv("KILN_INSTANCE_LOST_AFTER_S", "3")
+    cluster.env["KILN_INSTANCE_LOST_AFTER_S"] = "3"
+    return 3.0
 
 
 def test_tasks_reach_only_instances_of_their_model_type(cluster, pg_kiln, lost_after):
