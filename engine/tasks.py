@@ -433,26 +433,9 @@ def _resolve_references_txn(conn: sa.Connection, claimed: list[ClaimedTask]) -> 
 # --- finish (worker) --------------------------------------------------------------------
 
 
-def _values_update_sql(conn: sa.Connection, n: int) -> sa.TextClause:
-    """One statement that finishes ``n`` tasks: running -> succeeded, fenced by attempt."""
-    pg = is_postgres(conn)
-    cast = (lambda p, t: f"CAST(:{p} AS {t})") if pg else (lambda p, t: f":{p}")
-    rows = ", ".join(
-        f"({cast(f'i{k}', 'BIGINT')}, {cast(f'a{k}', 'INTEGER')}, {cast(f'r{k}', 'JSONB')}, "
-        f"{cast(f's{k}', 'TIMESTAMPTZ')}, {cast(f'f{k}', 'TIMESTAMPTZ')})"
-        for k in range(n)
-    )
-    target = "t" if pg else "tasks"
-    alias = "tasks AS t" if pg else "tasks"
-    sql = sa.text(
-        f"UPDATE {alias} SET status = 'succeeded', result = v.column3, "
-        f"started_at = v.column4, finished_at = v.column5, lease_owner = NULL, "
-        f"lease_expires_at = NULL, progress = 1.0, error = NULL "
-        f"FROM (VALUES {rows}) AS v "
-        f"WHERE {target}.id = v.column1 AND {target}.attempts = v.column2 "
-        f"AND {target}.status = 'running' "
-        f"RETURNING {target}.id, {target}.workflow_id"
-    )
+def _outcome_bindparams(n: int) -> list[sa.BindParameter]:
+    """The typed parameters of ``n`` finished tasks (result, started, finished) in the
+    finishing statements below."""
     params = []
     for k in range(n):
         params += [
@@ -460,7 +443,23 @@ def _values_update_sql(conn: sa.Connection, n: int) -> sa.TextClause:
             sa.bindparam(f"s{k}", type_=Timestamp),
             sa.bindparam(f"f{k}", type_=Timestamp),
         ]
-    return sql.bindparams(*params)
+    return params
+
+
+def _values_update_sql(n: int) -> sa.TextClause:
+    """SQLite: one statement that finishes ``n`` tasks, running -> succeeded fenced by attempt
+    (PostgreSQL does more in one statement: :func:`_pg_finish_sql`)."""
+    rows = ", ".join(f"(:i{k}, :a{k}, :r{k}, :s{k}, :f{k})" for k in range(n))
+    sql = sa.text(
+        "UPDATE tasks SET status = 'succeeded', result = v.column3, "
+        "started_at = v.column4, finished_at = v.column5, lease_owner = NULL, "
+        "lease_expires_at = NULL, progress = 1.0, error = NULL "
+        f"FROM (VALUES {rows}) AS v "
+        "WHERE tasks.id = v.column1 AND tasks.attempts = v.column2 "
+        "AND tasks.status = 'running' "
+        "RETURNING tasks.id, tasks.workflow_id"
+    )
+    return sql.bindparams(*_outcome_bindparams(n))
 
 
 @functools.lru_cache(maxsize=128)
@@ -507,14 +506,7 @@ def _pg_finish_sql(n: int) -> sa.TextClause:
         SELECT 'ready', id, NULL FROM children WHERE status = 'ready'
         """
     )
-    params = [sa.bindparam("now", type_=Timestamp)]
-    for k in range(n):
-        params += [
-            sa.bindparam(f"r{k}", type_=Json),
-            sa.bindparam(f"s{k}", type_=Timestamp),
-            sa.bindparam(f"f{k}", type_=Timestamp),
-        ]
-    return sql.bindparams(*params)
+    return sql.bindparams(sa.bindparam("now", type_=Timestamp), *_outcome_bindparams(n))
 
 
 def record_outcomes_txn(
@@ -551,7 +543,7 @@ def record_outcomes_txn(
             done = [r for r in rows if r.kind == "done"]
             readied = [r.id for r in rows if r.kind == "ready"]
         else:
-            done = conn.execute(_values_update_sql(conn, len(successes)), params).all()
+            done = conn.execute(_values_update_sql(len(successes)), params).all()
         done_ids = {r.id for r in done}
         touched.update(r.workflow_id for r in done)
         report.applied += sorted(done_ids)
