@@ -35,6 +35,7 @@ class Settings:
     max_batch: int = 64  # at most this many tasks in one broker message
     worker_poll_ms: int = 20  # idle Dramatiq consumer's longest sleep between broker polls
     controller_poll_s: float = 0.5  # controller wakes at least this often
+    db_ping_after_s: float = 1.0  # ping a pooled connection idle longer than this; 0 = always
     retry_base_s: float = 1.0  # first retry backoff; doubles per attempt, with jitter
     retry_max_s: float = 300.0
     queue_name: str = "kiln"
@@ -52,6 +53,7 @@ class Settings:
             max_batch=_int("KILN_MAX_BATCH", 64),
             worker_poll_ms=_int("KILN_WORKER_POLL_MS", 20),
             controller_poll_s=_float("KILN_CONTROLLER_POLL_S", 0.5),
+            db_ping_after_s=_float("KILN_DB_PING_AFTER_S", 1.0),
             retry_base_s=_float("KILN_RETRY_BASE_S", 1.0),
             retry_max_s=_float("KILN_RETRY_MAX_S", 300.0),
             queue_name=env.get("KILN_QUEUE", "kiln"),

@@ -4,7 +4,6 @@ failure between concurrent workers and controllers."""
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -17,8 +16,9 @@ from engine import recovery
 from engine import tasks as task_ops
 from engine import workflows as wf_ops
 from engine.config import Settings
-from engine.db import make_engine, translate_errors, utcnow
+from engine.db import make_engine, translate_errors
 from engine.definitions import Workflow, WorkflowSpec, parse_definition
+from engine.submit import submit_run_txn
 
 log = logging.getLogger("kiln.runtime")
 T = TypeVar("T")
@@ -37,7 +37,11 @@ class Kiln:
         sender: Callable[[list[task_ops.Dispatch]], None] | None = None,
     ) -> None:
         self.settings = settings or Settings.from_env()
-        self.engine = make_engine(self.settings.database_url, pool_size=pool_size)
+        self.engine = make_engine(
+            self.settings.database_url,
+            pool_size=pool_size,
+            ping_after_s=self.settings.db_ping_after_s,
+        )
         # A process that can reach the broker sets ``sender``: work it makes ready while the
         # queue is idle is then sent at once instead of waiting for a controller's pass.
         self.sender = sender
@@ -119,21 +123,11 @@ class Kiln:
         if check_handlers:
             wf_ops.check_handlers(spec)
 
-        def submit(conn: sa.Connection) -> tuple[int, bool, list[task_ops.Dispatch]]:
-            # With a sender and an idle queue, the new run's ready tasks are leased here and
-            # sent after commit; otherwise the controller is woken to dispatch them.
-            idle = self.sender is not None and task_ops.queue_is_idle_txn(conn)
-            wf_id, created, ready = wf_ops.insert_workflow_txn(
-                conn, spec, idempotency_key=idempotency_key, notify=not idle
-            )
-            dispatched: list[task_ops.Dispatch] = []
-            if created and idle and ready:
-                now = utcnow()
-                lease = now + dt.timedelta(seconds=self.settings.dispatch_timeout_s)
-                dispatched = task_ops.mark_queued_txn(conn, ready, now=now, lease_until=lease)
-            return wf_id, created, dispatched
-
-        wf_id, created, dispatched = self.txn(submit)
+        lease_s = self.settings.dispatch_timeout_s if self.sender is not None else None
+        wf_id, created, dispatched = self.txn(
+            lambda c: submit_run_txn(c, spec, idempotency_key=idempotency_key, lease_s=lease_s),
+            single=True,  # on PostgreSQL one statement (engine.pgsql.INSERT_RUN)
+        )
         self._send(dispatched)
         return wf_id, created
 

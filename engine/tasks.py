@@ -17,9 +17,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from engine import pgsql
 from engine.db import is_postgres, notify_ready, utcnow
 from engine.retry import backoff_s
-from engine.schema import Json, Timestamp, task_attempts, task_dependencies, tasks, workflows
+from engine.schema import Timestamp, task_attempts, task_dependencies, tasks, workflows
 from engine.states import TASK_DISPATCHABLE, TASK_NOT_STARTED, TaskStatus, WorkflowStatus
 from engine.templating import ReferenceError_, find_references, resolve
 from engine.workflows import mark_running_txn, settle_workflows_txn
@@ -129,7 +130,7 @@ def mark_queued_txn(
         return []
     if is_postgres(conn):
         rows = conn.execute(
-            _PG_MARK_QUEUED, {"ids": list(task_ids), "now": now, "lease": lease_until}
+            pgsql.MARK_QUEUED, {"ids": list(task_ids), "now": now, "lease": lease_until}
         ).all()
     else:
         rows = conn.execute(
@@ -154,57 +155,6 @@ def mark_queued_txn(
     return [by_id[i] for i in task_ids if i in by_id]
 
 
-# The hot path's statements on PostgreSQL, written once: each is a single round trip that
-# does what the portable version does in two (the guards are the same).
-_PG_MARK_QUEUED = sa.text(
-    """
-    WITH q AS (
-        UPDATE tasks SET status = 'queued', queued_at = :now, lease_expires_at = :lease,
-               dispatch_count = dispatch_count + 1, not_before = NULL, waiting_reason = NULL
-        WHERE id = ANY(CAST(:ids AS bigint[])) AND status IN ('ready', 'retrying')
-        RETURNING id, attempts, workflow_id, model_type
-    ), w AS (
-        UPDATE workflows SET status = 'running', started_at = :now
-        WHERE id IN (SELECT workflow_id FROM q) AND status = 'pending'
-    )
-    SELECT * FROM q
-    """
-).bindparams(sa.bindparam("now", type_=Timestamp), sa.bindparam("lease", type_=Timestamp))
-
-_PG_QUEUE_IS_IDLE = sa.text(
-    """
-    SELECT NOT EXISTS (
-        SELECT 1 FROM tasks t
-        WHERE t.status IN ('ready', 'retrying')
-          AND (t.not_before IS NULL OR t.not_before <= :now)
-          AND t.id <> ALL(CAST(:excluding AS bigint[]))
-          AND EXISTS (SELECT 1 FROM workflows w
-                      WHERE w.id = t.workflow_id AND w.status IN ('pending', 'running'))
-    ) AND (SELECT count(*) FROM (SELECT 1 FROM tasks WHERE status = 'queued' LIMIT :cap) q) < :cap
-    """
-).bindparams(sa.bindparam("now", type_=Timestamp))
-
-_PG_CLAIM = sa.text(
-    """
-    WITH want AS (
-        SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:prev AS integer[])) AS w(id, prev)
-    ), c AS (
-        UPDATE tasks AS t SET status = 'running', attempts = t.attempts + 1,
-               lease_owner = :worker, lease_expires_at = :lease, started_at = :now,
-               progress = NULL, progress_message = NULL
-        FROM want
-        WHERE t.id = want.id AND t.attempts = want.prev AND t.status = 'queued'
-        RETURNING t.id, t.attempts, t.workflow_id, t.name, t.handler, t.model_type, t.params,
-                  t.timeout_s, t.max_attempts
-    ), a AS (
-        INSERT INTO task_attempts (task_id, attempt, worker, started_at)
-        SELECT id, attempts, :worker, :now FROM c
-    )
-    SELECT * FROM c
-    """
-).bindparams(sa.bindparam("now", type_=Timestamp), sa.bindparam("lease", type_=Timestamp))
-
-
 # Direct dispatch is for an idle system only: past this many tasks already sent and not yet
 # claimed, newly ready work waits for the controller and its scheduling policy.
 DIRECT_DISPATCH_MAX_QUEUED = 16
@@ -217,7 +167,7 @@ def queue_is_idle_txn(conn: sa.Connection, *, excluding: Sequence[int] = ()) -> 
     if is_postgres(conn):
         return bool(
             conn.execute(
-                _PG_QUEUE_IS_IDLE,
+                pgsql.QUEUE_IS_IDLE,
                 {"now": now, "excluding": list(excluding), "cap": DIRECT_DISPATCH_MAX_QUEUED},
             ).scalar()
         )
@@ -324,7 +274,7 @@ def claim_txn(
     now = utcnow()
     if is_postgres(conn):
         rows = conn.execute(
-            _PG_CLAIM,
+            pgsql.CLAIM,
             {
                 "ids": [t for t, _ in items],
                 "prev": [a - 1 for _, a in items],
@@ -433,22 +383,10 @@ def _resolve_references_txn(conn: sa.Connection, claimed: list[ClaimedTask]) -> 
 # --- finish (worker) --------------------------------------------------------------------
 
 
-def _outcome_bindparams(n: int) -> list[sa.BindParameter]:
-    """The typed parameters of ``n`` finished tasks (result, started, finished) in the
-    finishing statements below."""
-    params = []
-    for k in range(n):
-        params += [
-            sa.bindparam(f"r{k}", type_=Json),
-            sa.bindparam(f"s{k}", type_=Timestamp),
-            sa.bindparam(f"f{k}", type_=Timestamp),
-        ]
-    return params
-
-
+@functools.lru_cache(maxsize=128)
 def _values_update_sql(n: int) -> sa.TextClause:
     """SQLite: one statement that finishes ``n`` tasks, running -> succeeded fenced by attempt
-    (PostgreSQL does more in one statement: :func:`_pg_finish_sql`)."""
+    (PostgreSQL does more in one statement: :func:`engine.pgsql.finish_sql`)."""
     rows = ", ".join(f"(:i{k}, :a{k}, :r{k}, :s{k}, :f{k})" for k in range(n))
     sql = sa.text(
         "UPDATE tasks SET status = 'succeeded', result = v.column3, "
@@ -459,54 +397,7 @@ def _values_update_sql(n: int) -> sa.TextClause:
         "AND tasks.status = 'running' "
         "RETURNING tasks.id, tasks.workflow_id"
     )
-    return sql.bindparams(*_outcome_bindparams(n))
-
-
-@functools.lru_cache(maxsize=128)
-def _pg_finish_sql(n: int) -> sa.TextClause:
-    """PostgreSQL: finish ``n`` tasks in one statement — running -> succeeded fenced by
-    attempt, their attempts closed, and their dependents counted down, those reaching zero
-    going pending -> ready (the portable version takes four statements)."""
-    rows = ", ".join(
-        f"(CAST(:i{k} AS BIGINT), CAST(:a{k} AS INTEGER), CAST(:r{k} AS JSONB), "
-        f"CAST(:s{k} AS TIMESTAMPTZ), CAST(:f{k} AS TIMESTAMPTZ))"
-        for k in range(n)
-    )
-    sql = sa.text(
-        f"""
-        WITH v AS (
-            SELECT * FROM (VALUES {rows}) AS v(id, attempt, result, started, finished)
-        ), done AS (
-            UPDATE tasks AS t SET status = 'succeeded', result = v.result,
-                   started_at = v.started, finished_at = v.finished, lease_owner = NULL,
-                   lease_expires_at = NULL, progress = 1.0, error = NULL
-            FROM v
-            WHERE t.id = v.id AND t.attempts = v.attempt AND t.status = 'running'
-            RETURNING t.id, t.workflow_id, v.attempt, v.finished
-        ), closed AS (
-            UPDATE task_attempts AS a SET outcome = 'succeeded', finished_at = done.finished
-            FROM done
-            WHERE a.task_id = done.id AND a.attempt = done.attempt AND a.outcome = 'running'
-        ), counts AS (
-            SELECT d.task_id, count(*) AS n
-            FROM task_dependencies d JOIN done ON d.depends_on_id = done.id
-            GROUP BY d.task_id
-        ), children AS (
-            UPDATE tasks AS c SET deps_remaining = c.deps_remaining - counts.n,
-                   status = CASE WHEN c.deps_remaining - counts.n <= 0 THEN 'ready'
-                                 ELSE c.status END,
-                   ready_at = CASE WHEN c.deps_remaining - counts.n <= 0 THEN :now
-                                   ELSE c.ready_at END
-            FROM counts
-            WHERE c.id = counts.task_id AND c.status = 'pending'
-            RETURNING c.id, c.status
-        )
-        SELECT 'done' AS kind, id, workflow_id FROM done
-        UNION ALL
-        SELECT 'ready', id, NULL FROM children WHERE status = 'ready'
-        """
-    )
-    return sql.bindparams(sa.bindparam("now", type_=Timestamp), *_outcome_bindparams(n))
+    return sql.bindparams(*pgsql.outcome_bindparams(n))
 
 
 def record_outcomes_txn(
@@ -539,7 +430,7 @@ def record_outcomes_txn(
             )
         if is_postgres(conn):
             params["now"] = utcnow()
-            rows = conn.execute(_pg_finish_sql(len(successes)), params).all()
+            rows = conn.execute(pgsql.finish_sql(len(successes)), params).all()
             done = [r for r in rows if r.kind == "done"]
             readied = [r.id for r in rows if r.kind == "ready"]
         else:

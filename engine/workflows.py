@@ -6,17 +6,19 @@ caller owns the transaction (see ``engine.runtime`` for the public, committing v
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from engine import pgsql
 from engine.db import notify_ready, utcnow
 from engine.definitions import WorkflowSpec
 from engine.errors import IllegalTransition, WorkflowNotFound
 from engine.registry import resolve_handler
-from engine.schema import Json, Timestamp, task_attempts, task_dependencies, tasks, workflows
+from engine.schema import task_attempts, task_dependencies, tasks, workflows
 from engine.states import (
     TASK_ACTIVE,
     WORKFLOW_TRANSITIONS,
@@ -50,20 +52,19 @@ def submit_workflow_txn(
     return wf_id, created
 
 
-def insert_workflow_txn(
-    conn: sa.Connection,
-    spec: WorkflowSpec,
-    *,
-    idempotency_key: str | None = None,
-    notify: bool = True,
-) -> tuple[int, bool, list[int]]:
-    """Write the run, its tasks and edges; return ``(workflow_id, created, ready_ids)`` where
-    ``ready_ids`` are the handler tasks ready at once (no dependencies), in dispatch order.
+def direct_names(spec: WorkflowSpec) -> list[str]:
+    """The tasks a submitter may lease and send itself on an idle queue: handler tasks with
+    no dependencies (``model_type`` tasks need placement), highest priority first."""
+    ready = [t for t in spec.tasks if not t.depends_on and t.handler]
+    ready.sort(key=lambda t: -t.priority)
+    return [t.name for t in ready]
 
-    With an idempotency key already used, nothing is written and the existing run's id is
-    returned with ``created=False``.
-    """
-    now = utcnow()
+
+def run_rows(
+    spec: WorkflowSpec, idempotency_key: str | None, now: dt.datetime
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[tuple[str, str]]]:
+    """The workflow row, the task rows (each with ``direct``, see :func:`direct_names`) and
+    the edges ``(task, dependency)`` that store ``spec``."""
     values = {
         "name": spec.name,
         "status": WorkflowStatus.PENDING,
@@ -73,6 +74,7 @@ def insert_workflow_txn(
         "idempotency_key": idempotency_key,
         "created_at": now,
     }
+    direct = set(direct_names(spec))
     rows = [
         {
             "name": t.name,
@@ -86,71 +88,66 @@ def insert_workflow_txn(
             "deps_remaining": len(set(t.depends_on)),
             "created_at": now,
             "ready_at": None if t.depends_on else now,
+            "direct": t.name in direct,
         }
         for t in spec.tasks
     ]
     edges = [(t.name, d) for t in spec.tasks for d in sorted(set(t.depends_on))]
+    return values, rows, edges
+
+
+def existing_run_id(conn: sa.Connection, idempotency_key: str | None) -> int:
+    return conn.execute(
+        sa.select(workflows.c.id).where(workflows.c.idempotency_key == idempotency_key)
+    ).scalar_one()
+
+
+def insert_workflow_txn(
+    conn: sa.Connection,
+    spec: WorkflowSpec,
+    *,
+    idempotency_key: str | None = None,
+    notify: bool = True,
+) -> tuple[int, bool, list[int]]:
+    """Write the run, its tasks and edges; return ``(workflow_id, created, direct_ids)``
+    where ``direct_ids`` are the tasks of :func:`direct_names`, in dispatch order.
+
+    With an idempotency key already used, nothing is written and the existing run's id is
+    returned with ``created=False``. ``engine.submit`` also leases on an idle queue.
+    """
+    values, rows, edges = run_rows(spec, idempotency_key, utcnow())
     if conn.dialect.name == "postgresql":
-        inserted = _insert_pg(conn, values, rows, edges)
+        got = insert_run_pg(conn, values, rows, edges, notify=notify)
+        inserted = (got[0], {n: i for n, (i, _) in got[1].items()}) if got else None
     else:
-        inserted = _insert_portable(conn, values, rows, edges)
+        inserted = insert_run_portable(conn, values, rows, edges)
+        if inserted and notify:
+            notify_ready(conn)
     if inserted is None:  # the idempotency key was used already
-        existing = conn.execute(
-            sa.select(workflows.c.id).where(workflows.c.idempotency_key == idempotency_key)
-        ).scalar_one()
-        return existing, False, []
+        return existing_run_id(conn, idempotency_key), False, []
     wf_id, by_name = inserted
-    if notify:
-        notify_ready(conn)
-    ready = [t for t in spec.tasks if not t.depends_on and t.handler]
-    ready.sort(key=lambda t: -t.priority)
-    return wf_id, True, [by_name[t.name] for t in ready]
+    return wf_id, True, [by_name[n] for n in direct_names(spec)]
 
 
-# The run, its tasks and its edges in one round trip. The tasks come as one JSON array (so
-# one statement serves any number of them) and the edges name their tasks, joined to the ids
-# the task insert returns. On an idempotency-key conflict nothing is inserted.
-_PG_INSERT_RUN = sa.text(
-    """
-    WITH w AS (
-        INSERT INTO workflows (name, status, on_error, priority, definition, idempotency_key,
-                               created_at)
-        VALUES (:name, 'pending', :on_error, :priority, :definition, :idempotency_key, :now)
-        ON CONFLICT (idempotency_key) DO NOTHING
-        RETURNING id
-    ), t AS (
-        INSERT INTO tasks (workflow_id, name, handler, model_type, params, status, priority,
-                           max_attempts, timeout_s, deps_remaining, created_at, ready_at)
-        SELECT w.id, r.name, r.handler, r.model_type, r.params, r.status, r.priority,
-               r.max_attempts, r.timeout_s, r.deps_remaining, :now,
-               CASE WHEN r.status = 'ready' THEN CAST(:now AS timestamptz) END
-        FROM w, jsonb_to_recordset(:tasks) AS r(
-            name text, handler text, model_type text, params jsonb, status text,
-            priority integer, max_attempts integer, timeout_s double precision,
-            deps_remaining integer)
-        RETURNING id, name, workflow_id
-    ), e AS (
-        INSERT INTO task_dependencies (task_id, depends_on_id)
-        SELECT a.id, b.id
-        FROM jsonb_to_recordset(:edges) AS x(task text, dep text)
-        JOIN t a ON a.name = x.task JOIN t b ON b.name = x.dep
-    )
-    SELECT t.workflow_id, t.id, t.name FROM t
-    """
-).bindparams(
-    sa.bindparam("definition", type_=Json),
-    sa.bindparam("tasks", type_=Json),
-    sa.bindparam("edges", type_=Json),
-    sa.bindparam("now", type_=Timestamp),
-)
+def insert_run_pg(
+    conn: sa.Connection,
+    values: dict[str, Any],
+    rows: list[dict[str, Any]],
+    edges: list,
+    *,
+    notify: bool,
+    lease: tuple[dt.datetime, int] | None = None,
+) -> tuple[int, dict[str, tuple[int, str]]] | None:
+    """PostgreSQL: write the run in one statement (``engine.pgsql.INSERT_RUN``); return its id
+    and ``{task name: (id, status)}``, or ``None`` on an idempotency-key conflict.
 
-
-def _insert_pg(
-    conn: sa.Connection, values: dict[str, Any], rows: list[dict[str, Any]], edges: list
-) -> tuple[int, dict[str, int]] | None:
+    ``lease=(until, max_queued)``: if the queue is idle (fewer than ``max_queued`` tasks sent
+    and not claimed, nothing else dispatchable), the rows marked ``direct`` are written
+    ``queued`` with that lease, for the caller to send."""
     task_rows = [{k: v for k, v in r.items() if k not in ("created_at", "ready_at")} for r in rows]
+    until, cap = lease if lease else (None, 0)
     got = conn.execute(
-        _PG_INSERT_RUN,
+        pgsql.INSERT_RUN,
         {
             "name": values["name"],
             "on_error": values["on_error"],
@@ -160,14 +157,18 @@ def _insert_pg(
             "now": values["created_at"],
             "tasks": task_rows,
             "edges": [{"task": a, "dep": b} for a, b in edges],
+            "lease": until,
+            "cap": cap,
+            "excluding": [],
+            "notify": notify,
         },
     ).all()
     if not got:
         return None
-    return got[0].workflow_id, {r.name: r.id for r in got}
+    return got[0].workflow_id, {r.name: (r.id, r.status) for r in got}
 
 
-def _insert_portable(
+def insert_run_portable(
     conn: sa.Connection, values: dict[str, Any], rows: list[dict[str, Any]], edges: list
 ) -> tuple[int, dict[str, int]] | None:
     if values["idempotency_key"] is not None:
@@ -183,7 +184,7 @@ def _insert_portable(
         wf_id = conn.execute(workflows.insert().values(values).returning(workflows.c.id)).scalar()
     ids = conn.execute(
         tasks.insert().returning(tasks.c.id, sort_by_parameter_order=True),
-        [{"workflow_id": wf_id, **r} for r in rows],
+        [{"workflow_id": wf_id, **{k: v for k, v in r.items() if k != "direct"}} for r in rows],
     ).scalars()
     by_name = dict(zip((r["name"] for r in rows), ids, strict=True))
     if edges:
