@@ -9,8 +9,9 @@ Peers: procrastinate, pgqueuer and DBOS queues on the local PostgreSQL (a fresh 
 dropped after); plain Dramatiq and Celery on the local Redis (their own DB number, flushed
 before and after). Each peer runs from its own throwaway virtualenv under /tmp/kiln-peers,
 never from the project's dependencies; its code is bench/peers/<peer>_bench.py, which prints
-one JSON line. Kiln is measured by bench/throughput.py's measure(). Last, pgbench gives the
-physical reference: TPS of a one-row claim (UPDATE ... FOR UPDATE SKIP LOCKED) at 8 clients.
+one JSON line. Kiln is measured by bench/throughput.py's measure(). Last, two physical
+references: pgbench TPS of a one-row claim (UPDATE ... FOR UPDATE SKIP LOCKED) at 8 clients,
+and W2's durable floor (``run_floor``: raw INSERT, Redis wake-up, claim UPDATE).
 
 The Markdown table is printed and written to bench/peers/results.md.
 
@@ -300,6 +301,71 @@ def run_pgbench() -> Row:
     return row
 
 
+def run_floor(w2: int) -> Row:
+    """W2's physical floor for any queue that commits a job before starting it: raw psycopg,
+    no framework. The submitter INSERTs the job (autocommit), pushes its id onto a Redis list;
+    a worker thread blocked in BLPOP claims it with an UPDATE (autocommit) and records the
+    start. Measured like W2: ``time.time()`` before the INSERT to ``time.time()`` after the
+    claim, ``w2`` jobs 20 ms apart."""
+    import psycopg
+
+    row = Row("durable floor (raw INSERT → Redis wake-up → claim UPDATE)", concurrency="1")
+    db = "kiln_peer_floor"
+    url = fresh_pg(db)
+    r = redis.Redis.from_url(REDIS.format(db=14))
+    try:
+        row.version = f"psycopg {psycopg.__version__}"
+        with psycopg.connect(url, autocommit=True) as c:
+            c.execute(
+                "CREATE TABLE jobs (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+                " status text NOT NULL)"
+            )
+        r.delete("floor")
+        started: dict[int, float] = {}
+
+        def worker() -> None:
+            with psycopg.connect(url, autocommit=True) as c:
+                client = redis.Redis.from_url(REDIS.format(db=14))
+                while True:
+                    _, raw = client.blpop(["floor"])
+                    if raw == b"stop":
+                        return
+                    c.execute(
+                        "UPDATE jobs SET status = 'running' WHERE id = %s AND status = 'queued'",
+                        (int(raw),),
+                    )
+                    started[int(raw)] = time.time()
+
+        thread = threading.Thread(target=worker, daemon=True)
+        thread.start()
+        submitted: dict[int, float] = {}
+        with psycopg.connect(url, autocommit=True) as sub:
+            for _ in range(w2):
+                t0 = time.time()
+                cur = sub.execute("INSERT INTO jobs (status) VALUES ('queued') RETURNING id")
+                job = cur.fetchone()[0]  # type: ignore[index]
+                r.rpush("floor", job)
+                submitted[job] = t0
+                time.sleep(0.02)
+        r.rpush("floor", "stop")
+        thread.join(timeout=10)
+        ms = sorted((started[j] - t0) * 1000 for j, t0 in submitted.items() if j in started)
+        if len(ms) < len(submitted):
+            raise RuntimeError(f"only {len(ms)} of {len(submitted)} jobs started")
+        row.figures = {
+            k: ms[min(len(ms) - 1, int(len(ms) * q / 100))]
+            for k, q in zip(LATENCIES, (50, 95, 99), strict=True)
+        }
+        log("floor: W2 p50 {:.2f} ms".format(row.figures["w2_p50_ms"]))
+    except Exception as exc:  # noqa: BLE001 - reported in the table
+        row.error = f"failed: {exc}"
+    finally:
+        r.delete("floor")
+        r.close()
+        drop_pg(db)
+    return row
+
+
 # --- the table ----------------------------------------------------------------------------
 
 
@@ -366,7 +432,10 @@ NOTES = [
     " idle worker timeout 1 s → 2 ms, its best W2 latency; Kiln's workers poll Dramatiq at 20 ms"
     " and take idle-queue work from a blocking Redis BLPOP)."
     " The pgbench row is one claim transaction per job at 8 clients with nothing else: a"
-    " PostgreSQL queue needs at least a claim and a finish per job.",
+    " PostgreSQL queue needs at least a claim and a finish per job. The durable-floor row is"
+    " W2 for the least any queue must do that commits a job before it starts: one INSERT"
+    " (autocommit), one Redis push and BLPOP, one claim UPDATE (autocommit), raw psycopg, no"
+    " framework, no events, no attempts.",
 ]
 
 
@@ -435,6 +504,8 @@ def main() -> None:
     if not opts.no_pgbench:
         log("=== pgbench ===")
         rows.append(run_pgbench())
+        log("=== durable floor ===")
+        rows.append(run_floor(opts.w2))
     # Kiln first, then the peers in the order asked, then the reference.
     rows.sort(key=lambda r: 0 if r.name == "**Kiln**" else 1)
     table = render(rows, machine_context(opts, load_before))
