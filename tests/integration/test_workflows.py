@@ -249,3 +249,38 @@ def test_every_state_change_is_recorded_in_the_events_table(kiln, embedded):
         ("queued", "running"),
         ("running", "succeeded"),
     ]
+
+
+def test_a_dependent_readied_by_the_statement_that_finishes_its_dependency_is_audited_too(
+    kiln, embedded
+):
+    # On PostgreSQL one statement finishes A and readies B (two updates of tasks); the
+    # statement-level trigger must record both tasks' changes, and the run's.
+    wf = Workflow("audited-chain")
+    a = wf.add("echo", name="A", params={"value": 1})
+    wf.add("echo", name="B", params={"value": 2}, depends_on=[a])
+    run = run_to_end(kiln, wf)
+    assert run["status"] == "succeeded"
+    q = sa.text(
+        "SELECT from_status, to_status FROM events WHERE entity = :e AND entity_id = :id "
+        "ORDER BY id"
+    )
+
+    def events(entity: str, entity_id: int) -> list[tuple]:
+        return [
+            tuple(r) for r in kiln.read(lambda c: c.execute(q, {"e": entity, "id": str(entity_id)}))
+        ]
+
+    by_name = tasks_by_name(run)
+    assert events("task", by_name["A"]["id"]) == [
+        ("ready", "queued"),
+        ("queued", "running"),
+        ("running", "succeeded"),
+    ]
+    assert events("task", by_name["B"]["id"]) == [
+        ("pending", "ready"),
+        ("ready", "queued"),
+        ("queued", "running"),
+        ("running", "succeeded"),
+    ]
+    assert events("workflow", run["id"]) == [("pending", "running"), ("running", "succeeded")]
