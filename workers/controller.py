@@ -4,11 +4,12 @@ database: every step claims its rows with ``SKIP LOCKED`` guarded statements."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -230,21 +231,33 @@ class Controller:
 
 
 class _Listener:
-    """A dedicated autocommit psycopg connection LISTENing for ready tasks."""
+    """A dedicated autocommit psycopg connection LISTENing for ready tasks. Its driver errors
+    (the server restarting, say) surface as :class:`DatabaseUnavailable`, which the loop
+    waits out like any other outage."""
 
     def __init__(self, engine: sa.Engine) -> None:
         import psycopg
 
+        self._errors = psycopg.Error
         url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        self.conn = psycopg.connect(url, autocommit=True)
-        self.conn.execute(f"LISTEN {READY_CHANNEL}")
+        with self._translated():
+            self.conn = psycopg.connect(url, autocommit=True)
+            self.conn.execute(f"LISTEN {READY_CHANNEL}")
+
+    @contextlib.contextmanager
+    def _translated(self) -> Iterator[None]:
+        try:
+            yield
+        except self._errors as exc:
+            raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
 
     def wait(self, timeout: float) -> None:
-        for _ in self.conn.notifies(timeout=timeout, stop_after=1):
-            break
-        # Drain whatever else arrived: one pass handles all of it.
-        for _ in self.conn.notifies(timeout=0.0, stop_after=1000):
-            pass
+        with self._translated():
+            for _ in self.conn.notifies(timeout=timeout, stop_after=1):
+                break
+            # Drain whatever else arrived: one pass handles all of it.
+            for _ in self.conn.notifies(timeout=0.0, stop_after=1000):
+                pass
 
     def close(self) -> None:
         try:

@@ -96,6 +96,11 @@ class Proc:
         if self.popen is None or self.popen.poll() is not None:
             self.start()
 
+    def exited(self) -> int | None:
+        """The exit code if the process is not running (the driver restarts what it kills at
+        once, so a process found exited here died on its own)."""
+        return None if self.popen is None else self.popen.poll()
+
     def stop(self) -> None:
         if self.popen and self.popen.poll() is None:
             self.popen.terminate()
@@ -386,13 +391,12 @@ class Chaos:
             i = 0
             while time.monotonic() - started < self.seconds:
                 time.sleep(self.rng.uniform(*self.fault_every))
+                self.revive_the_dead()
                 self.inject(kinds[i % len(kinds)] if i < len(kinds) else self.rng.choice(FAULTS))
                 i += 1
             self.stop_submitting.set()
             submitter.join(timeout=120)
-            for group in self.procs.values():
-                for p in group:
-                    p.ensure_running()
+            self.revive_the_dead()
             self.drain(timeout=180)
             self.finish_pipelines(timeout=120)
             self.check_invariants()
@@ -428,6 +432,18 @@ class Chaos:
                 time.sleep(0.5)
         finally:
             eng.dispose()
+
+    def revive_the_dead(self) -> None:
+        """A Kiln process must survive every fault but its own SIGKILL: one found exited is a
+        violation (then it is started again, so the run goes on)."""
+        for group in self.procs.values():
+            for p in group:
+                rc = p.exited()
+                if rc is not None:
+                    self.summary.violations.append(
+                        f"{p.name} exited on its own (exit code {rc}); see {p.name}.log"
+                    )
+                p.ensure_running()
 
     def check_invariants(self) -> None:
         eng = self.engine()

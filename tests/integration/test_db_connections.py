@@ -48,3 +48,41 @@ def test_a_connection_dropped_within_the_trust_window_fails_one_statement_then_t
         with engine.connect() as conn:
             assert conn.execute(BACKEND).scalar() not in pids
     engine.dispose()
+
+
+def test_the_controller_loop_outlives_the_server_dropping_its_listen_connection(pg_admin, pg_url):
+    # The controller waits on LISTEN over its own psycopg connection; when the server drops
+    # every connection (as a restart does) the loop must wait the outage out, not die.
+    import threading
+
+    from engine.runtime import Kiln
+    from tests.conftest import fast_settings, wait_for
+    from workers.controller import Controller
+
+    kiln = Kiln(fast_settings(database_url=pg_url), pool_size=2)
+    sent: list = []
+    ctl = Controller(kiln, send=lambda d, _b: sent.extend(d))
+    stop = threading.Event()
+    loop = threading.Thread(target=ctl.run, args=(stop,), daemon=True)
+    loop.start()
+    try:
+        db = sa.make_url(pg_url).database
+        listening = sa.text(
+            "SELECT pid FROM pg_stat_activity WHERE datname = :db AND query LIKE 'LISTEN%'"
+        )
+
+        def listener_pids() -> list[int]:
+            with pg_admin.connect() as c:
+                return list(c.execute(listening, {"db": db}).scalars())
+
+        for pid in wait_for(listener_pids, timeout=10, what="the controller to LISTEN"):
+            _terminate(pg_admin, pid)
+        wf = {"name": "after-drop", "tasks": [{"name": "t", "handler": "tests.handlers:echo"}]}
+        wf_id = kiln.submit(wf, check_handlers=False)
+        wait_for(lambda: any(d.workflow_id == wf_id for d in sent), timeout=15, what="dispatch")
+        assert loop.is_alive()
+        wait_for(listener_pids, timeout=10, what="the controller to LISTEN again")
+    finally:
+        stop.set()
+        loop.join(timeout=10)
+        kiln.close()
