@@ -99,6 +99,7 @@ INSERT_RUN = sa.text(
         SELECT pg_notify('{READY_CHANNEL}', '')
         WHERE :notify AND EXISTS (SELECT 1 FROM t WHERE t.status = 'ready')
     )
+    -- a plain SELECT in WITH runs only if referenced: "notified" makes n run
     SELECT t.workflow_id, t.id, t.name, t.status, (SELECT count(*) FROM n) AS notified FROM t
     """
 ).bindparams(

@@ -18,13 +18,7 @@ from engine.db import is_postgres, utcnow
 from engine.definitions import WorkflowSpec
 from engine.states import TaskStatus
 from engine.tasks import DIRECT_DISPATCH_MAX_QUEUED, Dispatch, mark_queued_txn, queue_is_idle_txn
-from engine.workflows import (
-    direct_names,
-    existing_run_id,
-    insert_run_pg,
-    insert_workflow_txn,
-    run_rows,
-)
+from engine.workflows import direct_names, insert_run_pg, insert_workflow_txn
 
 
 def submit_run_txn(
@@ -54,11 +48,11 @@ def submit_run_txn(
         if not (created and idle):
             return wf_id, created, []
         return wf_id, True, mark_queued_txn(conn, ids, now=now, lease_until=until)
-    values, rows, edges = run_rows(spec, idempotency_key, now)
     lease = (until, DIRECT_DISPATCH_MAX_QUEUED) if names else None
-    got = insert_run_pg(conn, values, rows, edges, notify=True, lease=lease)
-    if got is None:  # the idempotency key was used already
-        return existing_run_id(conn, idempotency_key), False, []
-    wf_id, by_name = got
+    wf_id, created, by_name = insert_run_pg(
+        conn, spec, idempotency_key=idempotency_key, now=now, notify=True, lease=lease
+    )
+    if not created:  # the idempotency key was used already
+        return wf_id, False, []
     leased = [by_name[n][0] for n in names if by_name[n][1] == TaskStatus.QUEUED]
     return wf_id, True, [Dispatch(i, 1, wf_id) for i in leased]

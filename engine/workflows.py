@@ -60,7 +60,7 @@ def direct_names(spec: WorkflowSpec) -> list[str]:
     return [t.name for t in ready]
 
 
-def run_rows(
+def _run_rows(
     spec: WorkflowSpec, idempotency_key: str | None, now: dt.datetime
 ) -> tuple[dict[str, Any], list[dict[str, Any]], list[tuple[str, str]]]:
     """The workflow row, the task rows (each with ``direct``, see :func:`direct_names`) and
@@ -96,7 +96,7 @@ def run_rows(
     return values, rows, edges
 
 
-def existing_run_id(conn: sa.Connection, idempotency_key: str | None) -> int:
+def _existing_run_id(conn: sa.Connection, idempotency_key: str | None) -> int:
     return conn.execute(
         sa.select(workflows.c.id).where(workflows.c.idempotency_key == idempotency_key)
     ).scalar_one()
@@ -115,35 +115,41 @@ def insert_workflow_txn(
     With an idempotency key already used, nothing is written and the existing run's id is
     returned with ``created=False``. ``engine.submit`` also leases on an idle queue.
     """
-    values, rows, edges = run_rows(spec, idempotency_key, utcnow())
     if conn.dialect.name == "postgresql":
-        got = insert_run_pg(conn, values, rows, edges, notify=notify)
-        inserted = (got[0], {n: i for n, (i, _) in got[1].items()}) if got else None
+        wf_id, created, by_name = insert_run_pg(
+            conn, spec, idempotency_key=idempotency_key, now=utcnow(), notify=notify
+        )
+        if not created:  # the idempotency key was used already
+            return wf_id, False, []
+        ids = {n: i for n, (i, _) in by_name.items()}
     else:
+        values, rows, edges = _run_rows(spec, idempotency_key, utcnow())
         inserted = insert_run_portable(conn, values, rows, edges)
-        if inserted and notify:
+        if inserted is None:  # the idempotency key was used already
+            return _existing_run_id(conn, idempotency_key), False, []
+        if notify:
             notify_ready(conn)
-    if inserted is None:  # the idempotency key was used already
-        return existing_run_id(conn, idempotency_key), False, []
-    wf_id, by_name = inserted
-    return wf_id, True, [by_name[n] for n in direct_names(spec)]
+        wf_id, ids = inserted
+    return wf_id, True, [ids[n] for n in direct_names(spec)]
 
 
 def insert_run_pg(
     conn: sa.Connection,
-    values: dict[str, Any],
-    rows: list[dict[str, Any]],
-    edges: list,
+    spec: WorkflowSpec,
     *,
+    idempotency_key: str | None,
+    now: dt.datetime,
     notify: bool,
     lease: tuple[dt.datetime, int] | None = None,
-) -> tuple[int, dict[str, tuple[int, str]]] | None:
-    """PostgreSQL: write the run in one statement (``engine.pgsql.INSERT_RUN``); return its id
-    and ``{task name: (id, status)}``, or ``None`` on an idempotency-key conflict.
+) -> tuple[int, bool, dict[str, tuple[int, str]]]:
+    """PostgreSQL: write the run in one statement (``engine.pgsql.INSERT_RUN``); return
+    ``(workflow_id, created, {task name: (id, status)})``. With an idempotency key already
+    used, nothing is written: the existing run's id, ``False`` and ``{}``.
 
     ``lease=(until, max_queued)``: if the queue is idle (fewer than ``max_queued`` tasks sent
     and not claimed, nothing else dispatchable), the rows marked ``direct`` are written
     ``queued`` with that lease, for the caller to send."""
+    values, rows, edges = _run_rows(spec, idempotency_key, now)
     task_rows = [{k: v for k, v in r.items() if k not in ("created_at", "ready_at")} for r in rows]
     until, cap = lease if lease else (None, 0)
     got = conn.execute(
@@ -164,8 +170,8 @@ def insert_run_pg(
         },
     ).all()
     if not got:
-        return None
-    return got[0].workflow_id, {r.name: (r.id, r.status) for r in got}
+        return _existing_run_id(conn, idempotency_key), False, {}
+    return got[0].workflow_id, True, {r.name: (r.id, r.status) for r in got}
 
 
 def insert_run_portable(
