@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
@@ -86,7 +87,19 @@ def test_tasks_dispatched_but_lost_with_a_flushed_redis_are_sent_again(cluster, 
         lambda: {t["status"] for t in pg_kiln.workflow(wf_id)["tasks"]} == {"queued"},
         what="every task dispatched",
     )
-    wait_for(lambda: r.dbsize() > 0, what="the messages to reach Redis")
+    # The controller commits the leases, then sends several messages one after another:
+    # wait until the queue holds a message for every task, or a late one survives the flush.
+    task_ids = {t["id"] for t in pg_kiln.workflow(wf_id)["tasks"]}
+
+    def sent_task_ids() -> set[int]:
+        queue = cluster.env["KILN_QUEUE"]
+        return {
+            item[0]
+            for raw in r.hvals(f"dramatiq:{queue}.msgs")
+            for item in json.loads(raw)["args"][0]
+        }
+
+    wait_for(lambda: sent_task_ids() >= task_ids, what="a message for every task in Redis")
     r.flushdb()  # every dispatched message is gone
     cluster.worker(threads=4)
 
