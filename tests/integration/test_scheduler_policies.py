@@ -109,7 +109,10 @@ def test_switching_policy_at_run_time_reorders_queued_work_and_is_reported_in_st
 
 
 class Feeder:
-    """Submits a one-task workflow every ``interval`` seconds until stopped."""
+    """Submits a one-task workflow at once, then one every ``interval`` seconds until stopped.
+
+    The first one is submitted before ``with`` returns, so at least one favoured task is queued
+    right behind the victim however slowly the thread gets going on a loaded machine."""
 
     def __init__(self, kiln: Kiln, make: Any, interval: float = 0.1) -> None:
         self.kiln, self.make, self.interval = kiln, make, interval
@@ -117,14 +120,17 @@ class Feeder:
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
+    def _submit(self) -> None:
+        i = len(self.submitted)
+        wf = self.kiln.submit({"name": f"feed-{i}", "tasks": [self.make(i)]})
+        self.submitted.append((wf, dt.datetime.now(dt.UTC)))
+
     def _run(self) -> None:
-        i = 0
         while not self.stop.wait(self.interval):
-            wf = self.kiln.submit({"name": f"feed-{i}", "tasks": [self.make(i)]})
-            self.submitted.append((wf, dt.datetime.now(dt.UTC)))
-            i += 1
+            self._submit()
 
     def __enter__(self) -> Feeder:
+        self._submit()
         self.thread.start()
         return self
 
@@ -181,8 +187,9 @@ def test_priority_aging_lets_a_low_priority_task_run_within_a_bounded_wait(clust
         inst = start_instance(api, "m", "--max-concurrency", "1")
         try:
             wait_for(lambda: live_instance(api, inst.url), what="registered")
-            # 10 priority levels per second of waiting: bound ~ (5 - 0) / 10 s behind the
-            # newest high-priority task, plus the ones already ahead.
+            # 10 priority levels per second of waiting: the low task overtakes every
+            # priority-5 task submitted more than 0.5 s after it, so it waits for the blocker
+            # and the ~5 submitted in that half second, and no longer.
             assert put_policy(api, "Priority", aging_per_minute=600).status_code == 200
             cluster.controller()
             cluster.worker(threads=4)
@@ -223,8 +230,11 @@ def test_shortest_predicted_aging_lets_a_long_task_run_within_a_bounded_wait(
         )
         try:
             wait_for(lambda: live_instance(api, inst.url), what="registered")
-            # Every second of waiting forgives 4 s of predicted size.
-            assert put_policy(api, "ShortestPredicted", aging=4.0).status_code == 200
+            # Every second of waiting forgives 2 s of predicted size: the long task (2 s)
+            # overtakes every short one (0.1 s) submitted more than 0.95 s after it. The
+            # window covers the wait for its prediction below, so the first short task
+            # (submitted as the feeder starts) is still favoured over it.
+            assert put_policy(api, "ShortestPredicted", aging=2.0).status_code == 200
             cluster.controller()
             cluster.worker(threads=4)
             b = occupy(pg_kiln, "short")
