@@ -4,7 +4,7 @@ With 10k, 100k and 1M tasks ready in PostgreSQL (one single-task workflow each, 
 API produces), measure:
 
 * **dispatch**: ``Kiln.dispatch(batch)``, the controller's dispatch transaction
-  (``engine.tasks.dispatch_ready_txn``) for a small batch, p50/p99 ms;
+  (``engine.dispatch.dispatch_ready_txn``) for a small batch, p50/p99 ms;
 * **claim**: ``Kiln.claim`` of one dispatched task, what a worker does first, p50/p99 ms;
 * **record**: ``Kiln.record`` of the batch's results (keeps the queue at its size);
 * **idle pass**: one ``Controller.tick`` with the real hooks of ``kiln controller`` and a full
@@ -46,8 +46,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import fresh_database, pct  # noqa: E402
 from engine.config import Settings  # noqa: E402
+from engine.dispatch import dispatch_ready_txn  # noqa: E402
 from engine.runtime import Kiln  # noqa: E402
-from engine.tasks import Outcome, claim_txn, dispatch_ready_txn  # noqa: E402
+from engine.tasks import Outcome, claim_txn  # noqa: E402
 from workers.controller import Controller  # noqa: E402
 from workers.hooks import controller_hooks  # noqa: E402
 from workers.scheduling_hooks import scheduler_order, scheduling_hooks  # noqa: E402
@@ -374,7 +375,7 @@ def main() -> None:
             f"{p['seq_rows']:>12,}"
         )
     print(
-        "\ndispatch: Kiln.dispatch(batch) = engine.tasks.dispatch_ready_txn; claim: Kiln.claim of"
+        "\ndispatch: Kiln.dispatch(batch) = engine.dispatch.dispatch_ready_txn; claim: Kiln.claim of"
         " one task; record: Kiln.record of the batch; idle pass: Controller.tick with the hooks"
         " of `kiln controller` and a full window; EXPLAIN: sum of the statements' execution"
         " times; ctl: `kiln controller` subprocess for"

@@ -379,7 +379,7 @@ def served_clause(model_type: sa.ColumnElement[Any], now: dt.datetime) -> sa.Col
 
 def note_unroutable_txn(conn: sa.Connection, now: dt.datetime) -> int:
     """Say why ready tasks whose model type no live instance serves are not dispatched."""
-    from engine.tasks import DISPATCHABLE
+    from engine.dispatch import DISPATCHABLE
 
     reason = sa.literal("no live instance serves model_type ", sa.Text) + tasks.c.model_type
     return conn.execute(
@@ -507,7 +507,7 @@ def free_slots(conn: sa.Connection, now: dt.datetime | None = None) -> dict[str,
 
 def note_busy_txn(conn: sa.Connection, free: dict[str, int]) -> None:
     """Say which ready tasks wait for a slot, and clear the reason of those that no longer do."""
-    from engine.tasks import DISPATCHABLE
+    from engine.dispatch import DISPATCHABLE
 
     busy = sorted(cap for cap, n in free.items() if n <= 0)
     idle = sorted(cap for cap, n in free.items() if n > 0)

@@ -1,8 +1,8 @@
 """The hot path's statements on PostgreSQL, written once.
 
-Each is a single round trip that does what the portable version in ``engine.tasks`` or
-``engine.workflows`` does in two to four (SQLite runs those); the guards are the same. The
-allowed transitions they carry out are listed in ``engine.states``.
+Each is a single round trip that does what the portable version in ``engine.dispatch``,
+``engine.tasks`` or ``engine.workflows`` does in two to four (SQLite runs those); the guards
+are the same. The allowed transitions they carry out are listed in ``engine.states``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ MARK_QUEUED = sa.text(
 ).bindparams(sa.bindparam("now", type_=Timestamp), sa.bindparam("lease", type_=Timestamp))
 
 # The queue is idle when no dispatchable task (other than :excluding) waits for a controller
-# and fewer than :cap tasks are sent but not yet claimed (see engine.tasks.queue_is_idle_txn).
+# and fewer than :cap tasks are sent but not yet claimed (see engine.dispatch.queue_is_idle_txn).
 _IDLE = """
     NOT EXISTS (
         SELECT 1 FROM tasks t

@@ -14,16 +14,10 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from engine.db import utcnow
+from engine.dispatch import MAX_DISPATCHES, Dispatch
 from engine.schema import tasks
 from engine.states import TaskStatus
-from engine.tasks import (
-    MAX_DISPATCHES,
-    ClaimedTask,
-    Dispatch,
-    Outcome,
-    fail_attempt_txn,
-    propagate_failure_txn,
-)
+from engine.tasks import ClaimedTask, Outcome, fail_attempt_txn, propagate_failure_txn
 from engine.workflows import settle_workflows_txn
 
 

@@ -12,12 +12,13 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
-from engine import recovery
+from engine import dispatch, recovery
 from engine import tasks as task_ops
 from engine import workflows as wf_ops
 from engine.config import Settings
 from engine.db import make_engine, translate_errors
 from engine.definitions import Workflow, WorkflowSpec, parse_definition
+from engine.dispatch import Dispatch
 from engine.submit import submit_run_txn
 
 log = logging.getLogger("kiln.runtime")
@@ -34,7 +35,7 @@ class Kiln:
         settings: Settings | None = None,
         *,
         pool_size: int = 5,
-        sender: Callable[[list[task_ops.Dispatch]], None] | None = None,
+        sender: Callable[[list[Dispatch]], None] | None = None,
     ) -> None:
         self.settings = settings or Settings.from_env()
         self.engine = make_engine(
@@ -131,7 +132,7 @@ class Kiln:
         self._send(dispatched)
         return wf_id, created
 
-    def _send(self, dispatched: list[task_ops.Dispatch]) -> None:
+    def _send(self, dispatched: list[Dispatch]) -> None:
         if not dispatched or self.sender is None:
             return
         try:
@@ -162,15 +163,15 @@ class Kiln:
 
     def dispatch(
         self, limit: int, order: Callable[[list[Any]], list[Any]] | None = None
-    ) -> list[task_ops.Dispatch]:
+    ) -> list[Dispatch]:
         return self.txn(
-            lambda c: task_ops.dispatch_ready_txn(
+            lambda c: dispatch.dispatch_ready_txn(
                 c, limit=limit, lease_s=self.settings.dispatch_timeout_s, order=order
             )
         )
 
     def queued_count(self) -> int:
-        return self.read(task_ops.queued_count)
+        return self.read(dispatch.queued_count)
 
     def claim(self, items: Iterable[tuple[int, int]], worker_id: str) -> list[task_ops.ClaimedTask]:
         items = list(items)
@@ -178,7 +179,7 @@ class Kiln:
             lambda c: task_ops.claim_txn(
                 c, items, worker_id=worker_id, lease_s=self.settings.lease_s
             ),
-            single=True,  # on PostgreSQL the claim is one statement (engine.tasks._PG_CLAIM)
+            single=True,  # on PostgreSQL the claim is one statement (engine.pgsql.CLAIM)
         )
 
     def record(self, outcomes: list[task_ops.Outcome]) -> task_ops.RecordReport:

@@ -1,8 +1,9 @@
 """Task and workflow states, and the only transitions allowed between them.
 
-Every transition is carried out by one guarded SQL statement in ``engine.tasks`` or
-``engine.workflows`` whose ``WHERE`` clause names the allowed source states listed here; a
-statement that matches no row changed nothing and is reported to its caller.
+Every transition is carried out by one guarded SQL statement in ``engine.dispatch``,
+``engine.tasks``, ``engine.recovery`` or ``engine.workflows`` whose ``WHERE`` clause names the
+allowed source states listed here; a statement that matches no row changed nothing and is
+reported to its caller.
 """
 
 from __future__ import annotations

@@ -16,8 +16,13 @@ import sqlalchemy as sa
 
 from engine.db import is_postgres, utcnow
 from engine.definitions import WorkflowSpec
+from engine.dispatch import (
+    DIRECT_DISPATCH_MAX_QUEUED,
+    Dispatch,
+    mark_queued_txn,
+    queue_is_idle_txn,
+)
 from engine.states import TaskStatus
-from engine.tasks import DIRECT_DISPATCH_MAX_QUEUED, Dispatch, mark_queued_txn, queue_is_idle_txn
 from engine.workflows import direct_names, insert_run_pg, insert_workflow_txn
 
 

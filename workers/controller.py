@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from engine.config import Settings
 from engine.db import READY_CHANNEL, is_postgres
+from engine.dispatch import Dispatch
 from engine.errors import DatabaseUnavailable
 from engine.maintenance import vacuum_if_bloated
 from engine.processes import (
@@ -26,7 +27,6 @@ from engine.processes import (
     stop_process_txn,
 )
 from engine.runtime import Kiln
-from engine.tasks import Dispatch
 
 log = logging.getLogger("kiln.controller")
 Hook = Callable[[Kiln], Any]
