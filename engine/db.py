@@ -6,6 +6,7 @@ import contextlib
 import datetime as dt
 import time
 from collections.abc import Iterator
+from typing import overload
 
 import sqlalchemy as sa
 
@@ -121,6 +122,10 @@ def translate_errors() -> Iterator[None]:
         raise DatabaseUnavailable(f"database unavailable: {exc.orig}") from exc
 
 
+@overload
+def aware(value: dt.datetime) -> dt.datetime: ...
+@overload
+def aware(value: None) -> None: ...
 def aware(value: dt.datetime | None) -> dt.datetime | None:
     """SQLite hands back naive datetimes; Kiln stores UTC everywhere, so say so."""
     if value is not None and value.tzinfo is None:

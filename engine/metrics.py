@@ -56,7 +56,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 def seconds_between(conn: sa.Connection, start: Any, end: Any) -> sa.ColumnElement[float]:
     """``end - start`` in seconds, in SQL, on PostgreSQL and SQLite."""
     if conn.dialect.name == "postgresql":
-        return sa.func.extract("epoch", end - start)
+        return sa.func.extract("epoch", end - start)  # type: ignore[return-value]  # numeric
     return (sa.func.julianday(end) - sa.func.julianday(start)) * 86400.0
 
 
@@ -84,9 +84,9 @@ def _histogram_rows(
             for i, bound in enumerate(buckets)
         ),
     ]
-    return conn.execute(
-        sa.select(*columns).select_from(from_).where(*where).group_by(*labels)
-    ).all()
+    return list(
+        conn.execute(sa.select(*columns).select_from(from_).where(*where).group_by(*labels))
+    )
 
 
 def _histogram(
@@ -152,7 +152,7 @@ def collect_families(conn: sa.Connection, *, process_stale_after_s: float = 15.0
         "timed_out, lost, stale.",
         labels=["outcome"],
     )
-    by_outcome = dict(
+    by_outcome: dict[str, int] = dict(
         conn.execute(
             sa.select(task_attempts.c.outcome, sa.func.count()).group_by(task_attempts.c.outcome)
         ).all()

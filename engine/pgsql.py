@@ -134,7 +134,7 @@ CLAIM = sa.text(
 def outcome_bindparams(n: int) -> list[sa.BindParameter]:
     """The typed parameters of ``n`` finished tasks (result, started, finished) in the
     finishing statements (here and SQLite's in ``engine.tasks``)."""
-    params = []
+    params: list[sa.BindParameter] = []
     for k in range(n):
         params += [
             sa.bindparam(f"r{k}", type_=Json),

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import sqlalchemy as sa
 
@@ -155,7 +155,7 @@ def infer_type(data: dict[str, Any]) -> str:
     return "vllm"
 
 
-def _non_empty_str(value: Any) -> bool:
+def _non_empty_str(value: Any) -> TypeGuard[str]:
     return isinstance(value, str) and bool(value.strip())
 
 

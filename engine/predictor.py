@@ -282,14 +282,14 @@ def models(conn: sa.Connection, predictor: Predictor) -> list[dict[str, Any]]:
             entry["hardware_types"].append(r.hardware)
     table = predictor.lookup()
     for summary in table.models() if table else []:
-        entry = out.get(summary["model_type"])
-        if entry is None:
+        learned = out.get(summary["model_type"])
+        if learned is None:
             out[summary["model_type"]] = {**summary, "sources": ["lookup"]}
             continue
-        entry["sources"].append("lookup")
-        entry["total_predictions"] += summary["total_predictions"]
+        learned["sources"].append("lookup")
+        learned["total_predictions"] += summary["total_predictions"]
         for key in ("hardware_types", "software_versions"):
-            entry[key] = sorted(set(entry[key]) | set(summary[key]))
+            learned[key] = sorted(set(learned[key]) | set(summary[key]))
     return [out[k] for k in sorted(out)]
 
 

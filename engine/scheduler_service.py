@@ -25,7 +25,7 @@ import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,7 +90,9 @@ def _default_row() -> dict[str, Any]:
 
 def load_txn(conn: sa.Connection, *, lock: bool = False) -> StoredScheduler:
     q = sa.select(scheduler_state).where(scheduler_state.c.id == 1)
-    row = conn.execute(q.with_for_update() if lock else q).mappings().first()
+    row: Mapping[Any, Any] | None = (
+        conn.execute(q.with_for_update() if lock else q).mappings().first()
+    )
     if row is None and lock:
         insert = (postgresql if conn.dialect.name == "postgresql" else sqlite).insert
         conn.execute(
@@ -445,36 +447,38 @@ def annotate_predictions_txn(conn: sa.Connection, predictor: Any, *, limit: int 
 
 
 def _queued_rows(conn: sa.Connection, limit: int) -> list[Any]:
-    return conn.execute(
-        sa.select(
-            tasks.c.id,
-            tasks.c.name,
-            tasks.c.workflow_id,
-            tasks.c.priority,
-            tasks.c.created_at,
-            tasks.c.ready_at,
-            tasks.c.handler,
-            tasks.c.model_type,
-            tasks.c.predicted,
-            tasks.c.waiting_reason,
+    return list(
+        conn.execute(
+            sa.select(
+                tasks.c.id,
+                tasks.c.name,
+                tasks.c.workflow_id,
+                tasks.c.priority,
+                tasks.c.created_at,
+                tasks.c.ready_at,
+                tasks.c.handler,
+                tasks.c.model_type,
+                tasks.c.predicted,
+                tasks.c.waiting_reason,
+            )
+            .where(
+                tasks.c.status.in_([TaskStatus.READY, TaskStatus.RETRYING]),
+                sa.exists().where(
+                    workflows.c.id == tasks.c.workflow_id,
+                    workflows.c.status.in_([WorkflowStatus.PENDING, WorkflowStatus.RUNNING]),
+                ),
+            )
+            .order_by(tasks.c.priority.desc(), tasks.c.ready_at, tasks.c.id)
+            .limit(limit)
         )
-        .where(
-            tasks.c.status.in_([TaskStatus.READY, TaskStatus.RETRYING]),
-            sa.exists().where(
-                workflows.c.id == tasks.c.workflow_id,
-                workflows.c.status.in_([WorkflowStatus.PENDING, WorkflowStatus.RUNNING]),
-            ),
-        )
-        .order_by(tasks.c.priority.desc(), tasks.c.ready_at, tasks.c.id)
-        .limit(limit)
-    ).all()
+    )
 
 
 def stats(conn: sa.Connection) -> dict[str, Any]:
     """Seed 001's stats (``total_scheduled, context_switches, preemptions, active,
     active_processes, policy, quantum_micros``) plus Kiln's queue figures."""
     stored = load_txn(conn)
-    counts = dict(
+    counts: dict[str, int] = dict(
         conn.execute(
             sa.select(tasks.c.status, sa.func.count())
             .where(tasks.c.status.in_(ACTIVE))

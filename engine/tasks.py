@@ -162,7 +162,7 @@ def _claim_portable_txn(
                 for r in rows
             ],
         )
-    return rows
+    return list(rows)
 
 
 def _resolve_references_txn(conn: sa.Connection, claimed: list[ClaimedTask]) -> None:
@@ -247,7 +247,7 @@ def record_outcomes_txn(
             done = [r for r in rows if r.kind == "done"]
             readied = [r.id for r in rows if r.kind == "ready"]
         else:
-            done = conn.execute(_values_update_sql(len(successes)), params).all()
+            done = list(conn.execute(_values_update_sql(len(successes)), params))
         done_ids = {r.id for r in done}
         touched.update(r.workflow_id for r in done)
         report.applied += sorted(done_ids)

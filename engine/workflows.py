@@ -187,7 +187,9 @@ def insert_run_portable(
         if wf_id is None:
             return None
     else:
-        wf_id = conn.execute(workflows.insert().values(values).returning(workflows.c.id)).scalar()
+        wf_id = conn.execute(
+            workflows.insert().values(values).returning(workflows.c.id)
+        ).scalar_one()
     ids = conn.execute(
         tasks.insert().returning(tasks.c.id, sort_by_parameter_order=True),
         [{"workflow_id": wf_id, **{k: v for k, v in r.items() if k != "direct"}} for r in rows],
