@@ -110,6 +110,10 @@ INSERT_RUN = sa.text(
     sa.bindparam("lease", type_=Timestamp),
 )
 
+# A lease can commit just after its run was paused (the pause looked for queued tasks before
+# the lease committed), so the claim is the guard: a task of a paused run does not start but
+# goes back to ready, as the pause would have put it. Both updates read the run's status from
+# the same snapshot, so each task takes exactly one of them.
 CLAIM = sa.text(
     """
     WITH want AS (
@@ -118,10 +122,17 @@ CLAIM = sa.text(
         UPDATE tasks AS t SET status = 'running', attempts = t.attempts + 1,
                lease_owner = :worker, lease_expires_at = :lease, started_at = :now,
                progress = NULL, progress_message = NULL
-        FROM want
+        FROM want, workflows AS w
         WHERE t.id = want.id AND t.attempts = want.prev AND t.status = 'queued'
+          AND w.id = t.workflow_id AND w.status <> 'paused'
         RETURNING t.id, t.attempts, t.workflow_id, t.name, t.handler, t.model_type, t.params,
                   t.timeout_s, t.max_attempts
+    ), back AS (
+        UPDATE tasks AS t SET status = 'ready', lease_expires_at = NULL, queued_at = NULL,
+               ready_at = :now
+        FROM want, workflows AS w
+        WHERE t.id = want.id AND t.attempts = want.prev AND t.status = 'queued'
+          AND w.id = t.workflow_id AND w.status = 'paused'
     ), a AS (
         INSERT INTO task_attempts (task_id, attempt, worker, started_at)
         SELECT id, attempts, :worker, :now FROM c

@@ -21,7 +21,7 @@ class TaskStatus(enum.StrEnum):
     pending               upstream_failed                                     a dependency failed
     ready, retrying       queued   (attempt leased, message sent)             controller dispatch
     queued                running  (``attempts += 1``, fenced by attempt)     worker claim
-    queued                ready    (workflow paused before a worker claimed)  pause
+    queued                ready    (workflow paused before a worker claimed)  pause, worker claim
     running               succeeded                                           worker finish
     running               retrying (``not_before`` = now + backoff)           failure / lost lease
     running               failed   (attempts exhausted, or not retryable)     failure / lost lease
@@ -31,6 +31,8 @@ class TaskStatus(enum.StrEnum):
 
     ``queued`` tasks whose dispatch lease expired are re-sent with the *same* attempt number
     (the message was lost); that refreshes the lease but is not a state change.
+    A lease that commits just after its run was paused (the pause saw the task still
+    ``ready``) is put back to ``ready`` by the claim, the one statement every start goes through.
     """
 
     PENDING = "pending"

@@ -80,7 +80,8 @@ def claim_txn(
 ) -> list[ClaimedTask]:
     """queued -> running for each ``(task_id, attempt)`` still queued at ``attempt - 1``
     claims; counts the attempt and records it in ``task_attempts``. Items whose task moved on
-    (already claimed by a duplicate message, cancelled, paused) are skipped."""
+    (already claimed by a duplicate message, cancelled, paused) are skipped, and a task whose
+    run is paused goes back to ``ready`` instead of starting."""
     items = list(items)
     if not items:
         return []
@@ -127,12 +128,22 @@ def _claim_portable_txn(
     lease_s: float,
     now: dt.datetime,
 ) -> list[Any]:
+    leased = [
+        sa.tuple_(tasks.c.id, tasks.c.attempts).in_([(t, a - 1) for t, a in items]),
+        tasks.c.status == TaskStatus.QUEUED,
+    ]
+    of_paused_run = sa.exists().where(
+        workflows.c.id == tasks.c.workflow_id, workflows.c.status == WorkflowStatus.PAUSED
+    )
+    # A lease that committed after its run was paused: back to ready (see ``pgsql.CLAIM``).
+    conn.execute(
+        tasks.update()
+        .where(*leased, of_paused_run)
+        .values(status=TaskStatus.READY, lease_expires_at=None, queued_at=None, ready_at=now)
+    )
     rows = conn.execute(
         tasks.update()
-        .where(
-            sa.tuple_(tasks.c.id, tasks.c.attempts).in_([(t, a - 1) for t, a in items]),
-            tasks.c.status == TaskStatus.QUEUED,
-        )
+        .where(*leased, ~of_paused_run)
         .values(
             status=TaskStatus.RUNNING,
             attempts=tasks.c.attempts + 1,
