@@ -486,6 +486,13 @@ class Chaos:
             if "operations" in tables:
                 stuck = q("SELECT ic_id FROM operations WHERE status = 'processing'")
                 v += [f"operation {r.ic_id} stuck in processing" for r in stuck]
+                # A stop or resume may be refused (the pipeline was already completed or not
+                # stopped); failing for any other reason is a bug the faults uncovered.
+                broken = q(
+                    "SELECT ic_id, error FROM operations WHERE status = 'failed' "
+                    "AND (error IS NULL OR error NOT LIKE 'cannot %')"
+                )
+                v += [f"operation {r.ic_id} failed, not refused: {r.error}" for r in broken]
             for pid in self.pipeline_ids:
                 p = self.call("GET", f"/pipelines/{pid}")
                 done = q(
