@@ -30,6 +30,15 @@ DISPATCHABLE = [str(s) for s in TASK_DISPATCHABLE]
 MAX_DISPATCHES = 20
 
 
+def run_is_active() -> sa.Exists:
+    """The task's run is one whose tasks may be dispatched: pending or running (not paused,
+    not finished)."""
+    return sa.exists().where(
+        workflows.c.id == tasks.c.workflow_id,
+        workflows.c.status.in_([WorkflowStatus.PENDING, WorkflowStatus.RUNNING]),
+    )
+
+
 @dataclass(frozen=True)
 class Dispatch:
     """A task leased for dispatch: the message to send carries ``(task_id, attempt)``."""
@@ -65,10 +74,7 @@ def dispatch_candidates_txn(conn: sa.Connection, *, limit: int, now: dt.datetime
             tasks.c.status.in_(DISPATCHABLE),
             sa.or_(tasks.c.not_before.is_(None), tasks.c.not_before <= now),
             sa.or_(tasks.c.handler.is_not(None), served_clause(tasks.c.model_type, now)),
-            sa.exists().where(
-                workflows.c.id == tasks.c.workflow_id,
-                workflows.c.status.in_([WorkflowStatus.PENDING, WorkflowStatus.RUNNING]),
-            ),
+            run_is_active(),
         )
         .order_by(tasks.c.priority.desc(), tasks.c.ready_at, tasks.c.id)
         .limit(limit)
@@ -132,10 +138,7 @@ def queue_is_idle_txn(conn: sa.Connection, *, excluding: Sequence[int] = ()) -> 
         .where(
             tasks.c.status.in_(DISPATCHABLE),
             sa.or_(tasks.c.not_before.is_(None), tasks.c.not_before <= now),
-            sa.exists().where(
-                workflows.c.id == tasks.c.workflow_id,
-                workflows.c.status.in_([WorkflowStatus.PENDING, WorkflowStatus.RUNNING]),
-            ),
+            run_is_active(),
         )
         .limit(1)
     )
@@ -173,10 +176,7 @@ def dispatch_now_txn(
                 tasks.c.id.in_(list(task_ids)),
                 tasks.c.handler.is_not(None),
                 tasks.c.not_before.is_(None),
-                sa.exists().where(
-                    workflows.c.id == tasks.c.workflow_id,
-                    workflows.c.status.in_([WorkflowStatus.PENDING, WorkflowStatus.RUNNING]),
-                ),
+                run_is_active(),
             )
         ).scalars()
     )

@@ -33,6 +33,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from engine.db import aware, utcnow
+from engine.dispatch import run_is_active
 from engine.errors import KilnError
 from engine.instances import Capacity, capacity, inflight_by_instance, live_instances
 from engine.prediction import Estimate, Prediction, estimate
@@ -47,8 +48,8 @@ from engine.scheduling import (
     make_policy,
     place,
 )
-from engine.schema import instances, scheduler_state, tasks, workflows
-from engine.states import TaskStatus, WorkflowStatus
+from engine.schema import instances, scheduler_state, tasks
+from engine.states import TaskStatus
 
 log = logging.getLogger("kiln.scheduler")
 DEFAULT_POLICY = "FIFO"
@@ -463,10 +464,7 @@ def _queued_rows(conn: sa.Connection, limit: int) -> list[Any]:
             )
             .where(
                 tasks.c.status.in_([TaskStatus.READY, TaskStatus.RETRYING]),
-                sa.exists().where(
-                    workflows.c.id == tasks.c.workflow_id,
-                    workflows.c.status.in_([WorkflowStatus.PENDING, WorkflowStatus.RUNNING]),
-                ),
+                run_is_active(),
             )
             .order_by(tasks.c.priority.desc(), tasks.c.ready_at, tasks.c.id)
             .limit(limit)
