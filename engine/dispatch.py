@@ -39,6 +39,27 @@ def run_is_active() -> sa.Exists:
     )
 
 
+def dispatchable_tasks(*extra: sa.ColumnElement[Any]) -> sa.Select:
+    """Dispatchable tasks of active runs, best first by (priority, age), with the columns the
+    scheduling policies read (``scheduler_service.item_of``) and placement needs, plus
+    ``extra``. The controller's candidates and the scheduler's view of the queue start here."""
+    return (
+        sa.select(
+            tasks.c.id,
+            tasks.c.workflow_id,
+            tasks.c.priority,
+            tasks.c.created_at,
+            tasks.c.ready_at,
+            tasks.c.handler,
+            tasks.c.model_type,
+            tasks.c.predicted,
+            *extra,
+        )
+        .where(tasks.c.status.in_(DISPATCHABLE), run_is_active())
+        .order_by(tasks.c.priority.desc(), tasks.c.ready_at, tasks.c.id)
+    )
+
+
 @dataclass(frozen=True)
 class Dispatch:
     """A task leased for dispatch: the message to send carries ``(task_id, attempt)``."""
@@ -59,24 +80,11 @@ def dispatch_candidates_txn(conn: sa.Connection, *, limit: int, now: dt.datetime
     from engine.instances import served_clause
 
     q = (
-        sa.select(
-            tasks.c.id,
-            tasks.c.attempts,
-            tasks.c.workflow_id,
-            tasks.c.priority,
-            tasks.c.created_at,
-            tasks.c.ready_at,
-            tasks.c.handler,
-            tasks.c.model_type,
-            tasks.c.predicted,
-        )
+        dispatchable_tasks(tasks.c.attempts)
         .where(
-            tasks.c.status.in_(DISPATCHABLE),
             sa.or_(tasks.c.not_before.is_(None), tasks.c.not_before <= now),
             sa.or_(tasks.c.handler.is_not(None), served_clause(tasks.c.model_type, now)),
-            run_is_active(),
         )
-        .order_by(tasks.c.priority.desc(), tasks.c.ready_at, tasks.c.id)
         .limit(limit)
         .with_for_update(skip_locked=True, of=tasks)
     )

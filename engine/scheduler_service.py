@@ -33,7 +33,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from engine.db import aware, utcnow
-from engine.dispatch import run_is_active
+from engine.dispatch import dispatchable_tasks
 from engine.errors import KilnError
 from engine.instances import Capacity, capacity, inflight_by_instance, live_instances
 from engine.prediction import Estimate, Prediction, estimate
@@ -448,28 +448,7 @@ def annotate_predictions_txn(conn: sa.Connection, predictor: Any, *, limit: int 
 
 
 def _queued_rows(conn: sa.Connection, limit: int) -> list[Any]:
-    return list(
-        conn.execute(
-            sa.select(
-                tasks.c.id,
-                tasks.c.name,
-                tasks.c.workflow_id,
-                tasks.c.priority,
-                tasks.c.created_at,
-                tasks.c.ready_at,
-                tasks.c.handler,
-                tasks.c.model_type,
-                tasks.c.predicted,
-                tasks.c.waiting_reason,
-            )
-            .where(
-                tasks.c.status.in_([TaskStatus.READY, TaskStatus.RETRYING]),
-                run_is_active(),
-            )
-            .order_by(tasks.c.priority.desc(), tasks.c.ready_at, tasks.c.id)
-            .limit(limit)
-        )
-    )
+    return list(conn.execute(dispatchable_tasks(tasks.c.name, tasks.c.waiting_reason).limit(limit)))
 
 
 def stats(conn: sa.Connection) -> dict[str, Any]:

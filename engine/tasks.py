@@ -25,7 +25,7 @@ from engine.retry import backoff_s
 from engine.schema import Timestamp, task_attempts, task_dependencies, tasks, workflows
 from engine.states import TASK_NOT_STARTED, TaskStatus, WorkflowStatus
 from engine.templating import ReferenceError_, find_references, resolve
-from engine.workflows import settle_workflows_txn
+from engine.workflows import settle_workflows_txn, taken_back
 
 log = logging.getLogger("kiln.tasks")
 
@@ -136,11 +136,7 @@ def _claim_portable_txn(
         workflows.c.id == tasks.c.workflow_id, workflows.c.status == WorkflowStatus.PAUSED
     )
     # A lease that committed after its run was paused: back to ready (see ``pgsql.CLAIM``).
-    conn.execute(
-        tasks.update()
-        .where(*leased, of_paused_run)
-        .values(status=TaskStatus.READY, lease_expires_at=None, queued_at=None, ready_at=now)
-    )
+    conn.execute(tasks.update().where(*leased, of_paused_run).values(taken_back(now)))
     rows = conn.execute(
         tasks.update()
         .where(*leased, ~of_paused_run)

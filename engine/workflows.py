@@ -296,6 +296,17 @@ def cancel_workflow_txn(conn: sa.Connection, workflow_id: int) -> None:
     )
 
 
+def taken_back(now: dt.datetime) -> dict[str, Any]:
+    """The values that take a queued task back to ``ready`` because its run was paused before
+    a worker claimed it (by the pause, or by the claim of a lease that committed after it)."""
+    return {
+        "status": TaskStatus.READY,
+        "lease_expires_at": None,
+        "queued_at": None,
+        "ready_at": now,
+    }
+
+
 def pause_workflow_txn(conn: sa.Connection, workflow_id: int) -> int:
     """Stop dispatching the run's tasks. Running tasks finish and count; tasks dispatched but
     not yet claimed go back to ``ready``. Returns how many were taken back."""
@@ -303,7 +314,7 @@ def pause_workflow_txn(conn: sa.Connection, workflow_id: int) -> int:
     return conn.execute(
         tasks.update()
         .where(tasks.c.workflow_id == workflow_id, tasks.c.status == TaskStatus.QUEUED)
-        .values(status=TaskStatus.READY, lease_expires_at=None, queued_at=None, ready_at=utcnow())
+        .values(taken_back(utcnow()))
     ).rowcount
 
 
