@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-
-from engine.config import Settings
-from engine.runtime import Kiln
+from kiln.app.runtime import Kiln
+from kiln.core.config import Settings
 
 ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 

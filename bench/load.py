@@ -40,14 +40,15 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from kiln.app.runtime import Kiln  # noqa: E402
+from kiln.core.config import Settings  # noqa: E402
+
 from bench.common import fresh_database, pct  # noqa: E402
-from engine.config import Settings  # noqa: E402
-from engine.runtime import Kiln  # noqa: E402
 
 DB = "kiln_load"
 REDIS = "redis://127.0.0.1:6379/7"
 HOST = "127.0.0.1"
-NOOP = "workers.bench_handlers:noop"
+NOOP = "kiln.workers.bench_handlers:noop"
 WORKFLOW = {
     "name": "load",
     "tasks": [
@@ -201,11 +202,11 @@ def run(clients: int, seconds: float, gunicorn_workers: int, drain_seconds: floa
         "PYTHONPATH": str(ROOT),
     }
     env.pop("KILN_API_TOKEN", None)
-    cli = [sys.executable, "-m", "workers.cli"]
+    cli = [sys.executable, "-m", "kiln.cli.main"]
     procs = [
         start(
             [sys.executable, "-m", "gunicorn", "--workers", str(gunicorn_workers),
-             "--threads", "4", "--bind", f"{HOST}:{port}", "web.app:create_app()"],
+             "--threads", "4", "--bind", f"{HOST}:{port}", "kiln.web.app:create_app()"],
             env,
             LOGS / "load-web.log",
         ),

@@ -4,7 +4,7 @@ With 10k, 100k and 1M tasks ready in PostgreSQL (one single-task workflow each, 
 API produces), measure:
 
 * **dispatch**: ``Kiln.dispatch(batch)``, the controller's dispatch transaction
-  (``engine.dispatch.dispatch_ready_txn``) for a small batch, p50/p99 ms;
+  (``kiln.store.dispatch.dispatch_ready_txn``) for a small batch, p50/p99 ms;
 * **claim**: ``Kiln.claim`` of one dispatched task, what a worker does first, p50/p99 ms;
 * **record**: ``Kiln.record`` of the batch's results (keeps the queue at its size);
 * **idle pass**: one ``Controller.tick`` with the real hooks of ``kiln controller`` and a full
@@ -44,19 +44,20 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from kiln.app.runtime import Kiln  # noqa: E402
+from kiln.core.config import Settings  # noqa: E402
+from kiln.store.dispatch import dispatch_ready_txn  # noqa: E402
+from kiln.store.tasks import Outcome, claim_txn  # noqa: E402
+from kiln.workers.controller import Controller  # noqa: E402
+from kiln.workers.hooks import controller_hooks  # noqa: E402
+from kiln.workers.scheduling_hooks import scheduler_order, scheduling_hooks  # noqa: E402
+
 from bench.common import fresh_database, pct  # noqa: E402
-from engine.config import Settings  # noqa: E402
-from engine.dispatch import dispatch_ready_txn  # noqa: E402
-from engine.runtime import Kiln  # noqa: E402
-from engine.tasks import Outcome, claim_txn  # noqa: E402
-from workers.controller import Controller  # noqa: E402
-from workers.hooks import controller_hooks  # noqa: E402
-from workers.scheduling_hooks import scheduler_order, scheduling_hooks  # noqa: E402
 
 DB = "kiln_scale"
 REDIS = "redis://127.0.0.1:6379/6"
 WORKER = "bench-scale-worker"
-HANDLER = "workers.bench_handlers:noop"
+HANDLER = "kiln.workers.bench_handlers:noop"
 
 
 # --- loading ----------------------------------------------------------------------------
@@ -259,7 +260,7 @@ def run_controller(kiln: Kiln, url: str, seconds: float, log: Path) -> dict[str,
     }
     before = table_stats(kiln)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "workers.cli", "controller"],
+        [sys.executable, "-m", "kiln.cli.main", "controller"],
         env=env,
         cwd=ROOT,
         stdout=open(log, "wb"),  # noqa: SIM115
@@ -375,7 +376,7 @@ def main() -> None:
             f"{p['seq_rows']:>12,}"
         )
     print(
-        "\ndispatch: Kiln.dispatch(batch) = engine.dispatch.dispatch_ready_txn; claim: Kiln.claim of"
+        "\ndispatch: Kiln.dispatch(batch) = kiln.store.dispatch.dispatch_ready_txn; claim: Kiln.claim of"
         " one task; record: Kiln.record of the batch; idle pass: Controller.tick with the hooks"
         " of `kiln controller` and a full window; EXPLAIN: sum of the statements' execution"
         " times; ctl: `kiln controller` subprocess for"

@@ -3,8 +3,8 @@
 Discrete-event simulation of K identical instances, non-preemptive, one central ready queue
 ordered by the policy under test (``--placement`` instead binds each job to an instance's own
 queue on arrival, with Kiln's placement code). Every policy runs through the same
-``engine.scheduling`` code the service uses. Predictions come from Kiln's online predictor
-(``engine.prediction``) trained only on jobs that have finished so far in the simulation, from
+``kiln.core.scheduling`` code the service uses. Predictions come from Kiln's online predictor
+(``kiln.core.prediction``) trained only on jobs that have finished so far in the simulation, from
 input tokens, declared feature columns and the history of the job's session; never from the
 output tokens or the true duration of the job being scheduled. ShortestPredicted runs with
 the policy's defaults unless ``--aging`` / ``--backlog-factor`` / ... say otherwise. Two
@@ -45,14 +45,14 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from engine.prediction import (  # noqa: E402
+from kiln.core.prediction import (  # noqa: E402
     Estimate,
     GroupHistory,
     OnlineQuantileModel,
     Prediction,
     estimate,
 )
-from engine.scheduling import (  # noqa: E402
+from kiln.core.scheduling import (  # noqa: E402
     InstanceLoad,
     QueuedItem,
     Scheduler,

@@ -29,11 +29,12 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from kiln.app.runtime import Kiln  # noqa: E402
+from kiln.core.config import Settings  # noqa: E402
+from kiln.core.definitions import WorkflowSpec, parse_definition  # noqa: E402
+from kiln.store.workflows import submit_workflow_txn  # noqa: E402
+
 from bench.common import fresh_database, pct  # noqa: E402
-from engine.config import Settings  # noqa: E402
-from engine.definitions import WorkflowSpec, parse_definition  # noqa: E402
-from engine.runtime import Kiln  # noqa: E402
-from engine.workflows import submit_workflow_txn  # noqa: E402
 
 DB = "kiln_bench"
 REDIS = "redis://127.0.0.1:6379/8"
@@ -41,7 +42,7 @@ REDIS = "redis://127.0.0.1:6379/8"
 
 def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "workers.cli", *args],
+        [sys.executable, "-m", "kiln.cli.main", *args],
         env=env,
         cwd=ROOT,
         stdout=open(log, "wb"),  # noqa: SIM115
@@ -75,7 +76,7 @@ def measure(
         "PYTHONPATH": str(ROOT),
     }
     kiln = Kiln(Settings(database_url=url, broker_url=REDIS), pool_size=2)
-    noop = {"name": "noop", "handler": "workers.bench_handlers:noop"}
+    noop = {"name": "noop", "handler": "kiln.workers.bench_handlers:noop"}
 
     t0 = time.perf_counter()
     if opts.shape == "one":
@@ -130,10 +131,13 @@ def measure(
         # Measured as the peers are: the submitter's time.time() just before the call, to
         # the time.time() the handler's body reads first (returned as its result).
         spec = parse_definition(
-            {"name": "w2", "tasks": [{"name": "stamp", "handler": "workers.bench_handlers:stamp"}]}
+            {
+                "name": "w2",
+                "tasks": [{"name": "stamp", "handler": "kiln.workers.bench_handlers:stamp"}],
+            }
         )
         os.environ.update(KILN_BROKER_URL=REDIS, KILN_QUEUE=os.environ.get("KILN_QUEUE", "kiln"))
-        from workers.controller import send_now
+        from kiln.workers.controller import send_now
 
         submitter = Kiln(Settings(database_url=url, broker_url=REDIS), pool_size=2, sender=send_now)
         submitted: dict[int, float] = {}

@@ -3,11 +3,11 @@
 What users write workflows with; everything else in ``engine`` is internal.
 """
 
-from engine.context import current_task, report_progress
-from engine.definitions import Workflow, parse_definition
-from engine.errors import InvalidDefinition, KilnError, PermanentFailure
-from engine.registry import task
-from engine.runtime import Kiln
+from kiln.app.runtime import Kiln
+from kiln.core.definitions import Workflow, parse_definition
+from kiln.core.errors import InvalidDefinition, KilnError, PermanentFailure
+from kiln.core.handlers import task
+from kiln.core.task_context import current_task, report_progress
 
 __all__ = [
     "InvalidDefinition",

@@ -6,10 +6,9 @@ from __future__ import annotations
 from logging.config import fileConfig
 
 from alembic import context
-
-from engine.config import Settings
-from engine.db import make_engine, normalize_url
-from engine.schema import metadata
+from kiln.core.config import Settings
+from kiln.store.db import make_engine, normalize_url
+from kiln.store.schema import metadata
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logging", True):

@@ -21,9 +21,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-
-from engine.config import Settings
-from engine.runtime import Kiln
+from kiln.app.runtime import Kiln
+from kiln.core.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get(
@@ -135,8 +134,9 @@ def kiln(database_url: str) -> Iterator[Kiln]:
 @pytest.fixture
 def embedded(kiln: Kiln) -> Iterator[Any]:
     """Kiln's embedded runtime (in-process broker, worker threads, controller) on ``kiln``."""
+    from kiln.workers.embedded import EmbeddedRuntime
+
     import tests.handlers  # noqa: F401 - registers the test handlers
-    from workers.embedded import EmbeddedRuntime
 
     with EmbeddedRuntime(kiln, threads=4) as rt:
         yield rt
@@ -172,7 +172,7 @@ class Cluster:
     def start(self, *args: str, name: str | None = None) -> subprocess.Popen:
         log = open(self.log_dir / f"{name or args[0]}-{len(self.procs)}.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(
-            [sys.executable, "-m", "workers.cli", *args],
+            [sys.executable, "-m", "kiln.cli.main", *args],
             env=self.env,
             cwd=ROOT,
             stdout=log,

@@ -7,8 +7,8 @@ import os
 import signal
 import time
 
-from engine.context import current_task
-from engine.registry import task
+from kiln.core.handlers import task
+from kiln.core.task_context import current_task
 
 
 @task(name="noop")

@@ -11,25 +11,24 @@ from __future__ import annotations
 import os
 
 from flask import Flask
-
-from engine.config import Settings
-from engine.runtime import Kiln
-from web import auth
-from web.errors import KilnApi, register_error_handlers
+from kiln.app.runtime import Kiln
+from kiln.core.config import Settings
+from kiln.web import auth
+from kiln.web.errors import KilnApi, register_error_handlers
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 
 
 def create_app(kiln: Kiln | None = None) -> Flask:
     if kiln is None:
-        from engine.registry import load_imports
+        from kiln.core.handlers import load_imports
 
         load_imports()
         settings = Settings.from_env()
         sender = None
         if not settings.embedded_broker:
             # Submissions to an idle queue go straight to the broker (see Kiln.sender).
-            from workers.controller import send_now as sender
+            from kiln.workers.controller import send_now as sender
         kiln = Kiln(settings, sender=sender)
     app = Flask("kiln")
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -54,25 +53,26 @@ def create_app(kiln: Kiln | None = None) -> Flask:
         "bearerAuth",
         {"type": "http", "scheme": "bearer", "description": "the value of KILN_API_TOKEN"},
     )
-    from web import dispatcher, pipelines, workflows
+    from kiln.web import pipeline_control as dispatcher
+    from kiln.web import pipelines, workflows
 
     for blueprint in (workflows.blp, pipelines.blp, dispatcher.blp):
         api.register_blueprint(blueprint)
-    from web import ui  # the operator's dashboard at /ui (HTML, not part of the OpenAPI doc)
+    from kiln.web import ui  # the operator's dashboard at /ui (HTML, not part of the OpenAPI doc
 
     app.register_blueprint(ui.bp)
-    from web import instances_api, predictor_api, scheduler_api
+    from kiln.web import instances_api, predictor_api, scheduler_api
 
     for blueprint in (instances_api.blp, predictor_api.blp, scheduler_api.blp):
         api.register_blueprint(blueprint)
-    from web import health, metrics
+    from kiln.web import health, metrics
 
     for module in (health, metrics):
         for plain_blueprint in module.blueprints:
             app.register_blueprint(plain_blueprint)
     register_error_handlers(app)
     auth.install(app, kiln.settings.api_token or os.environ.get("KILN_API_TOKEN", ""))
-    from workers.logging_setup import setup_logging_if_unconfigured
+    from kiln.workers.logging_setup import setup_logging_if_unconfigured
 
     setup_logging_if_unconfigured("web")  # gunicorn leaves the root logger bare
     return app

@@ -10,8 +10,7 @@ from __future__ import annotations
 import hmac
 
 from flask import Flask, current_app, jsonify, request
-
-from web.errors import body
+from kiln.web.errors import body
 
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 SECURITY = [{"bearerAuth": []}]

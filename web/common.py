@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from flask import current_app, request
-
-from engine.pipelines import redact
-from engine.runtime import Kiln
-from web.auth import SECURITY
-from web.errors import BadRequest
-from web.schemas import unix
+from kiln.app.runtime import Kiln
+from kiln.store.pipelines import redact
+from kiln.web.auth import SECURITY
+from kiln.web.errors import BadRequest
+from kiln.web.schemas import unix
 
 IDEMPOTENCY_HEADER = {
     "in": "header",

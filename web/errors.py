@@ -19,9 +19,8 @@ import marshmallow as ma
 import sqlalchemy as sa
 from flask import Flask, jsonify
 from flask_smorest import Api
+from kiln.core.errors import KilnError
 from werkzeug.exceptions import HTTPException
-
-from engine.errors import KilnError
 
 log = logging.getLogger("kiln.web")
 MISSING = "Missing data for required field."

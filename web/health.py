@@ -35,13 +35,12 @@ from typing import Any
 
 import sqlalchemy as sa
 from flask import Blueprint, current_app, jsonify
-
-from engine.db import aware, utcnow
-from engine.errors import DatabaseUnavailable
-from engine.instances import lost_after_s
-from engine.processes import live_processes
-from engine.schema import instance_capabilities, instances, tasks
-from web.common import kiln
+from kiln.core.errors import DatabaseUnavailable
+from kiln.store.db import aware, utcnow
+from kiln.store.instances import lost_after_s
+from kiln.store.processes import live_processes
+from kiln.store.schema import instance_capabilities, instances, tasks
+from kiln.web.common import kiln
 
 blp = Blueprint("health", __name__)
 CONTROLLER_STALE_S = 10.0  # controllers heartbeat every 2 s

@@ -17,11 +17,10 @@ from typing import Any
 
 from flask import jsonify
 from flask_smorest import Blueprint
-
-from engine import instances as registry
-from web.auth import SECURITY
-from web.common import kiln
-from web.schemas_scheduling import (
+from kiln.store import instances as registry
+from kiln.web.auth import SECURITY
+from kiln.web.common import kiln
+from kiln.web.schemas_scheduling import (
     DeregisteredSchema,
     HeartbeatAnswerSchema,
     HeartbeatSchema,

@@ -1,12 +1,11 @@
 """``GET /metrics``: the whole deployment's metrics in Prometheus text format, computed from
-the database at scrape time (see :mod:`engine.metrics` for why that covers every process)."""
+the database at scrape time (see :mod:`kiln.app.metrics` for why that covers every process)."""
 
 from __future__ import annotations
 
 from flask import Blueprint, Response, current_app
+from kiln.app.metrics import KilnCollector
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-
-from engine.metrics import KilnCollector
 
 blp = Blueprint("metrics", __name__)
 

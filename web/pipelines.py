@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from flask_smorest import Blueprint
-
-from engine import contexts as cx
-from engine import pipelines as pl
-from engine.registry import resolve_handler
-from web.common import MUTATING_DOC, kiln, render_pipeline
-from web.schemas import (
+from kiln.core.handlers import resolve_handler
+from kiln.store import pipeline_contexts as cx
+from kiln.store import pipelines as pl
+from kiln.web.common import MUTATING_DOC, kiln, render_pipeline
+from kiln.web.schemas import (
     ContextCreateSchema,
     ContextSchema,
     PipelineCreateSchema,

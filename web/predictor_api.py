@@ -1,4 +1,4 @@
-"""The predictor service of seed 000, served by Kiln (see ``engine.predictor``).
+"""The predictor service of seed 000, served by Kiln (see ``kiln.app.predictor``).
 
 * ``POST /predict`` ``{model_type, metadata}`` → 200 ``{status: "success", model_type,
   quantiles, quantile_predictions (ms), prediction_method (learned | lookup | external),
@@ -17,11 +17,10 @@ from typing import Any
 
 from flask import jsonify
 from flask_smorest import Blueprint
-
-from engine.predictor import models, predictor_for
-from web.auth import SECURITY
-from web.common import kiln
-from web.schemas_scheduling import (
+from kiln.app.predictor import models, predictor_for
+from kiln.web.auth import SECURITY
+from kiln.web.common import kiln
+from kiln.web.schemas_scheduling import (
     ModelListSchema,
     NoPredictionSchema,
     PredictionSchema,

@@ -18,11 +18,10 @@ from typing import Any
 import marshmallow as ma
 from flask import jsonify
 from flask_smorest import Blueprint
-
-from engine import scheduler_service as service
-from web.auth import SECURITY
-from web.common import kiln
-from web.schemas_scheduling import (
+from kiln.app import scheduler as service
+from kiln.web.auth import SECURITY
+from kiln.web.common import kiln
+from kiln.web.schemas_scheduling import (
     PolicyChangedSchema,
     PolicyRequestSchema,
     ScheduleNextQuerySchema,

@@ -7,10 +7,9 @@ import datetime as dt
 from typing import Any
 
 import marshmallow as ma
+from kiln.store.db import aware
+from kiln.store.schema import OPERATION_KINDS, OPERATION_STATES, PIPELINE_STATES, PIPELINE_TYPES
 from marshmallow import fields, validate
-
-from engine.db import aware
-from engine.schema import OPERATION_KINDS, OPERATION_STATES, PIPELINE_STATES, PIPELINE_TYPES
 
 BIGINT_MAX = 2**63 - 1
 Id = {"strict": True, "validate": validate.Range(min=1, max=BIGINT_MAX)}

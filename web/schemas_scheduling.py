@@ -10,8 +10,8 @@ naming them):
 * ``/predict`` (seed 000) and ``/scheduler/*`` (seed 001): every invalid value is a 400,
   ``invalid_policy`` for the policy with the exact policy names.
 
-The engine checks the values again (``engine.instances``, ``engine.predictor``,
-``engine.scheduler_service``): what a JSON schema cannot say (a blank name) is refused there.
+The engine checks the values again (``kiln.store.instances``, ``kiln.app.predictor``,
+``kiln.app.scheduler``): what a JSON schema cannot say (a blank name) is refused there.
 Responses are sent as the engine builds them; their schemas document them and admit extra
 keys.
 """
@@ -23,14 +23,13 @@ from typing import Any
 
 import marshmallow as ma
 from flask import request
+from kiln.app.predictor import InvalidPredictRequest
+from kiln.app.scheduler import InvalidPolicy
+from kiln.core.scheduling import POLICY_NAMES
+from kiln.core.scheduling.placement import STRATEGIES
+from kiln.store.instances import REPORTED_STATES
+from kiln.web.errors import BadRequest
 from marshmallow import fields, validate
-
-from engine.instances import REPORTED_STATES
-from engine.predictor import InvalidPredictRequest
-from engine.scheduler_service import InvalidPolicy
-from engine.scheduling import POLICY_NAMES
-from engine.scheduling.placement import STRATEGIES
-from web.errors import BadRequest
 
 UNKNOWN = "Unknown field."
 LIMIT_MAX = 1000

@@ -17,14 +17,14 @@ from typing import Any
 
 import sqlalchemy as sa
 from flask import Blueprint, current_app, redirect, render_template, request, url_for
-
-from engine import instances as registry
-from engine import operations as ops
-from engine import pipelines as pl
-from engine import scheduler_service as scheduler
-from engine.db import aware, utcnow
-from engine.errors import NotFound
-from engine.schema import (
+from kiln.app import scheduler
+from kiln.core.errors import NotFound
+from kiln.core.states import TaskStatus
+from kiln.store import instances as registry
+from kiln.store import operations as ops
+from kiln.store import pipelines as pl
+from kiln.store.db import aware, utcnow
+from kiln.store.schema import (
     OPERATION_KINDS,
     OPERATION_STATES,
     TASK_STATES,
@@ -34,9 +34,8 @@ from engine.schema import (
     tasks,
     workflows,
 )
-from engine.states import TaskStatus
-from web import ui_graph
-from web.common import kiln, render_operation, render_pipeline
+from kiln.web import ui_graph
+from kiln.web.common import kiln, render_operation, render_pipeline
 
 bp = Blueprint(
     "ui",
@@ -352,7 +351,7 @@ def _most_telling(every: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _last_operations(conn: sa.Connection, pipeline_ids: list[int]) -> dict[int, dict[str, Any]]:
     """The newest operation of each listed pipeline (what the operator last asked for)."""
-    from engine.schema import operations
+    from kiln.store.schema import operations
 
     if not pipeline_ids:
         return {}
@@ -378,7 +377,7 @@ def _backlogs(conn: sa.Connection, now: dt.datetime) -> dict[int, tuple[float, i
     ones in full, running ones minus the time they have run, never below zero, scaled by the
     instance's learned speed factor), and how many tasks that is. Tasks without a
     prediction count as zero seconds."""
-    from engine.schema import instances
+    from kiln.store.schema import instances
 
     rows = conn.execute(
         sa.select(

@@ -6,12 +6,11 @@ from __future__ import annotations
 import sqlalchemy as sa
 from flask import request
 from flask_smorest import Blueprint
-
-from engine.errors import WorkflowNotFound
-from engine.schema import workflows
-from web.common import MUTATING_DOC, idempotency_key, kiln
-from web.dispatcher import record
-from web.schemas import (
+from kiln.core.errors import WorkflowNotFound
+from kiln.store.schema import workflows
+from kiln.web.common import MUTATING_DOC, idempotency_key, kiln
+from kiln.web.pipeline_control import record
+from kiln.web.schemas import (
     OperationCreatedSchema,
     WorkflowDefinitionSchema,
     WorkflowDetailSchema,

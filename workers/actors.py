@@ -1,4 +1,4 @@
-"""The one Dramatiq actor: run a batch of leased tasks. ``dramatiq workers.actors`` or
+"""The one Dramatiq actor: run a batch of leased tasks. ``dramatiq kiln.workers.actors`` or
 ``kiln worker`` consume it."""
 
 from __future__ import annotations
@@ -7,15 +7,14 @@ import logging
 import threading
 
 import dramatiq
-
-from engine.config import Settings
-from engine.registry import load_imports
-from engine.runtime import Kiln
-from workers.broker import get_broker
-from workers.direct import DirectListeners, slots
-from workers.executor import execute_batch
-from workers.lifecycle import WorkerLifecycle
-from workers.logging_setup import pop_context, push_context
+from kiln.app.runtime import Kiln
+from kiln.core.config import Settings
+from kiln.core.handlers import load_imports
+from kiln.workers.broker import get_broker
+from kiln.workers.direct import DirectListeners, slots
+from kiln.workers.executor import execute_batch
+from kiln.workers.lifecycle import WorkerLifecycle
+from kiln.workers.logging_setup import pop_context, push_context
 
 log = logging.getLogger("kiln.worker")
 _settings = Settings.from_env()
@@ -29,7 +28,7 @@ def kiln() -> Kiln:
     with _kiln_lock:
         if _kiln is None:
             load_imports()
-            from workers.controller import send_now
+            from kiln.workers.controller import send_now
 
             _kiln = Kiln(_settings, pool_size=16, sender=send_now)
         return _kiln
@@ -54,7 +53,7 @@ def _run_direct(items: list[tuple[int, int]]) -> None:
 
 class DirectWakeups(dramatiq.Middleware):
     """Sizes the process's execution slots to its worker threads and, on Redis, starts as
-    many listeners on the queue's direct wake-up list (``workers.direct``)."""
+    many listeners on the queue's direct wake-up list (``kiln.workers.direct``)."""
 
     def __init__(self) -> None:
         self._listeners: DirectListeners | None = None

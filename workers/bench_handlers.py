@@ -1,4 +1,4 @@
-"""Handlers used by bench/ (importable by workers as ``workers.bench_handlers:noop``)."""
+"""Handlers used by bench/ (importable by workers as ``kiln.workers.bench_handlers:noop``)."""
 
 import time
 

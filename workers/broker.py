@@ -10,8 +10,7 @@ from __future__ import annotations
 import dramatiq
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import ShutdownNotifications
-
-from engine.config import Settings
+from kiln.core.config import Settings
 
 _broker: dramatiq.Broker | None = None
 

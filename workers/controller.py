@@ -13,20 +13,19 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
-
-from engine.config import Settings
-from engine.db import READY_CHANNEL, is_postgres
-from engine.dispatch import Dispatch
-from engine.errors import DatabaseUnavailable
-from engine.maintenance import vacuum_if_bloated
-from engine.processes import (
+from kiln.app.runtime import Kiln
+from kiln.core.config import Settings
+from kiln.core.errors import DatabaseUnavailable
+from kiln.store.db import READY_CHANNEL, is_postgres
+from kiln.store.dispatch import Dispatch
+from kiln.store.maintenance import vacuum_if_bloated
+from kiln.store.processes import (
     heartbeat_process_txn,
     live_processes,
     new_process_id,
     register_process_txn,
     stop_process_txn,
 )
-from engine.runtime import Kiln
 
 log = logging.getLogger("kiln.controller")
 Hook = Callable[[Kiln], Any]
@@ -35,14 +34,14 @@ DEFAULT_CONCURRENCY = 8
 # dispatch, but no more often than this, so a burst of wake-ups stays on the fast path.
 HOOKS_EVERY_S = 0.02
 # On a pass that found nothing to dispatch and nothing sent but unclaimed, vacuum the queue
-# tables if a burst left them bloated (engine.maintenance), at most this often.
+# tables if a burst left them bloated (kiln.store.maintenance), at most this often.
 MAINTENANCE_EVERY_S = 1.0
 
 
 def send_with_broker(dispatches: Sequence[Dispatch], batch: int) -> None:
     """Send ``dispatches`` as ``kiln_run_tasks`` messages of at most ``batch`` tasks each
     (one each for tasks that must run alone)."""
-    from workers.actors import run_tasks
+    from kiln.workers.actors import run_tasks
 
     for d in dispatches:
         if d.alone:
@@ -59,13 +58,13 @@ _pusher: Any = None
 def send_now(dispatches: Sequence[Dispatch]) -> None:
     """``Kiln.sender`` for processes that reach the broker: send what they leased while the
     queue is idle straight to the workers, in batches sized for the default worker
-    concurrency. On Redis that is a direct wake-up (``workers.direct``), which an idle worker
+    concurrency. On Redis that is a direct wake-up (``kiln.workers.direct``), which an idle worker
     thread blocked on it takes at once; in-process it is a stub-broker message."""
     global _pusher
     batch = max(1, min(64, math.ceil(len(dispatches) / DEFAULT_CONCURRENCY)))
     with _pusher_lock:
         if _pusher is None:
-            from workers.direct import Pusher
+            from kiln.workers.direct import Pusher
 
             s = Settings.from_env()
             _pusher = (

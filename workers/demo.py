@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import time
 
-from engine.context import current_task
-from engine.definitions import Workflow
-from engine.registry import task
+from kiln.core.definitions import Workflow
+from kiln.core.handlers import task
+from kiln.core.task_context import current_task
 
 
 @task(name="demo.generate")

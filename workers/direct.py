@@ -1,6 +1,6 @@
 """Direct wake-ups: the short path from whoever makes work ready to an idle worker.
 
-Work leased while the queue is idle (``Kiln.sender``, see ``engine.dispatch.dispatch_now_txn``)
+Work leased while the queue is idle (``Kiln.sender``, see ``kiln.store.dispatch.dispatch_now_txn``)
 does not go through Dramatiq's consumer, which polls Redis and backs off while idle. Its
 ``(task_id, attempt)`` pairs are pushed onto one Redis list per queue, and every worker
 process keeps as many threads blocked on ``BLPOP`` as it has worker threads, so the first
@@ -26,8 +26,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 import redis
-
-from engine.dispatch import Dispatch
+from kiln.store.dispatch import Dispatch
 
 log = logging.getLogger("kiln.worker")
 BLPOP_TIMEOUT_S = 1  # how often an idle listener looks at the stop flag

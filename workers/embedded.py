@@ -7,9 +7,8 @@ import logging
 import threading
 
 import dramatiq
-
-from engine.runtime import Kiln
-from workers.controller import Controller
+from kiln.app.runtime import Kiln
+from kiln.workers.controller import Controller
 
 log = logging.getLogger("kiln.embedded")
 
@@ -20,8 +19,8 @@ class EmbeddedRuntime:
     def __init__(self, kiln: Kiln, *, threads: int = 4, hooks=(), order=None) -> None:  # type: ignore[no-untyped-def]
         if not kiln.settings.embedded_broker:
             raise ValueError("EmbeddedRuntime needs the in-process broker (KILN_BROKER_URL unset)")
-        import workers.actors as actors
-        from workers.controller import send_now
+        import kiln.workers.actors as actors
+        from kiln.workers.controller import send_now
 
         kiln.sender = kiln.sender or send_now
         actors._kiln = kiln  # the worker threads share this process's Kiln handle

@@ -9,13 +9,13 @@ import threading
 import time
 import traceback
 
-from engine.context import TaskContext, reset_current, set_current
-from engine.db import utcnow
-from engine.errors import DatabaseUnavailable, PermanentFailure, UnknownHandler
-from engine.registry import resolve_handler
-from engine.runtime import Kiln
-from engine.tasks import ClaimedTask, Outcome
-from workers.timeouts import TimedOut, call_with_timeout
+from kiln.app.runtime import Kiln
+from kiln.core.errors import DatabaseUnavailable, PermanentFailure, UnknownHandler
+from kiln.core.handlers import resolve_handler
+from kiln.core.task_context import TaskContext, reset_current, set_current
+from kiln.store.db import utcnow
+from kiln.store.tasks import ClaimedTask, Outcome
+from kiln.workers.timeouts import TimedOut, call_with_timeout
 
 log = logging.getLogger("kiln.worker")
 FLUSH_AFTER_S = 0.05  # record finished tasks at least this often within a long batch
@@ -113,7 +113,7 @@ def run_one(kiln: Kiln, task: ClaimedTask) -> Outcome:
     if task.param_error:
         return failed(task.param_error, retryable=False)
     if task.handler is None and task.model_type is not None:
-        from workers.instance_tasks import run_instance_task
+        from kiln.workers.instance_tasks import run_instance_task
 
         return run_instance_task(kiln, task)
     if task.handler is None:

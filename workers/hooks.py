@@ -8,10 +8,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from engine.operations import process_one_txn
-from engine.pipelines import sync_statuses_txn
-from engine.processes import new_process_id
-from engine.runtime import Kiln
+from kiln.app.runtime import Kiln
+from kiln.store.operations import process_one_txn
+from kiln.store.pipelines import sync_statuses_txn
+from kiln.store.processes import new_process_id
 
 log = logging.getLogger("kiln.controller")
 OPERATIONS_PER_PASS = 100

@@ -1,6 +1,6 @@
 """Running a claimed ``model_type`` task on a TaskInstance.
 
-The worker places the attempt on an instance (``engine.scheduler_service.place_task_txn``),
+The worker places the attempt on an instance (``kiln.app.scheduler.place_task_txn``),
 enqueues it there under the id ``kiln-<task>-<attempt>`` (so a retried enqueue never runs
 it twice), polls its result, copies the instance's progress into the task, and records the
 measured execution time (``tasks.actual_s`` and an ``observations`` row the predictor
@@ -22,15 +22,15 @@ import logging
 import time
 from typing import Any
 
-from engine.db import utcnow
-from engine.instances import instance_task_id, mark_unreachable_txn
-from engine.predictor import record_observation_txn, task_metadata
-from engine.runtime import Kiln
-from engine.scheduler_service import learn_speed_txn, place_task_txn
-from engine.schema import tasks
-from engine.states import TaskStatus
-from engine.tasks import ClaimedTask, Outcome
-from workers.taskinstance import (
+from kiln.app.predictor import record_observation_txn, task_metadata
+from kiln.app.runtime import Kiln
+from kiln.app.scheduler import learn_speed_txn, place_task_txn
+from kiln.core.states import TaskStatus
+from kiln.store.db import utcnow
+from kiln.store.instances import instance_task_id, mark_unreachable_txn
+from kiln.store.schema import tasks
+from kiln.store.tasks import ClaimedTask, Outcome
+from kiln.taskinstance import (
     InstanceRejected,
     InstanceUnavailable,
     TaskInstanceClient,

@@ -8,15 +8,14 @@ import logging
 import threading
 
 import dramatiq
-
-from engine.processes import (
+from kiln.store.processes import (
     heartbeat_process_txn,
     new_process_id,
     register_process_txn,
     stop_process_txn,
 )
-from workers.executor import held
-from workers.logging_setup import pop_context, push_context
+from kiln.workers.executor import held
+from kiln.workers.logging_setup import pop_context, push_context
 
 log = logging.getLogger("kiln.worker")
 _tokens = threading.local()  # per worker thread: the log context of the message it runs

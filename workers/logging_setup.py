@@ -11,7 +11,7 @@ Each JSON line has ``timestamp`` (UTC, ISO 8601), ``level``, ``logger``, ``messa
 ``process_id``. Ids come from three places, later ones winning:
 
 1. :func:`set_process_fields` — fields of the whole process (a worker's registered id);
-2. the task a handler runs for (``engine.context``), so a handler's own ``logging`` calls
+2. the task a handler runs for (``kiln.core.task_context``), so a handler's own ``logging`` calls
    carry its workflow, task and attempt without doing anything;
 3. :func:`log_context` (a context manager over a contextvar) and ``extra={...}`` on the call.
 
@@ -72,7 +72,7 @@ def log_context(**ids: Any) -> Iterator[None]:
 
 
 def _task_fields() -> dict[str, Any]:
-    from engine.context import _current
+    from kiln.core.task_context import _current
 
     ctx = _current.get()
     if ctx is None:

@@ -32,13 +32,12 @@ from pathlib import Path
 from typing import Any
 
 import requests
-
-from engine.context import current_task
-from engine.contexts import split_rows
-from engine.errors import KilnError
-from engine.pipelines import load_shard_job
-from engine.registry import resolve_handler, task
-from engine.runtime import Kiln
+from kiln.app.runtime import Kiln
+from kiln.core.errors import KilnError
+from kiln.core.handlers import resolve_handler, task
+from kiln.core.task_context import current_task
+from kiln.store.pipeline_contexts import split_rows
+from kiln.store.pipelines import load_shard_job
 
 RESULT_TIMEOUT_S = float(os.environ.get("KILN_SHARD_RESULT_TIMEOUT_S", "600"))
 _clients: dict[tuple[int, str], Any] = {}
@@ -53,7 +52,7 @@ class ShardConfigError(KilnError):
 
 @task(name="pipeline.shard")
 def run_shard(pipeline_id: int, shard_index: int) -> dict[str, Any]:
-    from workers.actors import kiln
+    from kiln.workers.actors import kiln
 
     return execute_shard(kiln(), pipeline_id, shard_index)
 
@@ -115,7 +114,7 @@ def run_python(job: dict[str, Any], rows: list[Any]) -> Any:
 
 
 def run_vllm(job: dict[str, Any], rows: list[Any]) -> list[Any]:
-    from workers.taskinstance import TaskIdConflict, TaskInstanceClient
+    from kiln.taskinstance import TaskIdConflict, TaskInstanceClient
 
     url = job["model_config"].get("instance_url") or os.environ.get("KILN_VLLM_INSTANCE_URL")
     if not url:
@@ -147,7 +146,7 @@ def run_vllm(job: dict[str, Any], rows: list[Any]) -> list[Any]:
 
 
 def _openai_client(job: dict[str, Any]) -> Any:
-    from workers.taskinstance import OpenAICompatClient
+    from kiln.taskinstance import OpenAICompatClient
 
     cfg = job.get("client_config") or {}
     key = (job["pipeline_id"], json.dumps([cfg, job["rpm_limit"], job["tpm_limit"]]))

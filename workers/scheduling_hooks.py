@@ -25,11 +25,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from engine.db import utcnow
-from engine.instances import detect_lost_txn, free_slots, note_busy_txn, note_unroutable_txn
-from engine.predictor import predictor_for
-from engine.runtime import Kiln
-from engine.scheduler_service import SchedulerService, annotate_predictions_txn
+from kiln.app.predictor import predictor_for
+from kiln.app.runtime import Kiln
+from kiln.app.scheduler import SchedulerService, annotate_predictions_txn
+from kiln.store.db import utcnow
+from kiln.store.instances import detect_lost_txn, free_slots, note_busy_txn, note_unroutable_txn
 
 log = logging.getLogger("kiln.controller")
 Hook = Callable[[Kiln], Any]

@@ -131,7 +131,7 @@ def upgrade() -> None:
             sa.Text(),
             server_default="new",
             nullable=False,
-            comment="follows the backing workflow (see engine.pipelines.PipelineStatus); synchronised by the controller, 'deleted' set by the delete operation",
+            comment="follows the backing workflow (see kiln.store.pipelines.PipelineStatus); synchronised by the controller, 'deleted' set by the delete operation",
         ),
         sa.Column(
             "workflow_id",

@@ -18,7 +18,7 @@ def kiln(
 ) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
     return subprocess.run(
-        [sys.executable, "-m", "workers.cli", *args],
+        [sys.executable, "-m", "kiln.cli.main", *args],
         cwd=cwd,
         env={**clean, "PYTHONPATH": str(ROOT), "COLUMNS": "160", **(env or {})},
         capture_output=True,

@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from kiln.app.runtime import Kiln
+from kiln.store.instances import Registration, register_txn
+from kiln.store.operations import create_operation_txn
 
-from engine.instances import Registration, register_txn
-from engine.operations import create_operation_txn
-from engine.runtime import Kiln
 from tests.conftest import fast_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,7 +25,7 @@ def clean_env() -> dict[str, str]:
 
 def kiln(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "workers.cli", *args],
+        [sys.executable, "-m", "kiln.cli.main", *args],
         cwd=cwd,
         env={
             **clean_env(),
@@ -48,8 +48,7 @@ def kiln_json(*args: str, cwd: Path) -> object:
 def head_revision() -> str:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
-
-    from engine.runtime import MIGRATIONS_DIR
+    from kiln.app.runtime import MIGRATIONS_DIR
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
@@ -68,8 +67,9 @@ def home(tmp_path):
 
 
 def test_kiln_watch_follows_a_running_workflow_to_the_end(home):
+    from kiln.workers.embedded import EmbeddedRuntime
+
     import tests.handlers  # noqa: F401
-    from workers.embedded import EmbeddedRuntime
 
     cwd, handle = home
     run_id = handle.submit(
@@ -80,7 +80,16 @@ def test_kiln_watch_follows_a_running_workflow_to_the_end(home):
         ]}
     )  # fmt: skip
     watcher = subprocess.Popen(
-        [sys.executable, "-m", "workers.cli", "watch", str(run_id), "--json", "--interval", "0.05"],
+        [
+            sys.executable,
+            "-m",
+            "kiln.cli.main",
+            "watch",
+            str(run_id),
+            "--json",
+            "--interval",
+            "0.05",
+        ],
         cwd=cwd,
         env={**clean_env(), "PYTHONPATH": str(ROOT)},
         stdout=subprocess.PIPE,
@@ -167,7 +176,7 @@ def test_kiln_scheduler_policy_switches_and_stats_report_it(home):
 
 
 def test_kiln_pipelines_lists_pipelines_with_their_progress(home):
-    from web.app import create_app
+    from kiln.web.app import create_app
 
     cwd, handle = home
     client = create_app(handle).test_client()

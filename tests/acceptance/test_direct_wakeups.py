@@ -7,12 +7,12 @@ from __future__ import annotations
 import pytest
 import redis
 import sqlalchemy as sa
+from kiln.app.runtime import Kiln
+from kiln.core.definitions import Workflow
+from kiln.workers.direct import Pusher, list_key
 
-from engine.definitions import Workflow
-from engine.runtime import Kiln
 from tests.acceptance.test_crash_recovery import finished
 from tests.conftest import fast_settings, wait_for
-from workers.direct import Pusher, list_key
 
 pytestmark = pytest.mark.slow
 

@@ -9,10 +9,10 @@ import time
 import pytest
 import requests
 import sqlalchemy as sa
+from kiln.store.schema import events, operations
 
-from engine.schema import events, operations
 from tests.conftest import wait_for
-from workers.taskinstance.testing import InstanceProcess, free_port
+from tests.taskinstance_helpers import InstanceProcess, free_port
 
 HANDLER = "tests.acceptance.test_dispatcher_seed004:tag_rows"
 

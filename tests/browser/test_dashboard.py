@@ -16,7 +16,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
 from tests.conftest import wait_for
-from workers.taskinstance.testing import InstanceProcess, free_port
+from tests.taskinstance_helpers import InstanceProcess, free_port
 
 TOKEN = "dashboard-test-token"
 SLOW_SHARD = "tests.browser.test_dashboard:slow_shard"
@@ -130,8 +130,9 @@ def mark_page(driver) -> None:
 def test_every_page_renders_without_javascript_on_both_databases(kiln):
     """The server-rendered pages and their live fragments, on PostgreSQL and SQLite (the
     dashboard's own queries: name search, task counts, instance backlog)."""
+    from kiln.web.app import create_app
+
     import tests.handlers  # noqa: F401 - registers noop
-    from web.app import create_app
 
     client = create_app(kiln).test_client()
     diamond = {
@@ -189,9 +190,10 @@ def test_every_page_renders_without_javascript_on_both_databases(kiln):
 
 
 def test_a_run_too_big_to_draw_still_shows_a_bounded_page(kiln):
+    from kiln.web import ui
+    from kiln.web.app import create_app
+
     import tests.handlers  # noqa: F401 - registers noop
-    from web import ui
-    from web.app import create_app
 
     client = create_app(kiln).test_client()
     n = ui.MAX_DRAWN_TASKS + 20

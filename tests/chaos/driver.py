@@ -112,7 +112,7 @@ class Proc:
 
 
 def kiln_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "workers.cli", *args]
+    return [sys.executable, "-m", "kiln.cli.main", *args]
 
 
 def random_workflow(rng: random.Random, n: int) -> dict[str, Any]:
@@ -204,7 +204,7 @@ class Chaos:
             "4",
             "--bind",
             f"127.0.0.1:{self.web_port}",
-            "web.app:create_app()",
+            "kiln.web.app:create_app()",
         ]
         self.procs = {
             "web": [Proc("web", web, self.env, logs)],

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from web.app import create_app
+from kiln.web.app import create_app
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "api.md"
 CURL = re.compile(r"curl (?:-X (?P<method>[A-Z]+) )?\"?\$KILN(?P<path>/[^\s\"?]*)")

@@ -8,12 +8,12 @@ import time
 
 import pytest
 import sqlalchemy as sa
+from kiln.store.schema import events
+from kiln.web.app import create_app
+from kiln.workers.hooks import controller_hooks, process_operations
 
 import tests.handlers  # noqa: F401 - registers the handlers the workflows name
-from engine.schema import events
 from tests.conftest import wait_for
-from web.app import create_app
-from workers.hooks import controller_hooks, process_operations
 
 HANDLER = "tests.integration.test_api_operations:shout"
 
@@ -26,7 +26,7 @@ def shout(rows, model_config, shard_index):
 @pytest.fixture
 def client(kiln, monkeypatch):
     """The API with an embedded worker and controller (operations hook included)."""
-    from workers.embedded import EmbeddedRuntime
+    from kiln.workers.embedded import EmbeddedRuntime
 
     monkeypatch.delenv("KILN_API_TOKEN", raising=False)
     with EmbeddedRuntime(kiln, threads=4, hooks=controller_hooks()):
@@ -272,7 +272,7 @@ def test_concurrent_controllers_apply_each_operation_once_and_in_order(pg_kiln, 
 
 
 def test_pipelines_interleave_fairly_one_shard_each_per_generation(kiln, monkeypatch):
-    from workers.embedded import EmbeddedRuntime
+    from kiln.workers.embedded import EmbeddedRuntime
 
     monkeypatch.delenv("KILN_API_TOKEN", raising=False)
     client = create_app(kiln).test_client()

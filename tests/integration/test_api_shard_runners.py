@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from kiln.store import pipeline_contexts as cx
+from kiln.store import pipelines as pl
+from kiln.workers import pipeline_shards
+from kiln.workers.pipeline_shards import ShardConfigError, execute_shard
 
-from engine import contexts as cx
-from engine import pipelines as pl
-from workers import pipeline_shards
-from workers.pipeline_shards import ShardConfigError, execute_shard
-from workers.taskinstance.testing import InstanceProcess
+from tests.taskinstance_helpers import InstanceProcess
 
 
 def rows_with_index(rows, shard_index):
@@ -64,7 +64,7 @@ def test_a_vllm_pipeline_runs_each_row_on_the_taskinstance_once(pg_kiln):
         )
         out = execute_shard(pg_kiln, pid, 0)
         again = execute_shard(pg_kiln, pid, 0)  # a retried shard: the instance has the rows
-        from workers.taskinstance import TaskInstanceClient
+        from kiln.taskinstance import TaskInstanceClient
 
         with TaskInstanceClient(instance.url) as client:
             ran = client.results()

@@ -1,5 +1,5 @@
 """Pooled PostgreSQL connections are pinged before use only after sitting idle
-(``engine.db._ping_after_idle``): what that costs when the server drops a connection, on a
+(``kiln.store.db._ping_after_idle``): what that costs when the server drops a connection, on a
 real server whose backend is terminated under the pool."""
 
 from __future__ import annotations
@@ -8,9 +8,8 @@ import time
 
 import pytest
 import sqlalchemy as sa
-
-from engine.db import make_engine, translate_errors
-from engine.errors import DatabaseUnavailable
+from kiln.core.errors import DatabaseUnavailable
+from kiln.store.db import make_engine, translate_errors
 
 BACKEND = sa.text("SELECT pg_backend_pid()")
 
@@ -55,9 +54,10 @@ def test_the_controller_loop_outlives_the_server_dropping_its_listen_connection(
     # every connection (as a restart does) the loop must wait the outage out, not die.
     import threading
 
-    from engine.runtime import Kiln
+    from kiln.app.runtime import Kiln
+    from kiln.workers.controller import Controller
+
     from tests.conftest import fast_settings, wait_for
-    from workers.controller import Controller
 
     kiln = Kiln(fast_settings(database_url=pg_url), pool_size=2)
     sent: list = []

@@ -8,14 +8,14 @@ import dataclasses
 
 import pytest
 import sqlalchemy as sa
+from kiln.app.runtime import Kiln
+from kiln.store.instances import Registration, register_txn
+from kiln.store.processes import register_process_txn
+from kiln.store.schema import instances, processes
+from kiln.web.app import create_app
 
-from engine.instances import Registration, register_txn
-from engine.processes import register_process_txn
-from engine.runtime import Kiln
-from engine.schema import instances, processes
 from tests.chaos.services import ThrowawayRedis, available, free_port
 from tests.conftest import fast_settings
-from web.app import create_app
 
 
 @pytest.fixture

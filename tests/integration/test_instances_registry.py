@@ -7,12 +7,11 @@ import datetime as dt
 from typing import Any
 
 import pytest
-
-from engine import instances as registry
-from engine.db import utcnow
-from engine.runtime import Kiln
-from engine.scheduler_service import place_task_txn
-from workers.scheduling_hooks import note_unroutable
+from kiln.app.runtime import Kiln
+from kiln.app.scheduler import place_task_txn
+from kiln.store import instances as registry
+from kiln.store.db import utcnow
+from kiln.workers.scheduling_hooks import note_unroutable
 
 
 def register(kiln: Kiln, model_type: str, port: int, *capabilities: str) -> int:

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 import requests
+from kiln.app.runtime import Kiln
 from werkzeug.serving import make_server
 
-from engine.runtime import Kiln
 from tests.conftest import wait_for
-from workers.taskinstance.testing import InstanceProcess
+from tests.taskinstance_helpers import InstanceProcess
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
 
@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
 @contextlib.contextmanager
 def serve_kiln(kiln: Kiln) -> Iterator[str]:
     """Kiln's HTTP API (with the instance, predictor and scheduler blueprints) in a thread."""
-    from web.app import create_app
+    from kiln.web.app import create_app
 
     app = create_app(kiln)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)

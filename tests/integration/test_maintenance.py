@@ -1,10 +1,10 @@
-"""The controller's own vacuum of the queue tables after a burst (engine.maintenance)."""
+"""The controller's own vacuum of the queue tables after a burst (kiln.store.maintenance)."""
 
 from __future__ import annotations
 
 import sqlalchemy as sa
+from kiln.store import maintenance
 
-from engine import maintenance
 from tests.conftest import wait_for
 
 
@@ -65,7 +65,7 @@ def test_a_queue_with_few_dead_rows_is_left_to_autovacuum(pg_kiln):
 
 
 def test_vacuuming_is_skipped_on_sqlite(sqlite_url):
-    from engine.db import make_engine
+    from kiln.store.db import make_engine
 
     engine = make_engine(sqlite_url)
     try:

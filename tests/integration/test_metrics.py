@@ -7,14 +7,14 @@ import datetime as dt
 
 import pytest
 import sqlalchemy as sa
+from kiln.app.runtime import Kiln
+from kiln.app.scheduler import set_policy_txn
+from kiln.store.operations import create_operation_txn
+from kiln.store.schema import task_attempts, tasks
+from kiln.web.app import create_app
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine.operations import create_operation_txn
-from engine.runtime import Kiln
-from engine.scheduler_service import set_policy_txn
-from engine.schema import task_attempts, tasks
 from tests.conftest import fast_settings, wait_for
-from web.app import create_app
 
 pytestmark = pytest.mark.postgres
 
@@ -45,9 +45,10 @@ def ran(pg_url):
     """A Kiln on PostgreSQL on which real workflows ran in the embedded runtime (worker
     threads and a controller): successes, a retry, a permanent failure, a lost lease, an
     operation, and two model_type tasks with predictions and measured run times."""
+    from kiln.workers.embedded import EmbeddedRuntime
+    from kiln.workers.hooks import controller_hooks
+
     import tests.handlers  # noqa: F401
-    from workers.embedded import EmbeddedRuntime
-    from workers.hooks import controller_hooks
 
     kiln = Kiln(fast_settings(database_url=pg_url), pool_size=8)
     kiln.upgrade()
@@ -225,8 +226,8 @@ def test_operations_prediction_error_and_scheduler_policy_are_reported(ran):
 
 
 def test_processes_and_instances_come_from_their_heartbeats(ran):
-    from engine.instances import Registration, register_txn
-    from engine.processes import register_process_txn
+    from kiln.store.instances import Registration, register_txn
+    from kiln.store.processes import register_process_txn
 
     ran.txn(lambda c: register_process_txn(c, "worker:h:1:a", "worker", concurrency=6))
     ran.txn(lambda c: register_process_txn(c, "controller:h:2:b", "controller"))

@@ -8,10 +8,9 @@ from __future__ import annotations
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
+from kiln.web.app import create_app
 from schemathesis.checks import CHECKS
 from schemathesis.generation.modes import GenerationMode
-
-from web.app import create_app
 
 MAX_EXAMPLES = 25
 TOKEN = "fuzz-token"

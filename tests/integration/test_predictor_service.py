@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import requests
 from flask import Flask, jsonify, request
+from kiln.app.predictor import predictor_for, record_observation_txn
+from kiln.core.prediction import Observation, calibration
 from werkzeug.serving import make_server
 
-from engine.prediction import Observation, calibration
-from engine.predictor import predictor_for, record_observation_txn
 from tests.integration.test_instances_routing import serve_kiln
-from workers.taskinstance.testing import free_port
+from tests.taskinstance_helpers import free_port
 
 pytestmark = [pytest.mark.postgres]
 
@@ -57,8 +57,8 @@ def lookup_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def kiln(pg_url: str):  # type: ignore[no-untyped-def]
-    from engine.config import Settings
-    from engine.runtime import Kiln
+    from kiln.app.runtime import Kiln
+    from kiln.core.config import Settings
 
     k = Kiln(Settings(database_url=pg_url), pool_size=4)
     yield k

@@ -1,5 +1,5 @@
 """A submitter that can send (``Kiln.sender``) leases a new run's first tasks itself when the
-queue is idle (``engine.submit``); on PostgreSQL that is one statement. The audit trail and the
+queue is idle (``kiln.store.submit``); on PostgreSQL that is one statement. The audit trail and the
 guards are those of the controller's dispatch, on both databases."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
+from kiln.app.runtime import Kiln
+from kiln.core.definitions import Workflow
 
-from engine.definitions import Workflow
-from engine.runtime import Kiln
 from tests.conftest import fast_settings
 
 

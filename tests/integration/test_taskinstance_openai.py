@@ -6,10 +6,10 @@ import time
 
 import pytest
 import requests
+from kiln.taskinstance import InstanceRejected, OpenAICompatClient, RateLimited
+from kiln.taskinstance.server.simulation import count_chat_tokens, count_tokens
 
-from workers.taskinstance import InstanceRejected, OpenAICompatClient, RateLimited
-from workers.taskinstance.simulation import count_chat_tokens, count_tokens
-from workers.taskinstance.testing import InstanceProcess
+from tests.taskinstance_helpers import InstanceProcess
 
 FAST = ["--model-type", "sim-llm", "--speed", "0.01"]
 MESSAGES = [

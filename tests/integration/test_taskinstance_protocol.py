@@ -9,16 +9,16 @@ import time
 import pytest
 import requests
 from flask import Flask, jsonify
-from werkzeug.serving import make_server
-
-from workers.taskinstance import (
+from kiln.taskinstance import (
     InstanceRejected,
     InstanceUnavailable,
     TaskIdConflict,
     TaskInstanceClient,
     TaskNotFound,
 )
-from workers.taskinstance.testing import InstanceProcess, KilnDouble, free_port, wait_until
+from werkzeug.serving import make_server
+
+from tests.taskinstance_helpers import InstanceProcess, KilnDouble, free_port, wait_until
 
 FAST = ["--speed", "0.01"]
 RESULT_FIELDS = {

@@ -1,9 +1,8 @@
 from __future__ import annotations
 
 import pytest
-
-from engine.definitions import Workflow, parse_definition
-from engine.errors import InvalidDefinition
+from kiln.core.definitions import Workflow, parse_definition
+from kiln.core.errors import InvalidDefinition
 
 
 def definition(*tasks, **extra):

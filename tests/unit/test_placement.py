@@ -3,9 +3,8 @@
 import math
 
 import pytest
-
-from engine.prediction import Estimate, Prediction, combine, estimate, quantile_value
-from engine.scheduling import (
+from kiln.core.prediction import Estimate, Prediction, combine, estimate, quantile_value
+from kiln.core.scheduling import (
     InstanceLoad,
     NoInstances,
     UnknownStrategy,

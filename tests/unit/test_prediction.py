@@ -6,8 +6,7 @@ import random
 import time
 
 import pytest
-
-from engine.prediction import (
+from kiln.core.prediction import (
     GroupHistory,
     InvalidLookupFile,
     LookupTable,

@@ -2,8 +2,13 @@ from __future__ import annotations
 
 import random
 
-from engine.retry import backoff_s
-from engine.states import TASK_TERMINAL, TASK_TRANSITIONS, WORKFLOW_TERMINAL, WORKFLOW_TRANSITIONS
+from kiln.core.retry import backoff_s
+from kiln.core.states import (
+    TASK_TERMINAL,
+    TASK_TRANSITIONS,
+    WORKFLOW_TERMINAL,
+    WORKFLOW_TRANSITIONS,
+)
 
 
 def test_backoff_grows_exponentially_with_jitter_and_respects_the_cap():

@@ -1,9 +1,8 @@
 """Queue-ordering policies: pure functions over plain data."""
 
 import pytest
-
-from engine.prediction import Prediction
-from engine.scheduling import (
+from kiln.core.prediction import Prediction
+from kiln.core.scheduling import (
     POLICY_NAMES,
     Fair,
     Priority,

@@ -5,15 +5,14 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from workers.taskinstance.ratelimit import (
+from kiln.taskinstance.ratelimit import (
     RateLimiter,
     TokenBucket,
     format_duration,
     parse_duration,
 )
-from workers.taskinstance.runtime import InstanceRuntime
-from workers.taskinstance.simulation import (
+from kiln.taskinstance.server.runtime import InstanceRuntime
+from kiln.taskinstance.server.simulation import (
     DEFAULT_OUTPUT_TOKENS,
     DurationModel,
     InvalidMetadata,

@@ -5,8 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-
-from web.ui_graph import (
+from kiln.web.ui_graph import (
     GANTT_LABEL_W,
     CycleError,
     Span,

@@ -1,0 +1,223 @@
+"""``Kiln``: the committing, public face of the engine. Each method is one transaction built
+from the ``*_txn`` functions, retried when PostgreSQL reports a deadlock or serialization
+failure between concurrent workers and controllers."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from kiln.core.config import Settings
+from kiln.core.definitions import Workflow, WorkflowSpec, parse_definition
+from kiln.store import dispatch, recovery
+from kiln.store import tasks as task_ops
+from kiln.store import workflows as wf_ops
+from kiln.store.db import make_engine, translate_errors
+from kiln.store.dispatch import Dispatch
+from kiln.store.submit import submit_run_txn
+
+log = logging.getLogger("kiln.runtime")
+T = TypeVar("T")
+RETRYABLE_SQLSTATES = {"40P01", "40001"}  # deadlock_detected, serialization_failure
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+
+class Kiln:
+    """A handle on one Kiln database. Thread-safe; create one per process."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        pool_size: int = 5,
+        sender: Callable[[list[Dispatch]], None] | None = None,
+    ) -> None:
+        self.settings = settings or Settings.from_env()
+        self.engine = make_engine(
+            self.settings.database_url,
+            pool_size=pool_size,
+            ping_after_s=self.settings.db_ping_after_s,
+        )
+        # A process that can reach the broker sets ``sender``: work it makes ready while the
+        # queue is idle is then sent at once instead of waiting for a controller's pass.
+        self.sender = sender
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- transactions -----------------------------------------------------------------
+
+    def txn(
+        self, fn: Callable[[sa.Connection], T], *, attempts: int = 8, single: bool = False
+    ) -> T:
+        """Run ``fn`` in a transaction and commit; retry it on deadlock/serialization errors.
+
+        ``single``: ``fn`` makes one statement that changes anything (reads aside), so on
+        PostgreSQL it runs in autocommit mode: that statement is its own transaction, and the
+        ``BEGIN`` and ``COMMIT`` round trips are saved."""
+        autocommit = single and self.engine.dialect.name == "postgresql"
+        for attempt in range(1, attempts + 1):
+            try:
+                if autocommit:
+                    with translate_errors(), self.engine.connect() as conn:
+                        return fn(conn.execution_options(isolation_level="AUTOCOMMIT"))
+                with translate_errors(), self.engine.begin() as conn:
+                    return fn(conn)
+            except sa.exc.DBAPIError as exc:
+                code = getattr(exc.orig, "sqlstate", None)
+                if code not in RETRYABLE_SQLSTATES or attempt == attempts:
+                    raise
+                time.sleep(0.005 * attempt)
+        raise AssertionError("unreachable")
+
+    def read(self, fn: Callable[[sa.Connection], T]) -> T:
+        with translate_errors(), self.engine.connect() as conn:
+            return fn(conn.execution_options(kiln_readonly=True))
+
+    # --- schema -----------------------------------------------------------------------
+
+    def upgrade(self) -> None:
+        """Migrate the database to the newest schema (what ``kiln db upgrade`` does)."""
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        cfg.attributes["configure_logging"] = False
+        with translate_errors(), self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    # --- workflows --------------------------------------------------------------------
+
+    def submit(
+        self,
+        definition: dict[str, Any] | WorkflowSpec | Workflow,
+        *,
+        idempotency_key: str | None = None,
+        check_handlers: bool = True,
+    ) -> int:
+        """Validate and store a workflow run; return its id. Nothing is written when the
+        definition is invalid (:class:`~engine.errors.InvalidDefinition`)."""
+        return self.submit_with_status(
+            definition, idempotency_key=idempotency_key, check_handlers=check_handlers
+        )[0]
+
+    def submit_with_status(
+        self,
+        definition: dict[str, Any] | WorkflowSpec | Workflow,
+        *,
+        idempotency_key: str | None = None,
+        check_handlers: bool = True,
+    ) -> tuple[int, bool]:
+        if isinstance(definition, Workflow):
+            spec = definition.spec()
+        elif isinstance(definition, WorkflowSpec):
+            spec = definition
+        else:
+            spec = parse_definition(definition)
+        if check_handlers:
+            wf_ops.check_handlers(spec)
+
+        lease_s = self.settings.dispatch_timeout_s if self.sender is not None else None
+        wf_id, created, dispatched = self.txn(
+            lambda c: submit_run_txn(c, spec, idempotency_key=idempotency_key, lease_s=lease_s),
+            single=True,  # on PostgreSQL one statement (kiln.store.postgres.INSERT_RUN)
+        )
+        self._send(dispatched)
+        return wf_id, created
+
+    def _send(self, dispatched: list[Dispatch]) -> None:
+        if not dispatched or self.sender is None:
+            return
+        try:
+            self.sender(dispatched)
+        except Exception:  # noqa: BLE001 - leased in the database; the controller re-sends
+            log.warning(
+                "could not send %d tasks; a controller will re-send them",
+                len(dispatched),
+                exc_info=True,
+            )
+
+    def workflow(self, workflow_id: int) -> dict[str, Any]:
+        return self.read(lambda c: wf_ops.get_workflow(c, workflow_id))
+
+    def workflows(self, **filters: Any) -> list[dict[str, Any]]:
+        return self.read(lambda c: wf_ops.list_workflows(c, **filters))
+
+    def cancel(self, workflow_id: int) -> None:
+        self.txn(lambda c: wf_ops.cancel_workflow_txn(c, workflow_id))
+
+    def pause(self, workflow_id: int) -> int:
+        return self.txn(lambda c: wf_ops.pause_workflow_txn(c, workflow_id))
+
+    def resume(self, workflow_id: int) -> None:
+        self.txn(lambda c: wf_ops.resume_workflow_txn(c, workflow_id))
+
+    # --- execution (used by controllers and workers) ------------------------------------
+
+    def dispatch(
+        self, limit: int, order: Callable[[list[Any]], list[Any]] | None = None
+    ) -> list[Dispatch]:
+        return self.txn(
+            lambda c: dispatch.dispatch_ready_txn(
+                c, limit=limit, lease_s=self.settings.dispatch_timeout_s, order=order
+            )
+        )
+
+    def queued_count(self) -> int:
+        return self.read(dispatch.queued_count)
+
+    def claim(self, items: Iterable[tuple[int, int]], worker_id: str) -> list[task_ops.ClaimedTask]:
+        items = list(items)
+        return self.txn(
+            lambda c: task_ops.claim_txn(
+                c, items, worker_id=worker_id, lease_s=self.settings.lease_s
+            ),
+            single=True,  # on PostgreSQL the claim is one statement (kiln.store.postgres.CLAIM)
+        )
+
+    def record(self, outcomes: list[task_ops.Outcome]) -> task_ops.RecordReport:
+        report = self.txn(
+            lambda c: task_ops.record_outcomes_txn(
+                c,
+                outcomes,
+                retry_base_s=self.settings.retry_base_s,
+                retry_max_s=self.settings.retry_max_s,
+                dispatch_lease_s=self.settings.dispatch_timeout_s if self.sender else None,
+            )
+        )
+        self._send(report.dispatched)
+        return report
+
+    def recover(self) -> recovery.Recovery:
+        s = self.settings
+        return self.txn(
+            lambda c: recovery.recover_txn(
+                c,
+                lease_s=s.lease_s,
+                dispatch_timeout_s=s.dispatch_timeout_s,
+                retry_base_s=s.retry_base_s,
+                retry_max_s=s.retry_max_s,
+            )
+        )
+
+    def heartbeat_leases(self, worker_id: str, held: list[tuple[int, int]]) -> int:
+        return self.txn(
+            lambda c: recovery.heartbeat_leases_txn(
+                c, worker_id, held, lease_s=self.settings.lease_s
+            )
+        )
+
+    def report_progress(
+        self, task_id: int, attempt: int, fraction: float, message: str | None
+    ) -> bool:
+        return self.txn(
+            lambda c: recovery.report_progress_txn(
+                c, task_id, attempt, fraction, message, lease_s=self.settings.lease_s
+            )
+        )

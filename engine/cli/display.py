@@ -1,0 +1,62 @@
+"""Rendering runs for people: rich tables and a live progress view, or JSON for scripts."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from kiln.store.db import aware
+from rich.table import Table
+
+STATE_STYLE = {
+    "succeeded": "green",
+    "failed": "red",
+    "upstream_failed": "red",
+    "cancelled": "yellow",
+    "running": "cyan",
+    "queued": "blue",
+    "retrying": "magenta",
+    "ready": "white",
+    "pending": "dim",
+    "paused": "yellow",
+}
+
+
+def _duration(t: dict[str, Any]) -> str:
+    start, end = aware(t.get("started_at")), aware(t.get("finished_at"))
+    if start is None:
+        return ""
+    if end is None:
+        return "…"
+    return f"{(end - start).total_seconds():.2f}s"
+
+
+def _short(value: Any, width: int = 48) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def run_table(run: dict[str, Any]) -> Table:
+    style = STATE_STYLE.get(run["status"], "")
+    table = Table(title=f"workflow {run['id']} · {run['name']} · [{style}]{run['status']}[/]")
+    for col in ("task", "state", "attempts", "duration", "progress", "result / error"):
+        table.add_column(col)
+    for t in run["tasks"]:
+        state = t["status"]
+        progress = f"{t['progress']:.0%}" if t.get("progress") is not None else ""
+        if t.get("progress_message") and state == "running":
+            progress += f" {t['progress_message']}"
+        outcome = t["error"] if state != "succeeded" and t.get("error") else t.get("result")
+        table.add_row(
+            t["name"],
+            f"[{STATE_STYLE.get(state, '')}]{state}[/]",
+            f"{t['attempts']}/{t['max_attempts']}",
+            _duration(t),
+            progress,
+            "" if outcome is None else _short(outcome),
+        )
+    return table
+
+
+def as_json(run: dict[str, Any]) -> str:
+    return json.dumps(run, default=str, indent=2)

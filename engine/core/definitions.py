@@ -1,0 +1,301 @@
+"""Workflow definitions: parsing and validating the JSON form, and the Python builder that
+produces the same JSON. Pure: no database, no imports of handlers (see ``kiln.core.handlers``)."""
+
+from __future__ import annotations
+
+import heapq
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kiln.core.errors import InvalidDefinition
+from kiln.core.handlers import handler_name
+from kiln.core.templating import find_references
+
+TASK_FIELDS = {
+    "name", "handler", "model_type", "params", "depends_on", "max_attempts", "timeout_s",
+    "priority",
+}  # fmt: skip
+WORKFLOW_FIELDS = {"name", "tasks", "on_error", "priority"}
+MAX_TASKS = 100_000
+MAX_ATTEMPTS = 100
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    handler: str | None = None
+    model_type: str | None = None
+    params: Any = field(default_factory=dict)
+    depends_on: tuple[str, ...] = ()
+    max_attempts: int = 3
+    timeout_s: float | None = None
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class WorkflowSpec:
+    name: str
+    tasks: tuple[TaskSpec, ...]
+    on_error: str = "stop"
+    priority: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "on_error": self.on_error,
+            "priority": self.priority,
+            "tasks": [
+                {
+                    k: v
+                    for k, v in {
+                        "name": t.name,
+                        "handler": t.handler,
+                        "model_type": t.model_type,
+                        "params": t.params,
+                        "depends_on": list(t.depends_on),
+                        "max_attempts": t.max_attempts,
+                        "timeout_s": t.timeout_s,
+                        "priority": t.priority,
+                    }.items()
+                    if v is not None
+                }
+                for t in self.tasks
+            ],
+        }
+
+
+def _fail(message: str, **details: Any) -> InvalidDefinition:
+    return InvalidDefinition(message, **details)
+
+
+def _int(value: Any, where: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise _fail(f"{where} must be an integer between {lo} and {hi}", field=where)
+    return value
+
+
+def parse_definition(data: Any) -> WorkflowSpec:
+    """Validate a JSON workflow definition; raise :class:`InvalidDefinition` naming the field.
+
+    Checks everything that can be known before running: field names and types, duplicate and
+    unknown task names, cycles, and that every ``{{Task.result}}`` reference names a task
+    upstream of the one using it.
+    """
+    if not isinstance(data, dict):
+        raise _fail("a workflow definition must be a JSON object")
+    unknown = sorted(set(data) - WORKFLOW_FIELDS)
+    if unknown:
+        raise _fail(f"unknown field {unknown[0]!r}", field=unknown[0])
+    name = data.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise _fail("'name' is required and must be a non-empty string", field="name")
+    on_error = data.get("on_error", "stop")
+    if on_error not in ("stop", "continue"):
+        raise _fail("'on_error' must be 'stop' or 'continue'", field="on_error")
+    priority = _int(data.get("priority", 0), "priority", -1000, 1000)
+    raw_tasks = data.get("tasks")
+    if not isinstance(raw_tasks, list) or not raw_tasks:
+        raise _fail("'tasks' must be a non-empty list", field="tasks")
+    if len(raw_tasks) > MAX_TASKS:
+        raise _fail(f"a workflow may have at most {MAX_TASKS} tasks", field="tasks")
+    specs = tuple(_parse_task(raw, i) for i, raw in enumerate(raw_tasks))
+    spec = WorkflowSpec(name=name.strip(), tasks=specs, on_error=on_error, priority=priority)
+    validate_graph(spec)
+    return spec
+
+
+def _parse_task(raw: Any, index: int) -> TaskSpec:
+    where = f"tasks[{index}]"
+    if not isinstance(raw, dict):
+        raise _fail(f"{where} must be an object", field=where)
+    unknown = sorted(set(raw) - TASK_FIELDS)
+    if unknown:
+        raise _fail(f"{where}: unknown field {unknown[0]!r}", field=f"{where}.{unknown[0]}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name.strip() or "{" in name or "}" in name:
+        raise _fail(f"{where}.name must be a non-empty string without braces", field=where)
+    name = name.strip()
+    handler, model_type = raw.get("handler"), raw.get("model_type")
+    if (handler is None) == (model_type is None):
+        raise _fail(
+            f"task {name!r}: give exactly one of 'handler' or 'model_type'", field=f"{where}"
+        )
+    for label, value in (("handler", handler), ("model_type", model_type)):
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise _fail(f"task {name!r}: {label} must be a non-empty string", field=label)
+    params = raw.get("params", {})
+    try:
+        json.dumps(params)
+    except (TypeError, ValueError):
+        raise _fail(f"task {name!r}: params must be JSON", field=f"{where}.params") from None
+    depends_on = raw.get("depends_on", [])
+    if not isinstance(depends_on, list) or not all(isinstance(d, str) for d in depends_on):
+        raise _fail(
+            f"task {name!r}: depends_on must be a list of task names", field=f"{where}.depends_on"
+        )
+    timeout = raw.get("timeout_s")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+    ):
+        raise _fail(f"task {name!r}: timeout_s must be a positive number", field="timeout_s")
+    return TaskSpec(
+        name=name,
+        handler=handler.strip() if handler else None,
+        model_type=model_type.strip() if model_type else None,
+        params=params,
+        depends_on=tuple(d.strip() for d in depends_on),
+        max_attempts=_int(raw.get("max_attempts", 3), f"{where}.max_attempts", 1, MAX_ATTEMPTS),
+        timeout_s=float(timeout) if timeout is not None else None,
+        priority=_int(raw.get("priority", 0), f"{where}.priority", -1000, 1000),
+    )
+
+
+def validate_graph(spec: WorkflowSpec) -> list[str]:
+    """Check names, edges, cycles and references; return the task names in topological order."""
+    names: dict[str, TaskSpec] = {}
+    for t in spec.tasks:
+        if t.name in names:
+            raise _fail(f"duplicate task name {t.name!r}", task=t.name)
+        names[t.name] = t
+    for t in spec.tasks:
+        for dep in t.depends_on:
+            if dep not in names:
+                raise _fail(f"task {t.name!r} depends on unknown task {dep!r}", task=t.name)
+            if dep == t.name:
+                raise _fail(f"task {t.name!r} depends on itself", task=t.name)
+    order = _topological_order(spec.tasks)
+    ancestors: dict[str, set[str]] = {}
+    for name in order:
+        t = names[name]
+        ancestors[name] = set(t.depends_on).union(*(ancestors[d] for d in t.depends_on))
+        for ref in sorted(find_references(t.params)):
+            if ref not in names:
+                raise _fail(f"task {name!r} references unknown task {ref!r}", task=name)
+            if ref not in ancestors[name]:
+                raise _fail(
+                    f"task {name!r} references {ref!r}, which is not upstream of it "
+                    f"(add {ref!r} to its depends_on)",
+                    task=name,
+                )
+    return order
+
+
+def _topological_order(tasks: Iterable[TaskSpec]) -> list[str]:
+    tasks = list(tasks)
+    position = {t.name: i for i, t in enumerate(tasks)}
+    indegree = {t.name: len(set(t.depends_on)) for t in tasks}
+    children: dict[str, list[str]] = {t.name: [] for t in tasks}
+    for t in tasks:
+        for dep in set(t.depends_on):
+            children[dep].append(t.name)
+    heap = [(position[n], n) for n, d in indegree.items() if d == 0]
+    heapq.heapify(heap)
+    order: list[str] = []
+    while heap:
+        _, name = heapq.heappop(heap)
+        order.append(name)
+        for child in children[name]:
+            indegree[child] -= 1
+            if indegree[child] == 0:
+                heapq.heappush(heap, (position[child], child))
+    if len(order) != len(tasks):
+        stuck = sorted(n for n, d in indegree.items() if d > 0)
+        raise _fail(f"the dependencies form a cycle among {stuck}", tasks=stuck)
+    return order
+
+
+# --- the Python builder ---------------------------------------------------------------
+
+
+class Ref:
+    """A reference to (part of) a task's result, usable anywhere inside params."""
+
+    def __init__(self, task: str, path: tuple[str, ...] = ()) -> None:
+        self.task, self.path = task, path
+
+    def __getitem__(self, key: str | int) -> Ref:
+        return Ref(self.task, (*self.path, str(key)))
+
+    def __getattr__(self, key: str) -> Ref:
+        if key.startswith("_"):
+            raise AttributeError(key)
+        return self[key]
+
+    def __str__(self) -> str:
+        return "{{" + ".".join((self.task, "result", *self.path)) + "}}"
+
+    __repr__ = __str__
+
+
+class TaskNode:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.result = Ref(name)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Ref):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+class Workflow:
+    """Build a workflow in Python; ``to_definition()`` gives the same JSON the API takes.
+
+    >>> wf = Workflow("etl")
+    >>> a = wf.add("fetch", params={"url": "https://example.org"})
+    >>> b = wf.add("count", params={"rows": a.result["rows"]}, depends_on=[a])
+    """
+
+    def __init__(self, name: str, *, on_error: str = "stop", priority: int = 0) -> None:
+        self.name, self.on_error, self.priority = name, on_error, priority
+        self._tasks: list[dict[str, Any]] = []
+
+    def add(
+        self,
+        handler: Callable[..., Any] | str | None = None,
+        *,
+        name: str | None = None,
+        model_type: str | None = None,
+        params: Any = None,
+        depends_on: Iterable[TaskNode | str] = (),
+        max_attempts: int = 3,
+        timeout_s: float | None = None,
+        priority: int = 0,
+    ) -> TaskNode:
+        handler_ref = handler_name(handler) if handler is not None else None
+        task_name = name or (handler_ref.rsplit(":", 1)[-1] if handler_ref else model_type)
+        if not task_name:
+            raise InvalidDefinition("a task needs a name, a handler or a model_type")
+        entry: dict[str, Any] = {
+            "name": task_name,
+            "params": _plain(params if params is not None else {}),
+            "depends_on": [d.name if isinstance(d, TaskNode) else d for d in depends_on],
+            "max_attempts": max_attempts,
+            "priority": priority,
+        }
+        if handler_ref is not None:
+            entry["handler"] = handler_ref
+        if model_type is not None:
+            entry["model_type"] = model_type
+        if timeout_s is not None:
+            entry["timeout_s"] = timeout_s
+        self._tasks.append(entry)
+        return TaskNode(task_name)
+
+    def to_definition(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "on_error": self.on_error,
+            "priority": self.priority,
+            "tasks": [dict(t) for t in self._tasks],
+        }
+
+    def spec(self) -> WorkflowSpec:
+        return parse_definition(self.to_definition())

@@ -1,0 +1,232 @@
+"""An online quantile model of execution time, learned from observed durations.
+
+Observations are grouped by ``(model_type, hardware)`` and, inside that, by buckets of the size
+features (e.g. input tokens) on a log scale. Each bucket keeps a sliding window of its most
+recent durations, kept sorted, so quantiles are exact over the window, an update costs one
+binary insertion, and the model follows drift.
+
+Buckets form a hierarchy: no features, the first feature, the first two, ... A prediction
+starts at the coarsest level and moves towards the finest bucket, shrinking each level's
+quantiles towards its parent's in proportion to how few samples it holds, so a bucket with a
+handful of samples barely moves the estimate and a full one dominates. A hardware never seen
+for a model type falls back to the model type's observations on any hardware.
+
+The model serialises to and from plain dicts; the service may instead persist raw
+observations and rebuild with :meth:`OnlineQuantileModel.from_observations`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from kiln.core.prediction.types import DEFAULT_QUANTILES, Prediction
+
+ANY_HARDWARE = "*"
+
+Features = Mapping[str, float | None]
+_BucketKey = tuple[str, str, tuple[int | None, ...]]
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One finished execution: what ran, where, how big it was, and how long it took (s)."""
+
+    model_type: str
+    hardware: str | None
+    duration: float
+    features: Mapping[str, float | None] = field(default_factory=dict)
+
+
+class _Window:
+    """The last ``size`` samples, in arrival order and sorted."""
+
+    __slots__ = ("order", "sorted")
+
+    def __init__(self, size: int) -> None:
+        self.order: deque[float] = deque(maxlen=size)
+        self.sorted: list[float] = []
+
+    def add(self, value: float) -> None:
+        if len(self.order) == self.order.maxlen:
+            oldest = self.order[0]
+            del self.sorted[bisect.bisect_left(self.sorted, oldest)]
+        self.order.append(value)
+        bisect.insort(self.sorted, value)
+
+    def __len__(self) -> int:
+        return len(self.sorted)
+
+    def quantile(self, q: float) -> float:
+        data = self.sorted
+        pos = q * (len(data) - 1)
+        lo = int(pos)
+        hi = min(lo + 1, len(data) - 1)
+        return data[lo] + (pos - lo) * (data[hi] - data[lo])
+
+
+class OnlineQuantileModel:
+    """Streaming per-bucket quantiles of duration, conditioned on size features.
+
+    ``features`` names the size features, coarsest-first in the bucket hierarchy (put the most
+    informative one first). ``buckets_per_octave`` sets the bucket width on the log2 scale of
+    ``1 + value``; ``window`` is how many recent samples each bucket keeps; ``prior_samples``
+    is how many samples a bucket needs before it outweighs its parent.
+    """
+
+    def __init__(
+        self,
+        features: Sequence[str] = ("input_tokens",),
+        quantiles: Sequence[float] = DEFAULT_QUANTILES,
+        buckets_per_octave: float = 4.0,
+        window: int = 512,
+        prior_samples: int = 20,
+    ) -> None:
+        if window < 1 or prior_samples < 0 or buckets_per_octave <= 0:
+            raise ValueError("window >= 1, prior_samples >= 0 and buckets_per_octave > 0 required")
+        self.features = tuple(features)
+        self.quantiles = tuple(quantiles)
+        self.buckets_per_octave = float(buckets_per_octave)
+        self.window = int(window)
+        self.prior_samples = int(prior_samples)
+        self._buckets: dict[_BucketKey, _Window] = {}
+
+    # -- learning ---------------------------------------------------------------------------
+
+    def bucket_of(self, value: float | None) -> int | None:
+        if value is None:
+            return None
+        return math.floor(math.log2(1.0 + max(float(value), 0.0)) * self.buckets_per_octave)
+
+    def _path(self, features: Features | None) -> tuple[int | None, ...]:
+        given = features or {}
+        return tuple(self.bucket_of(given.get(name)) for name in self.features)
+
+    def observe(
+        self,
+        model_type: str,
+        hardware: str | None,
+        duration: float,
+        features: Features | None = None,
+    ) -> None:
+        """Learn one finished execution of ``duration`` seconds."""
+        if duration < 0 or math.isnan(duration):
+            raise ValueError(f"a duration must be a non-negative number, got {duration}")
+        path = self._path(features)
+        hardware_keys = {ANY_HARDWARE, hardware or ANY_HARDWARE}
+        for hw in hardware_keys:
+            for depth in range(len(path) + 1):
+                key = (model_type, hw, path[:depth])
+                bucket = self._buckets.get(key)
+                if bucket is None:
+                    bucket = self._buckets[key] = _Window(self.window)
+                bucket.add(float(duration))
+
+    def observe_all(self, observations: Iterable[Observation]) -> None:
+        for obs in observations:
+            self.observe(obs.model_type, obs.hardware, obs.duration, obs.features)
+
+    # -- predicting -------------------------------------------------------------------------
+
+    def sample_count(self, model_type: str, hardware: str | None = None) -> int:
+        bucket = self._buckets.get((model_type, hardware or ANY_HARDWARE, ()))
+        return len(bucket) if bucket else 0
+
+    def predict(
+        self,
+        model_type: str,
+        hardware: str | None = None,
+        features: Features | None = None,
+    ) -> Prediction | None:
+        """Quantiles for one execution, or ``None`` if the model type was never observed."""
+        hw = hardware if hardware and self.sample_count(model_type, hardware) else ANY_HARDWARE
+        root = self._buckets.get((model_type, hw, ()))
+        if not root:
+            return None
+        values = [root.quantile(q) for q in self.quantiles]
+        support = len(root)
+        path = self._path(features)
+        for depth in range(1, len(path) + 1):
+            bucket = self._buckets.get((model_type, hw, path[:depth]))
+            if not bucket:
+                break  # deeper buckets are nested in this one, so they are empty too
+            n = len(bucket)
+            w = n / (n + self.prior_samples) if self.prior_samples else 1.0
+            values = [
+                w * bucket.quantile(q) + (1 - w) * v
+                for q, v in zip(self.quantiles, values, strict=True)
+            ]
+            support = n
+        confidence = support / (support + self.prior_samples) if self.prior_samples else 1.0
+        return Prediction(
+            quantiles=self.quantiles, values=tuple(values), method="learned", confidence=confidence
+        )
+
+    # -- persistence ------------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        """Plain data (JSON-able) from which :meth:`from_dict` rebuilds an identical model."""
+        return {
+            "features": list(self.features),
+            "quantiles": list(self.quantiles),
+            "buckets_per_octave": self.buckets_per_octave,
+            "window": self.window,
+            "prior_samples": self.prior_samples,
+            "buckets": [
+                {"model_type": mt, "hardware": hw, "path": list(path), "samples": list(w.order)}
+                for (mt, hw, path), w in self._buckets.items()
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> OnlineQuantileModel:
+        model = cls(
+            features=data["features"],
+            quantiles=data["quantiles"],
+            buckets_per_octave=data["buckets_per_octave"],
+            window=data["window"],
+            prior_samples=data["prior_samples"],
+        )
+        for row in data["buckets"]:
+            window = _Window(model.window)
+            for value in row["samples"]:
+                window.add(float(value))
+            model._buckets[(row["model_type"], row["hardware"], tuple(row["path"]))] = window
+        return model
+
+    @classmethod
+    def from_observations(
+        cls, observations: Iterable[Observation], **config
+    ) -> OnlineQuantileModel:
+        """Rebuild from persisted observations, oldest first."""
+        model = cls(**config)
+        model.observe_all(observations)
+        return model
+
+
+def calibration(model: OnlineQuantileModel, held_out: Iterable[Observation]) -> dict[str, float]:
+    """How often held-out durations fall under the predicted p50 and p90.
+
+    A calibrated model gives about 0.5 and 0.9. Observations the model cannot predict (unknown
+    model type) are counted in ``skipped``.
+    """
+    from kiln.core.prediction.estimate import quantile_value
+
+    n = under_p50 = under_p90 = skipped = 0
+    for obs in held_out:
+        prediction = model.predict(obs.model_type, obs.hardware, obs.features)
+        if prediction is None:
+            skipped += 1
+            continue
+        n += 1
+        under_p50 += obs.duration <= quantile_value(prediction, 0.5)
+        under_p90 += obs.duration <= quantile_value(prediction, 0.9)
+    return {
+        "n": n,
+        "skipped": skipped,
+        "under_p50": under_p50 / n if n else math.nan,
+        "under_p90": under_p90 / n if n else math.nan,
+    }

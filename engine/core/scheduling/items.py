@@ -1,0 +1,82 @@
+"""Plain data the scheduling policies work on: queued items and the persistent state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kiln.core.prediction.types import Prediction
+
+
+class UnknownPolicy(ValueError):
+    """Unknown scheduling policy; expected one of FIFO, RoundRobin, Priority, Fair,
+    ShortestPredicted."""
+
+    def __init__(self, name: object, known: tuple[str, ...]) -> None:
+        self.name = name
+        self.known = known
+        super().__init__(f"unknown scheduling policy {name!r}; expected one of {', '.join(known)}")
+
+
+@dataclass(frozen=True)
+class QueuedItem:
+    """A unit of work ready to run.
+
+    ``group`` is what round-robin and fair share rotate between (a workflow or pipeline);
+    ``tenant``, when set, is the fair-share key instead. ``priority``: higher runs first.
+    ``enqueued_at`` is in seconds on the caller's clock (the same clock as ``now``).
+    ``weight`` scales the item's fair share (on top of the weight its priority gives).
+    """
+
+    id: str
+    group: str | None
+    priority: int
+    enqueued_at: float
+    predicted: Prediction | None = None
+    weight: float = 1.0
+    tenant: str | None = None
+
+    @property
+    def fair_key(self) -> str:
+        if self.tenant is not None:
+            return self.tenant
+        return self.group if self.group is not None else ""
+
+
+@dataclass
+class SchedulerState:
+    """What a policy remembers between decisions; plain data, so the service can persist it.
+
+    ``vruntimes`` (fair share, seconds / weight) and ``min_vruntime`` belong to ``Fair``;
+    ``rr_group`` / ``rr_used_micros`` to ``RoundRobin``. The counters are kept for every policy:
+    a *context switch* is starting work of a different group than the last start, a
+    *preemption* is a group losing its round-robin turn because its quantum ran out.
+    """
+
+    quantum_micros: int = 10_000
+    vruntimes: dict[str, float] = field(default_factory=dict)
+    min_vruntime: float = 0.0
+    inflight_charge: dict[str, float] = field(default_factory=dict)
+    rr_group: str | None = None
+    rr_used_micros: int = 0
+    last_group: str | None = None
+    total_scheduled: int = 0
+    context_switches: int = 0
+    preemptions: int = 0
+
+    def to_dict(self) -> dict:
+        return {
+            "quantum_micros": self.quantum_micros,
+            "vruntimes": dict(self.vruntimes),
+            "min_vruntime": self.min_vruntime,
+            "inflight_charge": dict(self.inflight_charge),
+            "rr_group": self.rr_group,
+            "rr_used_micros": self.rr_used_micros,
+            "last_group": self.last_group,
+            "total_scheduled": self.total_scheduled,
+            "context_switches": self.context_switches,
+            "preemptions": self.preemptions,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SchedulerState:
+        return cls(**data)

@@ -1,0 +1,82 @@
+"""The scheduler the service holds: one switchable policy plus its persistent state."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kiln.core.scheduling.items import QueuedItem, SchedulerState
+from kiln.core.scheduling.policies import Policy, make_policy
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One line of a dry run: the item, its position (0 = runs next) and why."""
+
+    position: int
+    item: QueuedItem
+    reason: str
+
+
+class Scheduler:
+    """Orders ready work with the current policy and keeps the state and counters.
+
+    ``set_policy`` switches at run time; the state (virtual runtimes, round-robin turn,
+    counters) survives the switch, and the next ``order`` re-orders everything queued.
+    """
+
+    def __init__(
+        self,
+        policy: str = "FIFO",
+        state: SchedulerState | None = None,
+        params: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
+        """``params`` maps policy names to their tuning parameters, used whenever that policy
+        is selected (e.g. ``{"ShortestPredicted": {"aging": 0.02}}``)."""
+        self.params = dict(params or {})
+        self.state = state if state is not None else SchedulerState()
+        self.policy: Policy = make_policy(policy, **self.params.get(policy, {}))
+
+    @property
+    def policy_name(self) -> str:
+        return self.policy.name
+
+    def set_policy(self, name: str, **params: Any) -> None:
+        """Switch policy; raises ``UnknownPolicy`` (the current policy stays) for a bad name."""
+        merged = {**self.params.get(name, {}), **params}
+        self.policy = make_policy(name, **merged)
+        if params:
+            self.params[name] = merged
+
+    def order(self, items: Sequence[QueuedItem], now: float) -> list[QueuedItem]:
+        return self.policy.order(items, now, self.state)
+
+    def next(self, items: Sequence[QueuedItem], now: float) -> QueuedItem | None:
+        return self.policy.pick(items, now, self.state)
+
+    def explain(
+        self, items: Sequence[QueuedItem], now: float, limit: int | None = None
+    ) -> list[Decision]:
+        """Dry run: what would run, in order, and why; changes nothing."""
+        ordered = self.policy.explain_order(items, now, self.state)[:limit]
+        return [Decision(position, item, reason) for position, (item, reason) in enumerate(ordered)]
+
+    def record_start(self, item: QueuedItem, now: float) -> None:
+        self.policy.record_start(item, now, self.state)
+
+    def record_finish(self, item: QueuedItem, runtime: float, now: float) -> None:
+        self.policy.record_finish(item, runtime, now, self.state)
+
+    def stats(self, active: int) -> dict[str, Any]:
+        """Counters in the shape of the kernel scheduler's stats (``active_processes`` is the
+        same number as ``active``: the items queued or running)."""
+        return {
+            "total_scheduled": self.state.total_scheduled,
+            "context_switches": self.state.context_switches,
+            "preemptions": self.state.preemptions,
+            "active": active,
+            "active_processes": active,
+            "policy": self.policy_name,
+            "quantum_micros": self.state.quantum_micros,
+        }

@@ -1,0 +1,218 @@
+"""Dispatch: a ready task is leased (``ready|retrying -> queued``) for a message to carry it
+to a worker.
+
+The controller leases in its scheduling policy's order (:func:`dispatch_ready_txn`). A
+submitter or a finishing worker leases what it just made ready itself when the queue is idle
+(:func:`dispatch_now_txn`): with nothing else waiting there is nothing to order it against.
+Either way the lease is one guarded statement, so two controllers never send the same attempt.
+Functions ending in ``_txn`` never commit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from kiln.core.states import TASK_DISPATCHABLE, TaskStatus, WorkflowStatus
+from kiln.store import postgres as pgsql
+from kiln.store.db import is_postgres, utcnow
+from kiln.store.schema import tasks, workflows
+from kiln.store.workflows import mark_running_txn
+
+DISPATCHABLE = [str(s) for s in TASK_DISPATCHABLE]
+# A message re-sent this many times without any worker claiming it is quarantined: its
+# payload cannot be processed (or no worker consumes the queue), and retrying forever would
+# hide that.
+MAX_DISPATCHES = 20
+
+
+def run_is_active() -> sa.Exists:
+    """The task's run is one whose tasks may be dispatched: pending or running (not paused,
+    not finished)."""
+    return sa.exists().where(
+        workflows.c.id == tasks.c.workflow_id,
+        workflows.c.status.in_([WorkflowStatus.PENDING, WorkflowStatus.RUNNING]),
+    )
+
+
+def dispatchable_tasks(*extra: sa.ColumnElement[Any]) -> sa.Select:
+    """Dispatchable tasks of active runs, best first by (priority, age), with the columns the
+    scheduling policies read (``scheduler_service.item_of``) and placement needs, plus
+    ``extra``. The controller's candidates and the scheduler's view of the queue start here."""
+    return (
+        sa.select(
+            tasks.c.id,
+            tasks.c.workflow_id,
+            tasks.c.priority,
+            tasks.c.created_at,
+            tasks.c.ready_at,
+            tasks.c.handler,
+            tasks.c.model_type,
+            tasks.c.predicted,
+            *extra,
+        )
+        .where(tasks.c.status.in_(DISPATCHABLE), run_is_active())
+        .order_by(tasks.c.priority.desc(), tasks.c.ready_at, tasks.c.id)
+    )
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """A task leased for dispatch: the message to send carries ``(task_id, attempt)``."""
+
+    task_id: int
+    attempt: int
+    workflow_id: int
+    # A model_type task waits on a TaskInstance for most of its run: it gets a message (and
+    # so a worker thread) of its own instead of sharing a batch with others.
+    alone: bool = False
+
+
+def dispatch_candidates_txn(conn: sa.Connection, *, limit: int, now: dt.datetime) -> list[Any]:
+    """Lock up to ``limit`` dispatchable tasks of runs that are not paused, best first by
+    (priority, age). Other controllers skip the locked rows. A ``model_type`` task is a
+    candidate only while a live instance serves it (the controller's ``note_unroutable``
+    hook says why the others wait)."""
+    from kiln.store.instances import served_clause
+
+    q = (
+        dispatchable_tasks(tasks.c.attempts)
+        .where(
+            sa.or_(tasks.c.not_before.is_(None), tasks.c.not_before <= now),
+            sa.or_(tasks.c.handler.is_not(None), served_clause(tasks.c.model_type, now)),
+        )
+        .limit(limit)
+        .with_for_update(skip_locked=True, of=tasks)
+    )
+    return list(conn.execute(q))
+
+
+def mark_queued_txn(
+    conn: sa.Connection, task_ids: Sequence[int], *, now: dt.datetime, lease_until: dt.datetime
+) -> list[Dispatch]:
+    """ready/retrying -> queued for the given tasks, keeping the caller's order; their runs
+    go pending -> running. On PostgreSQL both are one statement."""
+    if not task_ids:
+        return []
+    if is_postgres(conn):
+        rows = conn.execute(
+            pgsql.MARK_QUEUED, {"ids": list(task_ids), "now": now, "lease": lease_until}
+        ).all()
+    else:
+        rows = conn.execute(
+            tasks.update()
+            .where(tasks.c.id.in_(list(task_ids)), tasks.c.status.in_(DISPATCHABLE))
+            .values(
+                status=TaskStatus.QUEUED,
+                queued_at=now,
+                lease_expires_at=lease_until,
+                dispatch_count=tasks.c.dispatch_count + 1,
+                not_before=None,
+                waiting_reason=None,
+            )
+            .returning(tasks.c.id, tasks.c.attempts, tasks.c.workflow_id, tasks.c.model_type)
+        ).all()
+    by_id = {
+        r.id: Dispatch(r.id, r.attempts + 1, r.workflow_id, alone=r.model_type is not None)
+        for r in rows
+    }
+    if not is_postgres(conn):
+        mark_running_txn(conn, (d.workflow_id for d in by_id.values()))
+    return [by_id[i] for i in task_ids if i in by_id]
+
+
+# Direct dispatch is for an idle system only: past this many tasks already sent and not yet
+# claimed, newly ready work waits for the controller and its scheduling policy.
+DIRECT_DISPATCH_MAX_QUEUED = 16
+
+
+def queue_is_idle_txn(conn: sa.Connection, *, excluding: Sequence[int] = ()) -> bool:
+    """True when no dispatchable task (other than ``excluding``) waits for the controller and
+    fewer than ``DIRECT_DISPATCH_MAX_QUEUED`` tasks are sent but not yet claimed."""
+    now = utcnow()
+    if is_postgres(conn):
+        return bool(
+            conn.execute(
+                pgsql.QUEUE_IS_IDLE,
+                {"now": now, "excluding": list(excluding), "cap": DIRECT_DISPATCH_MAX_QUEUED},
+            ).scalar()
+        )
+    waiting = (
+        sa.select(tasks.c.id)
+        .where(
+            tasks.c.status.in_(DISPATCHABLE),
+            sa.or_(tasks.c.not_before.is_(None), tasks.c.not_before <= now),
+            run_is_active(),
+        )
+        .limit(1)
+    )
+    if excluding:
+        waiting = waiting.where(tasks.c.id.not_in(list(excluding)))
+    in_flight = (
+        sa.select(tasks.c.id)
+        .where(tasks.c.status == TaskStatus.QUEUED)
+        .limit(DIRECT_DISPATCH_MAX_QUEUED)
+        .subquery()
+    )
+    row = conn.execute(
+        sa.select(
+            sa.exists(waiting).label("waiting"),
+            sa.select(sa.func.count()).select_from(in_flight).scalar_subquery().label("in_flight"),
+        )
+    ).one()
+    return not row.waiting and row.in_flight < DIRECT_DISPATCH_MAX_QUEUED
+
+
+def dispatch_now_txn(
+    conn: sa.Connection, task_ids: Sequence[int], *, lease_s: float
+) -> list[Dispatch]:
+    """Lease tasks that just became ready for their creator to send itself, skipping the
+    controller's hop, when the queue is idle (:func:`queue_is_idle_txn`): with nothing else
+    waiting there is nothing for the scheduler to order them against, so this saves latency
+    without bypassing any policy. Otherwise (or for ``model_type`` tasks, which need
+    placement) returns ``[]`` and leaves them to the controller."""
+    if not task_ids or not queue_is_idle_txn(conn, excluding=task_ids):
+        return []
+    now = utcnow()
+    eligible = set(
+        conn.execute(
+            sa.select(tasks.c.id).where(
+                tasks.c.id.in_(list(task_ids)),
+                tasks.c.handler.is_not(None),
+                tasks.c.not_before.is_(None),
+                run_is_active(),
+            )
+        ).scalars()
+    )
+    chosen = [i for i in task_ids if i in eligible]
+    return mark_queued_txn(conn, chosen, now=now, lease_until=now + dt.timedelta(seconds=lease_s))
+
+
+def dispatch_ready_txn(
+    conn: sa.Connection,
+    *,
+    limit: int,
+    lease_s: float,
+    order: Callable[[list[Any]], list[Any]] | None = None,
+) -> list[Dispatch]:
+    """Lease up to ``limit`` ready tasks for dispatch, in the order ``order`` gives (default
+    priority then age). The caller commits, then sends one message per batch."""
+    now = utcnow()
+    candidates = dispatch_candidates_txn(conn, limit=limit, now=now)
+    if order is not None:
+        candidates = order(candidates)
+    return mark_queued_txn(
+        conn,
+        [c.id for c in candidates],
+        now=now,
+        lease_until=now + dt.timedelta(seconds=lease_s),
+    )
+
+
+def queued_count(conn: sa.Connection) -> int:
+    return conn.execute(
+        sa.select(sa.func.count()).select_from(tasks).where(tasks.c.status == TaskStatus.QUEUED)
+    ).scalar_one()

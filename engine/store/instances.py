@@ -1,0 +1,572 @@
+"""TaskInstances: the registry, heartbeats, lost detection and routing.
+
+An instance registers (``POST /instances``, idempotent by ``url``), then heartbeats every
+few seconds. Only instances whose last word was ``running`` and whose heartbeat is younger
+than ``KILN_INSTANCE_LOST_AFTER_S`` (default 10 s) are *live* and receive tasks. A task
+naming a ``model_type`` may go to a live instance that lists it among its capabilities
+(an instance always serves its own model type); while none does, the task stays ready with
+a ``waiting_reason`` saying so.
+
+When an instance is lost (no heartbeat in time), deregistered, or says ``offline``, the
+running attempts placed on it are recorded as ``lost`` and retried elsewhere, through the
+same transition a lost worker's tasks take (``kiln.store.tasks.record_outcomes_txn``); a result
+the instance still delivers later is refused as stale.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from kiln.core.errors import KilnError, NotFound
+from kiln.core.states import TaskStatus
+from kiln.store.db import aware, utcnow
+from kiln.store.schema import instance_capabilities, instances, tasks
+
+DEFAULT_LOST_AFTER_S = 10.0
+LIVE = "running"
+REPORTED_STATES = ("running", "stopped", "draining", "offline")
+_KILN_TASK_ID = re.compile(r"^kiln-(\d+)-(\d+)$")
+
+
+class InvalidInstanceRequest(KilnError):
+    """The instance request is invalid."""
+
+    status_code = 422
+
+
+class InstanceNotFound(NotFound):
+    """No instance with this id (register again)."""
+
+
+def lost_after_s() -> float:
+    """Seconds without a heartbeat after which an instance is lost (KILN_INSTANCE_LOST_AFTER_S)."""
+    raw = os.environ.get("KILN_INSTANCE_LOST_AFTER_S")
+    return float(raw) if raw else DEFAULT_LOST_AFTER_S
+
+
+def instance_task_id(task_id: int, attempt: int) -> str:
+    """The id a task's attempt has on its instance; enqueueing it twice runs it once."""
+    return f"kiln-{task_id}-{attempt}"
+
+
+# --- validation -------------------------------------------------------------------------
+
+
+def _text(body: dict[str, Any], key: str, *, required: bool) -> str | None:
+    value = body.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInstanceRequest(f"{key} must be a non-empty string", field=key)
+    return value.strip()
+
+
+def _count(body: dict[str, Any], key: str, default: int | None, minimum: int = 0) -> int | None:
+    value = body.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidInstanceRequest(f"{key} must be an integer >= {minimum}", field=key)
+    return value
+
+
+@dataclass(frozen=True)
+class Registration:
+    name: str
+    url: str
+    model_type: str
+    hardware: str | None
+    software_version: str | None
+    capabilities: tuple[str, ...]
+    max_concurrency: int
+
+    @classmethod
+    def parse(cls, body: Any) -> Registration:
+        if not isinstance(body, dict):
+            raise InvalidInstanceRequest("the request body must be a JSON object")
+        url = _text(body, "url", required=True)
+        assert url is not None
+        if not url.startswith(("http://", "https://")):
+            raise InvalidInstanceRequest("url must be an http(s) URL", field="url")
+        model_type = _text(body, "model_type", required=True)
+        assert model_type is not None
+        caps = body.get("capabilities") or []
+        if not isinstance(caps, list) or not all(isinstance(c, str) and c.strip() for c in caps):
+            raise InvalidInstanceRequest(
+                "capabilities must be a list of non-empty strings", field="capabilities"
+            )
+        return cls(
+            name=_text(body, "name", required=False) or f"{model_type}@{url}",
+            url=url.rstrip("/"),
+            model_type=model_type,
+            hardware=_text(body, "hardware", required=False),
+            software_version=_text(body, "software_version", required=False),
+            capabilities=tuple(dict.fromkeys(c.strip() for c in caps)),
+            max_concurrency=_count(body, "max_concurrency", 1, minimum=1) or 1,
+        )
+
+
+# --- registry ---------------------------------------------------------------------------
+
+
+def register_txn(conn: sa.Connection, reg: Registration) -> tuple[int, bool]:
+    """Register an instance, or refresh the one already registered at the same url (it came
+    back, e.g. after a restart of Kiln or of itself); return ``(id, created)``."""
+    now = utcnow()
+    values = {
+        "name": reg.name,
+        "model_type": reg.model_type,
+        "hardware": reg.hardware,
+        "software_version": reg.software_version,
+        "capabilities": list(reg.capabilities),
+        "max_concurrency": reg.max_concurrency,
+        "slots": reg.max_concurrency,
+        "status": LIVE,
+        "heartbeat_at": now,
+        "lost_at": None,
+    }
+    existing = conn.execute(
+        sa.select(instances.c.id).where(instances.c.url == reg.url).with_for_update()
+    ).scalar()
+    if existing is not None:
+        conn.execute(instances.update().where(instances.c.id == existing).values(values))
+        instance_id, created = existing, False
+    else:
+        instance_id = conn.execute(
+            instances.insert()
+            .values(url=reg.url, registered_at=now, **values)
+            .returning(instances.c.id)
+        ).scalar_one()
+        created = True
+    conn.execute(
+        instance_capabilities.delete().where(instance_capabilities.c.instance_id == instance_id)
+    )
+    serves = dict.fromkeys((reg.model_type, *reg.capabilities))
+    conn.execute(
+        instance_capabilities.insert(),
+        [{"instance_id": instance_id, "capability": c} for c in serves],
+    )
+    return instance_id, created
+
+
+def heartbeat_txn(
+    conn: sa.Connection, instance_id: int, body: Any, *, retry_base_s: float, retry_max_s: float
+) -> dict[str, Any]:
+    """Record a heartbeat: status, load, counters and the progress of Kiln's tasks on the
+    instance. Raises :class:`InstanceNotFound` for an id Kiln does not know (the instance
+    then registers again). ``offline`` re-queues the tasks still placed on it."""
+    if not isinstance(body, dict):
+        raise InvalidInstanceRequest("the request body must be a JSON object")
+    status = body.get("status", LIVE)
+    if status not in REPORTED_STATES:
+        raise InvalidInstanceRequest(
+            f"status must be one of {', '.join(REPORTED_STATES)}", field="status"
+        )
+    values: dict[str, Any] = {"status": status, "heartbeat_at": utcnow(), "lost_at": None}
+    for key, column in (("active_tasks", "active_tasks"), ("queue_size", "queue_size")):
+        count = _count(body, key, None)
+        if count is not None:
+            values[column] = count
+    slots = _count(body, "max_concurrency", None)
+    if slots is not None:
+        values["slots"] = slots
+    if isinstance(body.get("counters"), dict):
+        values["counters"] = body["counters"]
+    changed = conn.execute(
+        instances.update()
+        .where(instances.c.id == instance_id)
+        .values(values)
+        .returning(instances.c.id)
+    ).first()
+    if changed is None:
+        raise InstanceNotFound(instance_id=instance_id)
+    progressed = _store_progress_txn(conn, instance_id, body.get("tasks"))
+    requeued: list[int] = []
+    if status == "offline":
+        requeued = requeue_inflight_txn(
+            conn,
+            instance_id,
+            f"instance {instance_id} went offline",
+            retry_base_s=retry_base_s,
+            retry_max_s=retry_max_s,
+        )
+    return {
+        "id": instance_id,
+        "status": status,
+        "progress_updates": progressed,
+        "requeued": requeued,
+    }
+
+
+def _store_progress_txn(conn: sa.Connection, instance_id: int, reported: Any) -> int:
+    """Progress of Kiln's own tasks (ids ``kiln-<task>-<attempt>``) running on the instance,
+    fenced by attempt and placement so an old attempt's report changes nothing."""
+    if not isinstance(reported, list):
+        return 0
+    updated = 0
+    for item in reported:
+        if not isinstance(item, dict) or item.get("status") != "running":
+            continue
+        match = _KILN_TASK_ID.match(str(item.get("task_id", "")))
+        fraction = item.get("progress")
+        if match is None or not isinstance(fraction, int | float):
+            continue
+        updated += conn.execute(
+            tasks.update()
+            .where(
+                tasks.c.id == int(match.group(1)),
+                tasks.c.attempts == int(match.group(2)),
+                tasks.c.status == TaskStatus.RUNNING,
+                tasks.c.instance_id == instance_id,
+            )
+            .values(
+                progress=max(0.0, min(1.0, float(fraction))),
+                progress_message=str(item.get("message") or "")[:500] or None,
+            )
+        ).rowcount
+    return updated
+
+
+def deregister_txn(
+    conn: sa.Connection, instance_id: int, *, retry_base_s: float, retry_max_s: float
+) -> list[int]:
+    """Forget an instance; its running tasks are retried elsewhere. Returns their ids."""
+    exists = conn.execute(
+        sa.select(instances.c.id).where(instances.c.id == instance_id).with_for_update()
+    ).scalar()
+    if exists is None:
+        raise InstanceNotFound(instance_id=instance_id)
+    requeued = requeue_inflight_txn(
+        conn,
+        instance_id,
+        f"instance {instance_id} was deregistered",
+        retry_base_s=retry_base_s,
+        retry_max_s=retry_max_s,
+    )
+    conn.execute(instances.delete().where(instances.c.id == instance_id))
+    return requeued
+
+
+def requeue_inflight_txn(
+    conn: sa.Connection, instance_id: int, why: str, *, retry_base_s: float, retry_max_s: float
+) -> list[int]:
+    """Record the running attempts placed on ``instance_id`` as lost (they retry, or fail
+    once their attempts are used up); return the task ids."""
+    from kiln.store.tasks import ClaimedTask, Outcome, record_outcomes_txn
+
+    rows = conn.execute(
+        sa.select(
+            tasks.c.id,
+            tasks.c.attempts,
+            tasks.c.workflow_id,
+            tasks.c.name,
+            tasks.c.max_attempts,
+            tasks.c.started_at,
+        )
+        .where(tasks.c.instance_id == instance_id, tasks.c.status == TaskStatus.RUNNING)
+        .with_for_update(skip_locked=True)
+    ).all()
+    if not rows:
+        return []
+    now = utcnow()
+    outcomes = [
+        Outcome(
+            ClaimedTask(
+                id=r.id,
+                attempt=r.attempts,
+                workflow_id=r.workflow_id,
+                name=r.name,
+                handler=None,
+                model_type=None,
+                params=None,
+                timeout_s=None,
+                max_attempts=r.max_attempts,
+            ),
+            ok=False,
+            started_at=aware(r.started_at) or now,
+            finished_at=now,
+            error=f"{why} during attempt {r.attempts} of {r.max_attempts}",
+            kind="lost",
+        )
+        for r in rows
+    ]
+    report = record_outcomes_txn(conn, outcomes, retry_base_s=retry_base_s, retry_max_s=retry_max_s)
+    return sorted(report.applied)
+
+
+def detect_lost_txn(
+    conn: sa.Connection, *, retry_base_s: float, retry_max_s: float, now: dt.datetime | None = None
+) -> dict[int, list[int]]:
+    """Mark instances silent for longer than :func:`lost_after_s` as ``lost`` and re-queue
+    their running tasks; return ``{instance id: [re-queued task ids]}``."""
+    now = now or utcnow()
+    cutoff = now - dt.timedelta(seconds=lost_after_s())
+    lost = conn.execute(
+        instances.update()
+        .where(instances.c.status != "lost", instances.c.heartbeat_at < cutoff)
+        .values(status="lost", lost_at=now)
+        .returning(instances.c.id)
+    ).scalars()
+    out: dict[int, list[int]] = {}
+    for instance_id in sorted(lost):
+        out[instance_id] = requeue_inflight_txn(
+            conn,
+            instance_id,
+            f"instance {instance_id} lost (no heartbeat for {lost_after_s():g}s)",
+            retry_base_s=retry_base_s,
+            retry_max_s=retry_max_s,
+        )
+    # Running attempts placed on an instance that is already lost (e.g. claimed in the
+    # moment it went silent) are re-queued too.
+    stray = conn.execute(
+        sa.select(instances.c.id)
+        .where(instances.c.status == "lost")
+        .where(
+            sa.exists().where(
+                tasks.c.instance_id == instances.c.id, tasks.c.status == TaskStatus.RUNNING
+            )
+        )
+    ).scalars()
+    for instance_id in sorted(stray):
+        out.setdefault(instance_id, []).extend(
+            requeue_inflight_txn(
+                conn,
+                instance_id,
+                f"instance {instance_id} lost",
+                retry_base_s=retry_base_s,
+                retry_max_s=retry_max_s,
+            )
+        )
+    return out
+
+
+def mark_unreachable_txn(conn: sa.Connection, instance_id: int) -> bool:
+    """A worker could not connect to the instance: stop routing to it now rather than after
+    the heartbeat timeout. Its next heartbeat, if it is alive after all, makes it live
+    again."""
+    return (
+        conn.execute(
+            instances.update()
+            .where(instances.c.id == instance_id, instances.c.status == LIVE)
+            .values(status="lost", lost_at=utcnow())
+        ).rowcount
+        == 1
+    )
+
+
+# --- routing ----------------------------------------------------------------------------
+
+
+def live_clause(now: dt.datetime) -> sa.ColumnElement[bool]:
+    cutoff = now - dt.timedelta(seconds=lost_after_s())
+    return sa.and_(instances.c.status == LIVE, instances.c.heartbeat_at >= cutoff)
+
+
+def served_clause(model_type: sa.ColumnElement[Any], now: dt.datetime) -> sa.ColumnElement[bool]:
+    """True where some live instance serves ``model_type`` (a column or value)."""
+    return sa.exists().where(
+        instance_capabilities.c.capability == model_type,
+        instances.c.id == instance_capabilities.c.instance_id,
+        live_clause(now),
+    )
+
+
+def note_unroutable_txn(conn: sa.Connection, now: dt.datetime) -> int:
+    """Say why ready tasks whose model type no live instance serves are not dispatched."""
+    from kiln.store.dispatch import DISPATCHABLE
+
+    reason = sa.literal("no live instance serves model_type ", sa.Text) + tasks.c.model_type
+    return conn.execute(
+        tasks.update()
+        .where(
+            tasks.c.status.in_(DISPATCHABLE),
+            tasks.c.model_type.is_not(None),
+            ~served_clause(tasks.c.model_type, now),
+            tasks.c.waiting_reason.is_distinct_from(reason),
+        )
+        .values(waiting_reason=reason)
+    ).rowcount
+
+
+@dataclass(frozen=True)
+class LiveInstance:
+    id: int
+    name: str
+    url: str
+    model_type: str
+    hardware: str | None
+    slots: int
+    speed_factor: float
+    capabilities: frozenset[str]
+
+
+def live_instances(conn: sa.Connection, now: dt.datetime | None = None) -> list[LiveInstance]:
+    now = now or utcnow()
+    rows = conn.execute(
+        sa.select(
+            instances.c.id,
+            instances.c.name,
+            instances.c.url,
+            instances.c.model_type,
+            instances.c.hardware,
+            instances.c.slots,
+            instances.c.speed_factor,
+            instance_capabilities.c.capability,
+        )
+        .join(instance_capabilities, instance_capabilities.c.instance_id == instances.c.id)
+        .where(live_clause(now))
+        .order_by(instances.c.id)
+    ).all()
+    by_id: dict[int, dict[str, Any]] = {}
+    for r in rows:
+        entry = by_id.setdefault(r.id, {**r._asdict(), "capabilities": set()})
+        entry["capabilities"].add(r.capability)
+    return [
+        LiveInstance(
+            id=e["id"],
+            name=e["name"],
+            url=e["url"],
+            model_type=e["model_type"],
+            hardware=e["hardware"],
+            slots=e["slots"],
+            speed_factor=e["speed_factor"],
+            capabilities=frozenset(e["capabilities"]),
+        )
+        for e in by_id.values()
+    ]
+
+
+def inflight_by_instance(conn: sa.Connection) -> dict[int, int]:
+    rows = conn.execute(
+        sa.select(tasks.c.instance_id, sa.func.count())
+        .where(tasks.c.status == TaskStatus.RUNNING, tasks.c.instance_id.is_not(None))
+        .group_by(tasks.c.instance_id)
+    ).all()
+    return {r[0]: r[1] for r in rows}
+
+
+@dataclass
+class Capacity:
+    """Free slots per live instance, and which instances serve each model type. An instance
+    serving several model types has one pool of slots for all of them."""
+
+    room: dict[int, int]
+    serving: dict[str, list[int]]
+
+    def take(self, model_type: str) -> bool:
+        """Reserve a slot for one task of ``model_type`` on the roomiest instance serving it."""
+        ids = [i for i in self.serving.get(model_type, ()) if self.room[i] > 0]
+        if not ids:
+            return False
+        best = max(ids, key=lambda i: (self.room[i], -i))
+        self.room[best] -= 1
+        return True
+
+    def per_model_type(self) -> dict[str, int]:
+        return {cap: sum(self.room[i] for i in ids) for cap, ids in self.serving.items()}
+
+
+def capacity(conn: sa.Connection, now: dt.datetime | None = None) -> Capacity:
+    """Slots Kiln may still fill now: each live instance's slots less Kiln's tasks running
+    there, less one per task sent to a worker but not placed yet (queued, or claimed a moment
+    ago) of a model type it serves."""
+    live = live_instances(conn, now)
+    inflight = inflight_by_instance(conn)
+    cap = Capacity(
+        room={i.id: max(i.slots - inflight.get(i.id, 0), 0) for i in live},
+        serving={},
+    )
+    for inst in live:
+        for name in sorted(inst.capabilities):
+            cap.serving.setdefault(name, []).append(inst.id)
+    unplaced = sa.or_(
+        tasks.c.status == TaskStatus.QUEUED,
+        sa.and_(tasks.c.status == TaskStatus.RUNNING, tasks.c.instance_id.is_(None)),
+    )
+    for model_type, count in conn.execute(
+        sa.select(tasks.c.model_type, sa.func.count())
+        .where(unplaced, tasks.c.model_type.is_not(None))
+        .group_by(tasks.c.model_type)
+    ).all():
+        for _ in range(count):
+            cap.take(model_type)
+    return cap
+
+
+def free_slots(conn: sa.Connection, now: dt.datetime | None = None) -> dict[str, int]:
+    """Per model type served by a live instance: how many more of its tasks may be sent now
+    (see :func:`capacity`; instances serving several model types count in each)."""
+    return capacity(conn, now).per_model_type()
+
+
+def note_busy_txn(conn: sa.Connection, free: dict[str, int]) -> None:
+    """Say which ready tasks wait for a slot, and clear the reason of those that no longer do."""
+    from kiln.store.dispatch import DISPATCHABLE
+
+    busy = sorted(cap for cap, n in free.items() if n <= 0)
+    idle = sorted(cap for cap, n in free.items() if n > 0)
+    base = [tasks.c.status.in_(DISPATCHABLE), tasks.c.model_type.is_not(None)]
+    if busy:
+        reason = (
+            sa.literal("every live instance serving model_type ", sa.Text)
+            + tasks.c.model_type
+            + sa.literal(" is busy; waiting for a free slot", sa.Text)
+        )
+        conn.execute(
+            tasks.update()
+            .where(*base, tasks.c.model_type.in_(busy))
+            .where(tasks.c.waiting_reason.is_distinct_from(reason))
+            .values(waiting_reason=reason)
+        )
+    if idle:
+        conn.execute(
+            tasks.update()
+            .where(*base, tasks.c.model_type.in_(idle), tasks.c.waiting_reason.is_not(None))
+            .values(waiting_reason=None)
+        )
+
+
+# --- reading ----------------------------------------------------------------------------
+
+
+def list_instances(conn: sa.Connection) -> list[dict[str, Any]]:
+    now = utcnow()
+    cutoff = now - dt.timedelta(seconds=lost_after_s())
+    inflight = inflight_by_instance(conn)
+    out = []
+    for r in conn.execute(sa.select(instances).order_by(instances.c.id)).mappings():
+        heartbeat_at = aware(r["heartbeat_at"])
+        out.append(
+            {
+                "id": r["id"],
+                "name": r["name"],
+                "url": r["url"],
+                "model_type": r["model_type"],
+                "hardware": r["hardware"],
+                "software_version": r["software_version"],
+                "capabilities": r["capabilities"],
+                "max_concurrency": r["max_concurrency"],
+                "slots": r["slots"],
+                "status": r["status"],
+                "live": r["status"] == LIVE and heartbeat_at is not None and heartbeat_at >= cutoff,
+                "active_tasks": r["active_tasks"],
+                "queue_size": r["queue_size"],
+                "counters": r["counters"] or {},
+                "kiln_tasks_running": inflight.get(r["id"], 0),
+                "speed_factor": r["speed_factor"],
+                "registered_at": _iso(r["registered_at"]),
+                "heartbeat_at": _iso(r["heartbeat_at"]),
+                "lost_at": _iso(r["lost_at"]),
+            }
+        )
+    return out
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    value = aware(value)
+    return value.isoformat() if value is not None else None

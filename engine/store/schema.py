@@ -1,0 +1,536 @@
+"""Kiln's tables, as SQLAlchemy Core metadata. Alembic migrations create them; this module is
+what the code queries with and what ``alembic check`` compares the migrated database against.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "%(table_name)s_%(column_0_N_name)s_idx",
+        "uq": "%(table_name)s_%(column_0_N_name)s_key",
+        "ck": "%(table_name)s_%(constraint_name)s_check",
+        "fk": "%(table_name)s_%(column_0_name)s_fkey",
+        "pk": "%(table_name)s_pkey",
+    }
+)
+
+# BIGINT in PostgreSQL; INTEGER PRIMARY KEY (the rowid) in SQLite, which autoincrements there.
+Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+Json = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+Timestamp = sa.DateTime(timezone=True)
+
+TASK_STATES = (
+    "pending", "ready", "queued", "running", "retrying",
+    "succeeded", "failed", "cancelled", "upstream_failed",
+)  # fmt: skip
+WORKFLOW_STATES = ("pending", "running", "paused", "succeeded", "failed", "cancelled")
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+workflows = sa.Table(
+    "workflows",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False, server_default="pending"),
+    sa.Column(
+        "on_error",
+        sa.Text,
+        nullable=False,
+        server_default="stop",
+        comment="stop: a failed task fails the run at once; continue: independent branches go on",
+    ),
+    sa.Column("priority", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("definition", Json, nullable=False, comment="the definition as submitted"),
+    sa.Column(
+        "idempotency_key",
+        sa.Text,
+        unique=True,
+        comment="a retried submission with the same key returns this run instead of a new one",
+    ),
+    sa.Column("error", sa.Text),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("started_at", Timestamp),
+    sa.Column("finished_at", Timestamp),
+    sa.CheckConstraint(_in("status", WORKFLOW_STATES), name="status"),
+    sa.CheckConstraint(_in("on_error", ("stop", "continue")), name="on_error"),
+    sa.Index(None, "status", "id"),
+    comment="One row per workflow run (a DAG of tasks).",
+)
+
+tasks = sa.Table(
+    "tasks",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column(
+        "workflow_id",
+        sa.BigInteger,
+        sa.ForeignKey("workflows.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column(
+        "handler",
+        sa.Text,
+        comment="registered name or 'package.module:function' the worker calls",
+    ),
+    sa.Column("model_type", sa.Text, comment="run on a TaskInstance serving this model type"),
+    sa.Column(
+        "params",
+        Json,
+        nullable=False,
+        comment="parameters as submitted; {{Task.result...}} references resolved at claim time",
+    ),
+    sa.Column("status", sa.Text, nullable=False, server_default="pending"),
+    sa.Column("priority", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("max_attempts", sa.Integer, nullable=False, server_default="3"),
+    sa.Column("timeout_s", sa.Float),
+    sa.Column(
+        "attempts",
+        sa.Integer,
+        nullable=False,
+        server_default="0",
+        comment="claims made so far; incremented when a worker claims (queued -> running)",
+    ),
+    sa.Column(
+        "deps_remaining",
+        sa.Integer,
+        nullable=False,
+        server_default="0",
+        comment="dependencies not yet succeeded; the task becomes ready when this reaches 0",
+    ),
+    sa.Column("lease_owner", sa.Text, comment="process id of the worker holding the task"),
+    sa.Column(
+        "lease_expires_at",
+        Timestamp,
+        comment="queued: message presumed lost after this; running: worker presumed dead",
+    ),
+    sa.Column("not_before", Timestamp, comment="retrying: not dispatched before this time"),
+    sa.Column(
+        "dispatch_count",
+        sa.Integer,
+        nullable=False,
+        server_default="0",
+        comment="messages sent for this task, re-sends after a lost message included",
+    ),
+    sa.Column("result", Json),
+    sa.Column("error", sa.Text),
+    sa.Column("progress", sa.Float, comment="0..1 as last reported by the running handler"),
+    sa.Column("progress_message", sa.Text),
+    sa.Column("waiting_reason", sa.Text, comment="why a ready task is not being dispatched"),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column(
+        "ready_at",
+        Timestamp,
+        comment="when the task last became dispatchable; FIFO order within a priority",
+    ),
+    sa.Column("queued_at", Timestamp),
+    sa.Column("started_at", Timestamp),
+    sa.Column("finished_at", Timestamp),
+    sa.Column(
+        "instance_id",
+        sa.BigInteger,
+        comment="model_type tasks: the TaskInstance (instances.id) the current attempt was "
+        "placed on; kept after the task finishes",
+    ),
+    sa.Column(
+        "instance_task_id",
+        sa.Text,
+        comment="the task's id on that instance, kiln-<task id>-<attempt> (idempotent enqueue)",
+    ),
+    sa.Column(
+        "predicted",
+        Json,
+        comment="execution-time prediction the task was scheduled with: "
+        "{quantiles, values (seconds), method, confidence}",
+    ),
+    sa.Column(
+        "predicted_s",
+        sa.Float,
+        comment="expected execution time from predicted (0.7 q50 + 0.15 q25 + 0.15 q75), s",
+    ),
+    sa.Column(
+        "actual_s",
+        sa.Float,
+        comment="execution time the instance measured for the last finished attempt, s",
+    ),
+    sa.CheckConstraint(_in("status", TASK_STATES), name="status"),
+    sa.CheckConstraint("max_attempts >= 1", name="max_attempts"),
+    sa.UniqueConstraint("workflow_id", "name"),
+    sa.Index(
+        "tasks_dispatch_idx",
+        sa.desc("priority"),
+        "ready_at",
+        "id",
+        postgresql_where=sa.text("status IN ('ready', 'retrying')"),
+        sqlite_where=sa.text("status IN ('ready', 'retrying')"),
+    ),
+    sa.Index(
+        "tasks_lease_idx",
+        "lease_expires_at",
+        postgresql_where=sa.text("status IN ('queued', 'running')"),
+        sqlite_where=sa.text("status IN ('queued', 'running')"),
+    ),
+    sa.Index(None, "workflow_id", "status"),
+    sa.Index(None, "instance_id"),
+    # The controller's periodic passes over model_type work must not scan every task: these
+    # partial indexes keep them flat with a million tasks queued (docs/scale.md).
+    sa.Index(
+        "tasks_model_type_waiting_idx",
+        "model_type",
+        postgresql_where=sa.text("status IN ('ready', 'retrying') AND model_type IS NOT NULL"),
+        sqlite_where=sa.text("status IN ('ready', 'retrying') AND model_type IS NOT NULL"),
+    ),
+    sa.Index(
+        "tasks_unpredicted_idx",
+        "id",
+        postgresql_where=sa.text(
+            "status IN ('pending', 'ready', 'retrying') AND model_type IS NOT NULL "
+            "AND predicted IS NULL"
+        ),
+        sqlite_where=sa.text(
+            "status IN ('pending', 'ready', 'retrying') AND model_type IS NOT NULL "
+            "AND predicted IS NULL"
+        ),
+    ),
+    sa.Index(
+        "tasks_finished_at_idx",
+        "finished_at",
+        postgresql_where=sa.text("finished_at IS NOT NULL"),
+        sqlite_where=sa.text("finished_at IS NOT NULL"),
+    ),
+    comment="One row per task of a workflow run; the row is the task's truth.",
+)
+
+task_dependencies = sa.Table(
+    "task_dependencies",
+    metadata,
+    sa.Column(
+        "task_id", sa.BigInteger, sa.ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column(
+        "depends_on_id",
+        sa.BigInteger,
+        sa.ForeignKey("tasks.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Index(None, "depends_on_id"),
+    comment="Edges of the DAG: task_id runs after depends_on_id succeeded.",
+)
+
+task_attempts = sa.Table(
+    "task_attempts",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column(
+        "task_id", sa.BigInteger, sa.ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("worker", sa.Text, nullable=False, comment="process id of the worker that ran it"),
+    sa.Column(
+        "outcome",
+        sa.Text,
+        nullable=False,
+        server_default="running",
+        comment="running, succeeded, failed, timed_out, lost (lease expired), stale",
+    ),
+    sa.Column("error", sa.Text),
+    sa.Column("started_at", Timestamp, nullable=False),
+    sa.Column("finished_at", Timestamp),
+    sa.UniqueConstraint("task_id", "attempt"),
+    comment="History: one row per claim of a task by a worker.",
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("entity", sa.Text, nullable=False, comment="task, workflow, operation, pipeline"),
+    sa.Column("entity_id", sa.Text, nullable=False),
+    sa.Column("workflow_id", sa.BigInteger),
+    sa.Column("from_status", sa.Text),
+    sa.Column("to_status", sa.Text, nullable=False),
+    sa.Column("attempt", sa.Integer),
+    sa.Column("at", Timestamp, nullable=False),
+    sa.Index(None, "entity", "entity_id"),
+    sa.Index(None, "workflow_id"),
+    comment="Audit log of every state transition, written by triggers on the state tables.",
+)
+
+processes = sa.Table(
+    "processes",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True, comment="host:pid:random, unique per process"),
+    sa.Column("kind", sa.Text, nullable=False, comment="worker, controller or web"),
+    sa.Column("hostname", sa.Text, nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("concurrency", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("started_at", Timestamp, nullable=False),
+    sa.Column("heartbeat_at", Timestamp, nullable=False),
+    sa.Column("stopped_at", Timestamp),
+    sa.Column("info", Json),
+    comment="Kiln's own processes; each heartbeats here so health checks know who is alive.",
+)
+
+# --- contexts, pipelines and operations (the dispatcher) -------------------------------
+
+PIPELINE_STATES = ("new", "ongoing", "stopped", "completed", "failed", "deleted")
+PIPELINE_TYPES = ("vllm", "openai", "python")
+OPERATION_KINDS = ("stop", "resume", "delete", "clone", "cancel", "pause")
+OPERATION_STATES = ("pending", "processing", "completed", "failed")
+
+contexts = sa.Table(
+    "contexts",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column(
+        "source",
+        sa.Text,
+        comment="path or URL of a JSON array / JSON-lines file read by the workers; "
+        "NULL when the rows are stored inline in context_shards",
+    ),
+    sa.Column("num_shards", sa.Integer, nullable=False),
+    sa.Column("num_rows", sa.Integer, comment="rows over all shards; NULL for a source"),
+    sa.Column("config", Json, nullable=False, comment="shared configuration every pipeline sees"),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.CheckConstraint("num_shards >= 1", name="num_shards"),
+    comment="Shared input of pipelines: a dataset split into shards, plus shared config.",
+)
+
+context_shards = sa.Table(
+    "context_shards",
+    metadata,
+    sa.Column(
+        "context_id",
+        sa.BigInteger,
+        sa.ForeignKey("contexts.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("shard_index", sa.Integer, primary_key=True, comment="0-based, run in order"),
+    sa.Column("rows", Json, nullable=False, comment="the shard's rows (a JSON array)"),
+    sa.Column("num_rows", sa.Integer, nullable=False),
+    comment="Inline rows of a context, one row per shard.",
+)
+
+pipelines = sa.Table(
+    "pipelines",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("context_id", sa.BigInteger, sa.ForeignKey("contexts.id"), nullable=False),
+    sa.Column("pipeline_type", sa.Text, nullable=False, comment="vllm, openai or python"),
+    sa.Column(
+        "status",
+        sa.Text,
+        nullable=False,
+        server_default="new",
+        comment="follows the backing workflow (see kiln.store.pipelines.PipelineStatus); "
+        "synchronised by the controller, 'deleted' set by the delete operation",
+    ),
+    sa.Column(
+        "workflow_id",
+        sa.BigInteger,
+        sa.ForeignKey("workflows.id"),
+        unique=True,
+        comment="the workflow run whose chained tasks are this pipeline's shards",
+    ),
+    sa.Column("model_config", Json, nullable=False),
+    sa.Column("sampling_params", Json, comment="vllm: passed to the TaskInstance per row"),
+    sa.Column(
+        "client_config",
+        Json,
+        comment="openai: base_url and secrets such as api_key; never returned by the API",
+    ),
+    sa.Column("rpm_limit", sa.Integer, comment="openai: requests per minute"),
+    sa.Column("tpm_limit", sa.Integer, comment="openai: tokens per minute"),
+    sa.Column(
+        "cloned_from",
+        sa.BigInteger,
+        sa.ForeignKey("pipelines.id"),
+        comment="the pipeline this one was cloned from",
+    ),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("deleted_at", Timestamp),
+    sa.CheckConstraint(_in("status", PIPELINE_STATES), name="status"),
+    sa.CheckConstraint(_in("pipeline_type", PIPELINE_TYPES), name="pipeline_type"),
+    sa.Index(None, "status", "id"),
+    sa.Index(None, "context_id"),
+    comment="One configuration run over every shard of a context, one shard at a time.",
+)
+
+operations = sa.Table(
+    "operations",
+    metadata,
+    sa.Column("ic_id", sa.Text, primary_key=True, comment="uuid4 hex, returned to the caller"),
+    sa.Column(
+        "pipeline_id",
+        sa.BigInteger,
+        sa.ForeignKey("pipelines.id"),
+        comment="the pipeline operated on (clone: the parent, or NULL)",
+    ),
+    sa.Column(
+        "workflow_id",
+        sa.BigInteger,
+        sa.ForeignKey("workflows.id"),
+        comment="the workflow operated on; operations on one workflow are applied in order",
+    ),
+    sa.Column("operation", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False, server_default="pending"),
+    sa.Column("request_data", Json, nullable=False, comment="the request body (may hold secrets)"),
+    sa.Column("result", Json, comment="clone: the new pipeline's id"),
+    sa.Column("error", sa.Text, comment="why the operation failed, for people"),
+    sa.Column(
+        "idempotency_key",
+        sa.Text,
+        unique=True,
+        comment="a retried request with the same key returns this operation",
+    ),
+    sa.Column("claimed_by", sa.Text, comment="the controller process that processed it"),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("claimed_at", Timestamp),
+    sa.Column("processed_at", Timestamp),
+    sa.CheckConstraint(_in("operation", OPERATION_KINDS), name="operation"),
+    sa.CheckConstraint(_in("status", OPERATION_STATES), name="status"),
+    sa.Index(None, "status", "created_at"),
+    sa.Index(None, "pipeline_id"),
+    sa.Index(None, "created_at"),
+    comment="Interactive-control requests (dispatcher): pending -> processing -> "
+    "completed | failed, applied by a controller.",
+)
+
+# --- TaskInstances, predictions and the scheduler ----------------------------------------
+
+INSTANCE_STATES = ("running", "stopped", "draining", "offline", "lost")
+
+instances = sa.Table(
+    "instances",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column(
+        "url",
+        sa.Text,
+        nullable=False,
+        unique=True,
+        comment="where workers reach the instance; registering the same url again is the same "
+        "instance coming back",
+    ),
+    sa.Column("model_type", sa.Text, nullable=False),
+    sa.Column("hardware", sa.Text),
+    sa.Column("software_version", sa.Text),
+    sa.Column("capabilities", Json, nullable=False, comment="as registered (a JSON array)"),
+    sa.Column(
+        "max_concurrency", sa.Integer, nullable=False, comment="concurrent tasks per replica"
+    ),
+    sa.Column(
+        "slots",
+        sa.Integer,
+        nullable=False,
+        comment="concurrent tasks right now (replicas x max_concurrency), from the heartbeat; "
+        "Kiln keeps at most this many of its tasks in flight on the instance",
+    ),
+    sa.Column(
+        "status",
+        sa.Text,
+        nullable=False,
+        server_default="running",
+        comment="as last reported (running, stopped, draining, offline), or lost: no "
+        "heartbeat for KILN_INSTANCE_LOST_AFTER_S; only running instances receive tasks",
+    ),
+    sa.Column("active_tasks", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("queue_size", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("counters", Json, comment="{completed, failed, enqueued} from the heartbeat"),
+    sa.Column(
+        "speed_factor",
+        sa.Float,
+        nullable=False,
+        server_default="1.0",
+        comment="actual / predicted execution time, smoothed; placement scales this "
+        "instance's queue and new tasks by it",
+    ),
+    sa.Column("registered_at", Timestamp, nullable=False),
+    sa.Column("heartbeat_at", Timestamp, nullable=False),
+    sa.Column("lost_at", Timestamp),
+    sa.CheckConstraint(_in("status", INSTANCE_STATES), name="status"),
+    sa.CheckConstraint("slots >= 0", name="slots"),
+    sa.Index(None, "status", "heartbeat_at"),
+    comment="TaskInstances registered with Kiln (POST /instances) and their last heartbeat.",
+)
+
+instance_capabilities = sa.Table(
+    "instance_capabilities",
+    metadata,
+    sa.Column(
+        "instance_id",
+        sa.BigInteger,
+        sa.ForeignKey("instances.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column(
+        "capability",
+        sa.Text,
+        primary_key=True,
+        comment="a model_type (or capability) tasks may name; always includes the instance's "
+        "own model_type",
+    ),
+    sa.Index(None, "capability"),
+    comment="Routing: which instances may receive tasks naming each model_type/capability.",
+)
+
+observations = sa.Table(
+    "observations",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("model_type", sa.Text, nullable=False),
+    sa.Column("hardware", sa.Text, comment="the instance's hardware; NULL if unknown"),
+    sa.Column(
+        "features",
+        Json,
+        nullable=False,
+        comment="size features of the task (e.g. input_tokens, output_tokens)",
+    ),
+    sa.Column("duration_s", sa.Float, nullable=False, comment="measured execution time, s"),
+    sa.Column("task_id", sa.BigInteger, comment="the task measured (no foreign key: kept after)"),
+    sa.Column("instance_id", sa.BigInteger, comment="the instance that ran it"),
+    sa.Column("observed_at", Timestamp, nullable=False),
+    sa.CheckConstraint("duration_s >= 0", name="duration_s"),
+    sa.Index(None, "model_type", "id"),
+    comment="Execution times Kiln observed; the learned predictor is trained on these.",
+)
+
+scheduler_state = sa.Table(
+    "scheduler_state",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, comment="always 1: one scheduler per database"),
+    sa.Column(
+        "policy",
+        sa.Text,
+        nullable=False,
+        server_default="FIFO",
+        comment="queue-ordering policy: FIFO, RoundRobin, Priority, Fair, ShortestPredicted",
+    ),
+    sa.Column("params", Json, nullable=False, comment="tuning parameters per policy name"),
+    sa.Column(
+        "placement",
+        sa.Text,
+        nullable=False,
+        server_default="min_expected_completion",
+        comment="placement strategy for model_type tasks (kiln.core.scheduling.placement)",
+    ),
+    sa.Column(
+        "state",
+        Json,
+        nullable=False,
+        comment="kiln.core.scheduling.SchedulerState (vruntimes, round-robin turn, counters)",
+    ),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.CheckConstraint("id = 1", name="single_row"),
+    comment="The scheduler's persisted policy and state, shared by controllers and the API.",
+)

@@ -1,0 +1,375 @@
+"""Workflow runs: submission, reading, and the workflow-level transitions.
+
+Functions ending in ``_txn`` take a connection inside a transaction and never commit; their
+caller owns the transaction (see ``kiln.app.runtime`` for the public, committing versions).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from typing import Any
+
+import sqlalchemy as sa
+from kiln.core.definitions import WorkflowSpec
+from kiln.core.errors import IllegalTransition, WorkflowNotFound
+from kiln.core.handlers import resolve_handler
+from kiln.core.states import (
+    TASK_ACTIVE,
+    WORKFLOW_TRANSITIONS,
+    TaskStatus,
+    WorkflowStatus,
+    sources_of,
+)
+from kiln.store import postgres as pgsql
+from kiln.store.db import notify_ready, utcnow
+from kiln.store.schema import task_attempts, task_dependencies, tasks, workflows
+from sqlalchemy.dialects import postgresql, sqlite
+
+
+def check_handlers(spec: WorkflowSpec) -> None:
+    """Raise :class:`UnknownHandler` if a task's handler cannot be found from this process."""
+    for t in spec.tasks:
+        if t.handler:
+            resolve_handler(t.handler)
+
+
+def _insert(conn: sa.Connection, table: sa.Table):
+    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)
+
+
+def submit_workflow_txn(
+    conn: sa.Connection,
+    spec: WorkflowSpec,
+    *,
+    idempotency_key: str | None = None,
+    notify: bool = True,
+) -> tuple[int, bool]:
+    wf_id, created, _ = insert_workflow_txn(
+        conn, spec, idempotency_key=idempotency_key, notify=notify
+    )
+    return wf_id, created
+
+
+def direct_names(spec: WorkflowSpec) -> list[str]:
+    """The tasks a submitter may lease and send itself on an idle queue: handler tasks with
+    no dependencies (``model_type`` tasks need placement), highest priority first."""
+    ready = [t for t in spec.tasks if not t.depends_on and t.handler]
+    ready.sort(key=lambda t: -t.priority)
+    return [t.name for t in ready]
+
+
+def _run_rows(
+    spec: WorkflowSpec, idempotency_key: str | None, now: dt.datetime
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[tuple[str, str]]]:
+    """The workflow row, the task rows (each with ``direct``, see :func:`direct_names`) and
+    the edges ``(task, dependency)`` that store ``spec``."""
+    values = {
+        "name": spec.name,
+        "status": WorkflowStatus.PENDING,
+        "on_error": spec.on_error,
+        "priority": spec.priority,
+        "definition": spec.to_dict(),
+        "idempotency_key": idempotency_key,
+        "created_at": now,
+    }
+    direct = set(direct_names(spec))
+    rows = [
+        {
+            "name": t.name,
+            "handler": t.handler,
+            "model_type": t.model_type,
+            "params": t.params,
+            "status": TaskStatus.READY if not t.depends_on else TaskStatus.PENDING,
+            "priority": t.priority + spec.priority,
+            "max_attempts": t.max_attempts,
+            "timeout_s": t.timeout_s,
+            "deps_remaining": len(set(t.depends_on)),
+            "created_at": now,
+            "ready_at": None if t.depends_on else now,
+            "direct": t.name in direct,
+        }
+        for t in spec.tasks
+    ]
+    edges = [(t.name, d) for t in spec.tasks for d in sorted(set(t.depends_on))]
+    return values, rows, edges
+
+
+def _existing_run_id(conn: sa.Connection, idempotency_key: str | None) -> int:
+    return conn.execute(
+        sa.select(workflows.c.id).where(workflows.c.idempotency_key == idempotency_key)
+    ).scalar_one()
+
+
+def insert_workflow_txn(
+    conn: sa.Connection,
+    spec: WorkflowSpec,
+    *,
+    idempotency_key: str | None = None,
+    notify: bool = True,
+) -> tuple[int, bool, list[int]]:
+    """Write the run, its tasks and edges; return ``(workflow_id, created, direct_ids)``
+    where ``direct_ids`` are the tasks of :func:`direct_names`, in dispatch order.
+
+    With an idempotency key already used, nothing is written and the existing run's id is
+    returned with ``created=False``. ``kiln.store.submit`` also leases on an idle queue.
+    """
+    if conn.dialect.name == "postgresql":
+        wf_id, created, by_name = insert_run_pg(
+            conn, spec, idempotency_key=idempotency_key, now=utcnow(), notify=notify
+        )
+        if not created:  # the idempotency key was used already
+            return wf_id, False, []
+        ids = {n: i for n, (i, _) in by_name.items()}
+    else:
+        values, rows, edges = _run_rows(spec, idempotency_key, utcnow())
+        inserted = insert_run_portable(conn, values, rows, edges)
+        if inserted is None:  # the idempotency key was used already
+            return _existing_run_id(conn, idempotency_key), False, []
+        if notify:
+            notify_ready(conn)
+        wf_id, ids = inserted
+    return wf_id, True, [ids[n] for n in direct_names(spec)]
+
+
+def insert_run_pg(
+    conn: sa.Connection,
+    spec: WorkflowSpec,
+    *,
+    idempotency_key: str | None,
+    now: dt.datetime,
+    notify: bool,
+    lease: tuple[dt.datetime, int] | None = None,
+) -> tuple[int, bool, dict[str, tuple[int, str]]]:
+    """PostgreSQL: write the run in one statement (``kiln.store.postgres.INSERT_RUN``); return
+    ``(workflow_id, created, {task name: (id, status)})``. With an idempotency key already
+    used, nothing is written: the existing run's id, ``False`` and ``{}``.
+
+    ``lease=(until, max_queued)``: if the queue is idle (fewer than ``max_queued`` tasks sent
+    and not claimed, nothing else dispatchable), the rows marked ``direct`` are written
+    ``queued`` with that lease, for the caller to send."""
+    values, rows, edges = _run_rows(spec, idempotency_key, now)
+    task_rows = [{k: v for k, v in r.items() if k not in ("created_at", "ready_at")} for r in rows]
+    until, cap = lease if lease else (None, 0)
+    got = conn.execute(
+        pgsql.INSERT_RUN,
+        {
+            "name": values["name"],
+            "on_error": values["on_error"],
+            "priority": values["priority"],
+            "definition": values["definition"],
+            "idempotency_key": values["idempotency_key"],
+            "now": values["created_at"],
+            "tasks": task_rows,
+            "edges": [{"task": a, "dep": b} for a, b in edges],
+            "lease": until,
+            "cap": cap,
+            "excluding": [],
+            "notify": notify,
+        },
+    ).all()
+    if not got:
+        return _existing_run_id(conn, idempotency_key), False, {}
+    return got[0].workflow_id, True, {r.name: (r.id, r.status) for r in got}
+
+
+def insert_run_portable(
+    conn: sa.Connection, values: dict[str, Any], rows: list[dict[str, Any]], edges: list
+) -> tuple[int, dict[str, int]] | None:
+    if values["idempotency_key"] is not None:
+        wf_id = conn.execute(
+            _insert(conn, workflows)
+            .values(values)
+            .on_conflict_do_nothing(index_elements=["idempotency_key"])
+            .returning(workflows.c.id)
+        ).scalar()
+        if wf_id is None:
+            return None
+    else:
+        wf_id = conn.execute(
+            workflows.insert().values(values).returning(workflows.c.id)
+        ).scalar_one()
+    ids = conn.execute(
+        tasks.insert().returning(tasks.c.id, sort_by_parameter_order=True),
+        [{"workflow_id": wf_id, **{k: v for k, v in r.items() if k != "direct"}} for r in rows],
+    ).scalars()
+    by_name = dict(zip((r["name"] for r in rows), ids, strict=True))
+    if edges:
+        conn.execute(
+            task_dependencies.insert(),
+            [{"task_id": by_name[a], "depends_on_id": by_name[b]} for a, b in edges],
+        )
+    return wf_id, by_name
+
+
+def mark_running_txn(conn: sa.Connection, workflow_ids: Iterable[int]) -> None:
+    """pending -> running for the runs whose first task was just dispatched."""
+    ids = sorted(set(workflow_ids))
+    if ids:
+        conn.execute(
+            workflows.update()
+            .where(workflows.c.id.in_(ids), workflows.c.status == WorkflowStatus.PENDING)
+            .values(status=WorkflowStatus.RUNNING, started_at=utcnow())
+        )
+
+
+def settle_workflows_txn(conn: sa.Connection, workflow_ids: Iterable[int]) -> None:
+    """Finish the given runs that have no active task left: ``succeeded`` when every task
+    succeeded, ``failed`` otherwise. Runs with active tasks are left alone."""
+    ids = sorted(set(workflow_ids))
+    if not ids:
+        return
+    # Two workers finishing a run's last two tasks concurrently would each still see the
+    # other's task as active and neither would settle the run. Locking the run rows first (in
+    # id order, against deadlocks) serialises them: the second one to get the lock re-reads
+    # under READ COMMITTED and sees the first one's committed tasks.
+    conn.execute(
+        sa.select(workflows.c.id)
+        .where(workflows.c.id.in_(ids))
+        .order_by(workflows.c.id)
+        .with_for_update()
+    )
+    t = tasks.alias("t")
+    any_active = sa.exists().where(
+        t.c.workflow_id == workflows.c.id, t.c.status.in_([str(s) for s in TASK_ACTIVE])
+    )
+    any_unsuccessful = sa.exists().where(
+        t.c.workflow_id == workflows.c.id, t.c.status != TaskStatus.SUCCEEDED
+    )
+    conn.execute(
+        workflows.update()
+        .where(
+            workflows.c.id.in_(ids),
+            workflows.c.status.in_(sources_of(WORKFLOW_TRANSITIONS, WorkflowStatus.SUCCEEDED)),
+            ~any_active,
+        )
+        .values(
+            status=sa.case(
+                (any_unsuccessful, WorkflowStatus.FAILED.value),
+                else_=WorkflowStatus.SUCCEEDED.value,
+            ),
+            finished_at=utcnow(),
+        )
+    )
+
+
+def _transition(
+    conn: sa.Connection, workflow_id: int, target: WorkflowStatus, **values: Any
+) -> None:
+    allowed = sources_of(WORKFLOW_TRANSITIONS, target)
+    changed = conn.execute(
+        workflows.update()
+        .where(workflows.c.id == workflow_id, workflows.c.status.in_(allowed))
+        .values(status=target, **values)
+        .returning(workflows.c.id)
+    ).first()
+    if changed is None:
+        current = conn.execute(
+            sa.select(workflows.c.status).where(workflows.c.id == workflow_id)
+        ).scalar()
+        if current is None:
+            raise WorkflowNotFound(f"workflow {workflow_id} does not exist", id=workflow_id)
+        raise IllegalTransition(
+            f"workflow {workflow_id} is {current}; it can be {target.value} only from "
+            f"{' or '.join(allowed)}",
+            id=workflow_id,
+            status=current,
+        )
+
+
+def cancel_workflow_txn(conn: sa.Connection, workflow_id: int) -> None:
+    """Cancel the run and every task not finished. A handler still running is not killed;
+    its result will be refused as stale."""
+    now = utcnow()
+    _transition(conn, workflow_id, WorkflowStatus.CANCELLED, finished_at=now)
+    conn.execute(
+        tasks.update()
+        .where(tasks.c.workflow_id == workflow_id, tasks.c.status.in_(list(TASK_ACTIVE)))
+        .values(
+            status=TaskStatus.CANCELLED,
+            finished_at=now,
+            lease_owner=None,
+            lease_expires_at=None,
+            error="workflow cancelled",
+        )
+    )
+
+
+def taken_back(now: dt.datetime) -> dict[str, Any]:
+    """The values that take a queued task back to ``ready`` because its run was paused before
+    a worker claimed it (by the pause, or by the claim of a lease that committed after it)."""
+    return {
+        "status": TaskStatus.READY,
+        "lease_expires_at": None,
+        "queued_at": None,
+        "ready_at": now,
+    }
+
+
+def pause_workflow_txn(conn: sa.Connection, workflow_id: int) -> int:
+    """Stop dispatching the run's tasks. Running tasks finish and count; tasks dispatched but
+    not yet claimed go back to ``ready``. Returns how many were taken back."""
+    _transition(conn, workflow_id, WorkflowStatus.PAUSED)
+    return conn.execute(
+        tasks.update()
+        .where(tasks.c.workflow_id == workflow_id, tasks.c.status == TaskStatus.QUEUED)
+        .values(taken_back(utcnow()))
+    ).rowcount
+
+
+def resume_workflow_txn(conn: sa.Connection, workflow_id: int) -> None:
+    _transition(conn, workflow_id, WorkflowStatus.RUNNING)
+    notify_ready(conn)
+    settle_workflows_txn(conn, [workflow_id])
+
+
+# --- reading ----------------------------------------------------------------------------
+
+
+def get_workflow(conn: sa.Connection, workflow_id: int) -> dict[str, Any]:
+    row = conn.execute(sa.select(workflows).where(workflows.c.id == workflow_id)).mappings().first()
+    if row is None:
+        raise WorkflowNotFound(f"workflow {workflow_id} does not exist", id=workflow_id)
+    run = dict(row)
+    task_rows = conn.execute(
+        sa.select(tasks).where(tasks.c.workflow_id == workflow_id).order_by(tasks.c.id)
+    ).mappings()
+    run["tasks"] = [dict(r) for r in task_rows]
+    ids = [t["id"] for t in run["tasks"]]
+    deps: dict[int, list[str]] = {i: [] for i in ids}
+    names = {t["id"]: t["name"] for t in run["tasks"]}
+    attempts: dict[int, list[dict[str, Any]]] = {i: [] for i in ids}
+    if ids:
+        for edge in conn.execute(
+            sa.select(task_dependencies).where(task_dependencies.c.task_id.in_(ids))
+        ):
+            deps[edge.task_id].append(names[edge.depends_on_id])
+        for a in conn.execute(
+            sa.select(task_attempts)
+            .where(task_attempts.c.task_id.in_(ids))
+            .order_by(task_attempts.c.task_id, task_attempts.c.attempt)
+        ).mappings():
+            attempts[a["task_id"]].append(dict(a))
+    for t in run["tasks"]:
+        t["depends_on"] = sorted(deps[t["id"]])
+        t["attempt_history"] = attempts[t["id"]]
+    return run
+
+
+def list_workflows(
+    conn: sa.Connection, *, status: str | None = None, limit: int = 50, before_id: int | None = None
+) -> list[dict[str, Any]]:
+    q = sa.select(
+        workflows.c.id,
+        workflows.c.name,
+        workflows.c.status,
+        workflows.c.created_at,
+        workflows.c.started_at,
+        workflows.c.finished_at,
+        workflows.c.error,
+    ).order_by(workflows.c.id.desc())
+    if status:
+        q = q.where(workflows.c.status == status)
+    if before_id:
+        q = q.where(workflows.c.id < before_id)
+    return [dict(r) for r in conn.execute(q.limit(limit)).mappings()]
