@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
+
 from kiln.app.runtime import Kiln
 from kiln.core.config import Settings
 

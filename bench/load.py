@@ -40,10 +40,9 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import fresh_database, pct  # noqa: E402
 from kiln.app.runtime import Kiln  # noqa: E402
 from kiln.core.config import Settings  # noqa: E402
-
-from bench.common import fresh_database, pct  # noqa: E402
 
 DB = "kiln_load"
 REDIS = "redis://127.0.0.1:6379/7"

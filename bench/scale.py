@@ -44,6 +44,7 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import fresh_database, pct  # noqa: E402
 from kiln.app.runtime import Kiln  # noqa: E402
 from kiln.core.config import Settings  # noqa: E402
 from kiln.store.dispatch import dispatch_ready_txn  # noqa: E402
@@ -51,8 +52,6 @@ from kiln.store.tasks import Outcome, claim_txn  # noqa: E402
 from kiln.workers.controller import Controller  # noqa: E402
 from kiln.workers.hooks import controller_hooks  # noqa: E402
 from kiln.workers.scheduling_hooks import scheduler_order, scheduling_hooks  # noqa: E402
-
-from bench.common import fresh_database, pct  # noqa: E402
 
 DB = "kiln_scale"
 REDIS = "redis://127.0.0.1:6379/6"

@@ -29,12 +29,11 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import fresh_database, pct  # noqa: E402
 from kiln.app.runtime import Kiln  # noqa: E402
 from kiln.core.config import Settings  # noqa: E402
 from kiln.core.definitions import WorkflowSpec, parse_definition  # noqa: E402
 from kiln.store.workflows import submit_workflow_txn  # noqa: E402
-
-from bench.common import fresh_database, pct  # noqa: E402
 
 DB = "kiln_bench"
 REDIS = "redis://127.0.0.1:6379/8"
@@ -137,7 +136,7 @@ def measure(
             }
         )
         os.environ.update(KILN_BROKER_URL=REDIS, KILN_QUEUE=os.environ.get("KILN_QUEUE", "kiln"))
-        from kiln.workers.controller import send_now
+        from kiln.transport import send_now
 
         submitter = Kiln(Settings(database_url=url, broker_url=REDIS), pool_size=2, sender=send_now)
         submitted: dict[int, float] = {}

@@ -6,8 +6,10 @@ from __future__ import annotations
 from logging.config import fileConfig
 
 from alembic import context
+
 from kiln.core.config import Settings
-from kiln.store.db import make_engine, normalize_url
+from kiln.store.db import normalize_url
+from kiln.store.dialects import open_store
 from kiln.store.schema import metadata
 
 config = context.config
@@ -32,12 +34,12 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    engine = make_engine(_url(), pool_size=1)
+    store = open_store(_url(), pool_size=1)
     try:
-        with engine.connect() as conn:
+        with store.engine.connect() as conn:
             _run(conn)
     finally:
-        engine.dispose()
+        store.close()
 
 
 def _include_object(obj, name, type_, reflected, compare_to):  # type: ignore[no-untyped-def]

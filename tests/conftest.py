@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+
 from kiln.app.runtime import Kiln
 from kiln.core.config import Settings
 
@@ -134,9 +135,8 @@ def kiln(database_url: str) -> Iterator[Kiln]:
 @pytest.fixture
 def embedded(kiln: Kiln) -> Iterator[Any]:
     """Kiln's embedded runtime (in-process broker, worker threads, controller) on ``kiln``."""
-    from kiln.workers.embedded import EmbeddedRuntime
-
     import tests.handlers  # noqa: F401 - registers the test handlers
+    from kiln.workers.embedded import EmbeddedRuntime
 
     with EmbeddedRuntime(kiln, threads=4) as rt:
         yield rt

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 from flask import Flask
+
 from kiln.app.runtime import Kiln
 from kiln.core.config import Settings
 from kiln.web import auth
@@ -28,7 +29,7 @@ def create_app(kiln: Kiln | None = None) -> Flask:
         sender = None
         if not settings.embedded_broker:
             # Submissions to an idle queue go straight to the broker (see Kiln.sender).
-            from kiln.workers.controller import send_now as sender
+            from kiln.transport import send_now as sender
         kiln = Kiln(settings, sender=sender)
     app = Flask("kiln")
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -72,7 +73,7 @@ def create_app(kiln: Kiln | None = None) -> Flask:
             app.register_blueprint(plain_blueprint)
     register_error_handlers(app)
     auth.install(app, kiln.settings.api_token or os.environ.get("KILN_API_TOKEN", ""))
-    from kiln.workers.logging_setup import setup_logging_if_unconfigured
+    from kiln.app.logs import setup_logging_if_unconfigured
 
     setup_logging_if_unconfigured("web")  # gunicorn leaves the root logger bare
     return app

@@ -10,10 +10,11 @@ from __future__ import annotations
 import hmac
 
 from flask import Flask, current_app, jsonify, request
+
 from kiln.web.errors import body
 
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-SECURITY = [{"bearerAuth": []}]
+SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}]
 
 
 def install(app: Flask, token: str) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from flask import current_app, request
+
 from kiln.app.runtime import Kiln
-from kiln.store.pipelines import redact
+from kiln.core.redaction import redact
 from kiln.web.auth import SECURITY
 from kiln.web.errors import BadRequest
 from kiln.web.schemas import unix
@@ -15,7 +16,8 @@ IDEMPOTENCY_HEADER = {
     "in": "header",
     "name": "Idempotency-Key",
     "required": False,
-    "schema": {"type": "string", "maxLength": 200},
+    # 1 to 200 characters, not all of them blank (the server strips the key)
+    "schema": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"\S"},
     "description": "a retried request with the same key returns the same result",
 }
 MUTATING_DOC = {"security": SECURITY, "parameters": [IDEMPOTENCY_HEADER]}

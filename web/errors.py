@@ -3,9 +3,10 @@
 * request validation (marshmallow via flask-smorest): **400** ``missing_field`` when the only
   problems are required fields that are missing (seed 004's contract), otherwise **422**
   ``validation_error``; the message names the first field, ``details.fields`` lists all;
-* Kiln's own errors (:class:`~engine.errors.KilnError`): their ``status_code`` and ``code``;
+* Kiln's own errors (:class:`~kiln.core.errors.KilnError`): their ``status_code`` and ``code``;
 * werkzeug's HTTP errors (404 unknown URL, 405, 413 body too large, 400 bad JSON ...);
-* a value the database refuses (a NUL character, a number out of range): 422;
+* a value the database refuses (a NUL character, a number out of range): 422
+  ``invalid_value`` (the store raises :class:`~kiln.core.errors.InvalidValue`);
 * anything else: logged with its traceback, answered 500 ``internal_error`` without it
   (unless the app runs in debug mode, where Flask shows the traceback).
 """
@@ -16,11 +17,11 @@ import logging
 from typing import Any
 
 import marshmallow as ma
-import sqlalchemy as sa
 from flask import Flask, jsonify
 from flask_smorest import Api
-from kiln.core.errors import KilnError
 from werkzeug.exceptions import HTTPException
+
+from kiln.core.errors import KilnError
 
 log = logging.getLogger("kiln.web")
 MISSING = "Missing data for required field."
@@ -121,11 +122,6 @@ def register_error_handlers(app: Flask) -> None:
         if exc.status_code >= 500:
             log.error("%s: %s", exc.code, exc.message)
         return jsonify(body(exc.code, exc.message, _jsonable(exc.details))), exc.status_code
-
-    @app.errorhandler(sa.exc.DataError)
-    def data_error(exc: sa.exc.DataError):  # type: ignore[no-untyped-def]
-        reason = str(exc.orig).splitlines()[0] if exc.orig is not None else "invalid value"
-        return jsonify(body("invalid_value", f"the database refused a value: {reason}")), 422
 
     @app.errorhandler(Exception)
     def internal_error(exc: Exception):  # type: ignore[no-untyped-def]

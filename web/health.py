@@ -33,13 +33,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import sqlalchemy as sa
 from flask import Blueprint, current_app, jsonify
+
 from kiln.core.errors import DatabaseUnavailable
-from kiln.store.db import aware, utcnow
-from kiln.store.instances import lost_after_s
-from kiln.store.processes import live_processes
-from kiln.store.schema import instance_capabilities, instances, tasks
 from kiln.web.common import kiln
 
 blp = Blueprint("health", __name__)
@@ -96,7 +92,7 @@ def _timed(check: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     started = time.perf_counter()
     try:
         result = check()
-    except (DatabaseUnavailable, sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+    except DatabaseUnavailable as exc:
         result = {"status": UNHEALTHY, "error": str(exc).splitlines()[0]}
     except Exception as exc:  # noqa: BLE001 - a health check reports, it does not raise
         result = {"status": UNHEALTHY, "error": f"{type(exc).__name__}: {exc}"}
@@ -104,8 +100,8 @@ def _timed(check: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 
 
 def check_database() -> dict[str, Any]:
-    kiln().read(lambda c: c.execute(sa.text("SELECT 1")).scalar_one())
-    return {"status": HEALTHY, "dialect": kiln().engine.dialect.name}
+    kiln().monitor.ping()
+    return {"status": HEALTHY, "dialect": kiln().dialect}
 
 
 def check_broker() -> dict[str, Any]:
@@ -127,9 +123,9 @@ def check_broker() -> dict[str, Any]:
 
 
 def _processes(kind: str, stale_after_s: float) -> dict[str, Any]:
-    rows = kiln().read(lambda c: live_processes(c, kind, stale_after_s=stale_after_s))
-    now = utcnow()
-    oldest_beat = max(((now - aware(r.heartbeat_at)).total_seconds() for r in rows), default=None)
+    rows = kiln().monitor.live_processes(kind, stale_after_s=stale_after_s)
+    now = dt.datetime.now(dt.UTC)
+    oldest_beat = max(((now - r.heartbeat_at).total_seconds() for r in rows), default=None)
     out: dict[str, Any] = {
         "status": HEALTHY if rows else UNHEALTHY,
         "live": len(rows),
@@ -151,53 +147,19 @@ def check_workers() -> dict[str, Any]:
     return _processes("worker", max(CONTROLLER_STALE_S, kiln().settings.lease_s))
 
 
-def _instances_txn(conn: sa.Connection) -> dict[str, Any]:
-    cutoff = utcnow() - dt.timedelta(seconds=lost_after_s())
-    live = sa.and_(instances.c.status == "running", instances.c.heartbeat_at >= cutoff)
-    counts = conn.execute(
-        sa.select(
-            sa.func.count().filter(live),
-            sa.func.count().filter(instances.c.status == "lost"),
-            sa.func.count(),
-        ).where(instances.c.status != "stopped")
-    ).one()
-    unserved = (
-        conn.execute(
-            sa.select(tasks.c.model_type)
-            .where(
-                tasks.c.status.in_(["ready", "retrying"]),
-                tasks.c.model_type.is_not(None),
-                ~sa.exists().where(
-                    instance_capabilities.c.capability == tasks.c.model_type,
-                    instances.c.id == instance_capabilities.c.instance_id,
-                    live,
-                ),
-            )
-            .distinct()
-            .order_by(tasks.c.model_type)
-        )
-        .scalars()
-        .all()
-    )
+def check_instances() -> dict[str, Any]:
+    found = kiln().monitor.instance_health()
     problems = []
-    if counts[1]:
-        problems.append(f"{counts[1]} instance(s) lost")
-    if unserved:
-        problems.append(f"no live instance serves model_type {', '.join(unserved)}")
-    out: dict[str, Any] = {
-        "status": DEGRADED if problems else HEALTHY,
-        "live": counts[0],
-        "lost": counts[1],
-        "registered": counts[2],
-        "unserved_model_types": unserved,
-    }
+    if found["lost"]:
+        problems.append(f"{found['lost']} instance(s) lost")
+    if found["unserved_model_types"]:
+        problems.append(
+            f"no live instance serves model_type {', '.join(found['unserved_model_types'])}"
+        )
+    out: dict[str, Any] = {"status": DEGRADED if problems else HEALTHY, **found}
     if problems:
         out["error"] = "; ".join(problems)
     return out
-
-
-def check_instances() -> dict[str, Any]:
-    return kiln().read(_instances_txn)
 
 
 CHECKS: dict[str, tuple[Callable[[], dict[str, Any]], bool]] = {
@@ -235,7 +197,7 @@ def detailed():  # type: ignore[no-untyped-def]
         "status": status,
         "version": version(),
         "uptime_s": _uptime_s(),
-        "timestamp": utcnow().isoformat(),
+        "timestamp": dt.datetime.now(dt.UTC).isoformat(),
         "latency_ms": round((time.perf_counter() - started) * 1000, 3),
         "components": components,
     }

@@ -1,5 +1,5 @@
 """``/instances``: the TaskInstance registry (the contract in
-``workers/taskinstance/server.py``'s docstring).
+``kiln.taskinstance.server``'s docstring).
 
 * ``POST /instances`` ``{name, url, model_type, hardware, software_version, capabilities,
   max_concurrency}`` → 201 ``{"id", "created": true, "instance"}`` for a new instance, 200
@@ -17,7 +17,7 @@ from typing import Any
 
 from flask import jsonify
 from flask_smorest import Blueprint
-from kiln.store import instances as registry
+
 from kiln.web.auth import SECURITY
 from kiln.web.common import kiln
 from kiln.web.schemas_scheduling import (
@@ -42,14 +42,8 @@ ID = "int(max=9223372036854775807)"
 @blp.doc(security=SECURITY)
 def register(data: dict[str, Any]):  # type: ignore[no-untyped-def]
     """Register an instance: 201 when new, 200 when its url is known (it came back)."""
-    reg = registry.Registration.parse(data)
-    k = kiln()
-    instance_id, created = k.txn(lambda c: registry.register_txn(c, reg))
-    listed = k.read(registry.list_instances)
-    instance = next((i for i in listed if i["id"] == instance_id), None)
-    return jsonify({"id": instance_id, "created": created, "instance": instance}), (
-        201 if created else 200
-    )
+    answer = kiln().instances.register(data)
+    return jsonify(answer), (201 if answer["created"] else 200)
 
 
 @blp.post(f"/instances/<{ID}:instance_id>/heartbeat")
@@ -59,15 +53,7 @@ def register(data: dict[str, Any]):  # type: ignore[no-untyped-def]
 def heartbeat(data: dict[str, Any], instance_id: int):  # type: ignore[no-untyped-def]
     """Status, load, counters and task progress; 404 when the id is unknown (register
     again). ``offline`` re-queues the tasks still placed on the instance."""
-    k = kiln()
-    s = k.settings
-    return jsonify(
-        k.txn(
-            lambda c: registry.heartbeat_txn(
-                c, instance_id, data, retry_base_s=s.retry_base_s, retry_max_s=s.retry_max_s
-            )
-        )
-    )
+    return jsonify(kiln().instances.heartbeat(instance_id, data))
 
 
 @blp.delete(f"/instances/<{ID}:instance_id>")
@@ -75,13 +61,7 @@ def heartbeat(data: dict[str, Any], instance_id: int):  # type: ignore[no-untype
 @blp.doc(security=SECURITY)
 def deregister(instance_id: int):  # type: ignore[no-untyped-def]
     """Forget an instance; the tasks running on it are retried elsewhere."""
-    k = kiln()
-    s = k.settings
-    requeued = k.txn(
-        lambda c: registry.deregister_txn(
-            c, instance_id, retry_base_s=s.retry_base_s, retry_max_s=s.retry_max_s
-        )
-    )
+    requeued = kiln().instances.deregister(instance_id)
     return jsonify({"id": instance_id, "deleted": True, "requeued": requeued})
 
 
@@ -89,5 +69,5 @@ def deregister(instance_id: int):  # type: ignore[no-untyped-def]
 @blp.response(200, InstanceListSchema)
 def list_instances():  # type: ignore[no-untyped-def]
     """Every registered instance with its load and whether it is live."""
-    items = kiln().read(registry.list_instances)
+    items = kiln().instances.all()
     return jsonify({"instances": items, "count": len(items)})

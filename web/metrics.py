@@ -4,8 +4,9 @@ the database at scrape time (see :mod:`kiln.app.metrics` for why that covers eve
 from __future__ import annotations
 
 from flask import Blueprint, Response, current_app
-from kiln.app.metrics import KilnCollector
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from kiln.app.metrics import KilnCollector
 
 blp = Blueprint("metrics", __name__)
 

@@ -2,21 +2,15 @@
 
 Each POST only checks that its target exists (400 missing field, 404 unknown pipeline) and
 records a ``pending`` operation, answering 200 ``{ic_id, message}``; a controller applies it
-and marks it ``completed`` or ``failed`` (see :mod:`kiln.store.operations`).
+and marks it ``completed`` or ``failed`` (see :mod:`kiln.app.operations`).
 """
 
 from __future__ import annotations
 
-import re
-import time
 from typing import Any
 
-import sqlalchemy as sa
 from flask_smorest import Blueprint
-from kiln.core.handlers import resolve_handler
-from kiln.store import operations as ops
-from kiln.store import pipelines as pl
-from kiln.store.pipeline_contexts import ContextNotFound, context_exists
+
 from kiln.web.common import MUTATING_DOC, idempotency_key, kiln, render_operation
 from kiln.web.errors import MissingField
 from kiln.web.schemas import (
@@ -36,8 +30,6 @@ blp = Blueprint(
     url_prefix="/dispatcher",
     description="Interactive control of pipelines (stop, resume, delete, clone) as operations.",
 )
-IC_ID = re.compile(r"^[0-9a-f]{32}$")
-POLL_S = 0.1
 VERBS = {"stop": "Stop", "resume": "Resume", "delete": "Delete", "clone": "Clone"}
 
 
@@ -49,38 +41,35 @@ def record(
     workflow_id: int | None = None,
     target: str,
 ) -> dict[str, Any]:
-    """Insert the pending operation (or find the one with this Idempotency-Key)."""
-    row, _ = kiln().txn(
-        lambda c: ops.create_operation_txn(
-            c,
-            operation,
-            request_data=request_data,
-            pipeline_id=pipeline_id,
-            workflow_id=workflow_id,
-            idempotency_key=idempotency_key(),
-        )
+    """Record the pending operation (or find the one with this Idempotency-Key)."""
+    row, _ = kiln().operations.create(
+        operation,
+        request_data,
+        pipeline_id=pipeline_id,
+        workflow_id=workflow_id,
+        idempotency_key=idempotency_key(),
     )
+    return created(row, operation, target)
+
+
+def created(row: dict[str, Any], operation: str, target: str) -> dict[str, Any]:
     return {"ic_id": row["ic_id"], "message": f"{VERBS.get(operation, operation)} request "
             f"created for {target}"}  # fmt: skip
 
 
 def _pipeline_operation(operation: str, data: dict[str, Any]) -> dict[str, Any]:
     pipeline_id = data["pipeline_id"]
-    workflow_id = kiln().read(lambda c: pl.pipeline_target(c, pipeline_id))
-    return record(
-        operation,
-        data,
-        pipeline_id=pipeline_id,
-        workflow_id=workflow_id,
-        target=f"pipeline {pipeline_id}",
+    row, _ = kiln().operations.on_pipeline(
+        operation, pipeline_id, data, idempotency_key=idempotency_key()
     )
+    return created(row, operation, f"pipeline {pipeline_id}")
 
 
 @blp.get("/health-check")
 @blp.response(200, HealthSchema)
 def health_check():  # type: ignore[no-untyped-def]
     """Is the dispatcher up and its database reachable?"""
-    kiln().read(lambda c: c.execute(sa.text("SELECT 1")))
+    kiln().monitor.ping()
     return {"status": "ok", "database": "ok"}
 
 
@@ -111,37 +100,6 @@ def delete_pipeline(data):  # type: ignore[no-untyped-def]
     return _pipeline_operation("delete", data)
 
 
-def check_clone(data: dict[str, Any]) -> tuple[int | None, int]:
-    """Validate a clone request now (the controller checks again when applying it):
-    returns ``(parent id or None, context id)``."""
-    parent_id = data.get("parent_pipeline_id")
-
-    def check(conn):  # type: ignore[no-untyped-def]
-        if parent_id is not None:
-            merged = pl.merge_overrides(
-                pl.config_of(conn, parent_id),
-                {k: v for k, v in data.items() if k != "parent_pipeline_id"},
-            )
-        else:
-            for name in ("context_id", "pipeline_name", "model_config"):
-                if name not in data:
-                    raise MissingField(
-                        f"missing required field {name!r} (or give parent_pipeline_id)",
-                        field=name,
-                    )
-            merged = dict(data)
-        config = pl.validate_config(merged)
-        if not context_exists(conn, merged["context_id"]):
-            raise ContextNotFound(
-                f"context {merged['context_id']} does not exist", id=merged["context_id"]
-            )
-        if config.pipeline_type == "python":
-            resolve_handler(config.model_config["handler"])
-        return merged["context_id"]
-
-    return parent_id, kiln().read(check)
-
-
 @blp.post("/clone-pipeline")
 @blp.arguments(CloneSchema)
 @blp.response(200, OperationCreatedSchema)
@@ -149,7 +107,14 @@ def check_clone(data: dict[str, Any]) -> tuple[int | None, int]:
 def clone_pipeline(data):  # type: ignore[no-untyped-def]
     """Create a pipeline from a context (seed 004's body) or from a parent pipeline's
     configuration with overrides (``parent_pipeline_id``); it starts at shard 0."""
-    parent_id, context_id = check_clone(data)
+    parent_id = data.get("parent_pipeline_id")
+    if parent_id is None:
+        for name in ("context_id", "pipeline_name", "model_config"):
+            if name not in data:
+                raise MissingField(
+                    f"missing required field {name!r} (or give parent_pipeline_id)", field=name
+                )
+    context_id = kiln().pipelines.check_clone(data)
     target = f"pipeline {parent_id}" if parent_id is not None else f"context {context_id}"
     return record("clone", data, pipeline_id=parent_id, target=target)
 
@@ -160,14 +125,7 @@ def clone_pipeline(data):  # type: ignore[no-untyped-def]
 def operation_status(query, ic_id: str):  # type: ignore[no-untyped-def]
     """An operation's state; with ``wait``, block until it is completed or failed (or the
     wait is over)."""
-    if not IC_ID.match(ic_id):
-        raise ops.OperationNotFound(f"operation {ic_id} does not exist", ic_id=ic_id)
-    deadline = time.monotonic() + query.get("wait", 0.0)
-    while True:
-        row = kiln().read(lambda c: ops.get_operation(c, ic_id))
-        if row["status"] not in ops.UNFINISHED or time.monotonic() >= deadline:
-            return render_operation(row)
-        time.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
+    return render_operation(kiln().operations.wait(ic_id, query.get("wait", 0.0)))
 
 
 @blp.get("/all-operations")
@@ -175,7 +133,7 @@ def operation_status(query, ic_id: str):  # type: ignore[no-untyped-def]
 @blp.response(200, OperationListSchema)
 def all_operations(query):  # type: ignore[no-untyped-def]
     """Every operation, newest first; filter by status, pipeline, workflow or kind."""
-    rows, total = kiln().read(lambda c: ops.list_operations(c, **query))
+    rows, total = kiln().operations.list(**query)
     return {
         "operations": [render_operation(r) for r in rows],
         "total": total,

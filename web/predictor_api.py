@@ -17,7 +17,7 @@ from typing import Any
 
 from flask import jsonify
 from flask_smorest import Blueprint
-from kiln.app.predictor import models, predictor_for
+
 from kiln.web.auth import SECURITY
 from kiln.web.common import kiln
 from kiln.web.schemas_scheduling import (
@@ -41,7 +41,7 @@ blp = Blueprint("predictor", __name__, description="Duration predictions (seed 0
 def predict(data: dict[str, Any]):  # type: ignore[no-untyped-def]
     """Quantiles of a task's duration for a model type and metadata; 400 for an invalid
     body, 404 when no source (learned, lookup file, external service) knows the type."""
-    answer = predictor_for(kiln()).response(data.get("model_type"), data.get("metadata"))
+    answer = kiln().predictor.response(data.get("model_type"), data.get("metadata"))
     if answer["status"] != "success":
         answer = {
             **answer,
@@ -56,13 +56,11 @@ def predict(data: dict[str, Any]):  # type: ignore[no-untyped-def]
 @blp.response(200, PredictorHealthSchema)
 def health():  # type: ignore[no-untyped-def]
     """The predictor's sources and whether each works."""
-    return jsonify(predictor_for(kiln()).health())
+    return jsonify(kiln().predictor.health())
 
 
 @blp.get("/predictor/models")
 @blp.response(200, ModelListSchema)
 def list_models():  # type: ignore[no-untyped-def]
     """Every model type some source can predict."""
-    k = kiln()
-    predictor = predictor_for(k)
-    return jsonify({"status": "success", "models": k.read(lambda c: models(c, predictor))})
+    return jsonify({"status": "success", "models": kiln().predictor.models()})

@@ -18,7 +18,7 @@ from typing import Any
 import marshmallow as ma
 from flask import jsonify
 from flask_smorest import Blueprint
-from kiln.app import scheduler as service
+
 from kiln.web.auth import SECURITY
 from kiln.web.common import kiln
 from kiln.web.schemas_scheduling import (
@@ -38,7 +38,7 @@ blp = Blueprint("scheduler", __name__, description="Scheduling policies (seed 00
 @blp.response(200, SchedulerStatsSchema)
 def stats():  # type: ignore[no-untyped-def]
     """Seed 001's counters plus Kiln's queue figures."""
-    return jsonify({"success": True, **kiln().read(service.stats)})
+    return jsonify({"success": True, **kiln().scheduler.stats()})
 
 
 @blp.put("/scheduler/policy")
@@ -49,22 +49,18 @@ def set_policy(data: dict[str, Any]):  # type: ignore[no-untyped-def]
     """Switch the ordering policy (exact names; 400 ``invalid_policy`` otherwise), its
     tuning, the round-robin quantum or the placement; the controller re-orders what is
     queued on its next pass."""
-    k = kiln()
-    previous = k.read(service.load_txn).policy
-    stored = k.txn(
-        lambda c: service.set_policy_txn(
-            c,
-            data.get("policy"),
-            data.get("params"),
-            quantum_micros=data.get("quantum_micros"),
-            placement=data.get("placement"),
-        )
+    change = kiln().scheduler.set_policy(
+        data.get("policy"),
+        data.get("params"),
+        quantum_micros=data.get("quantum_micros"),
+        placement=data.get("placement"),
     )
+    stored = change.current
     return jsonify(
         {
             "success": True,
             "policy": stored.policy,
-            "previous_policy": previous,
+            "previous_policy": change.previous,
             "placement": stored.placement,
             "quantum_micros": stored.state.quantum_micros,
             "message": "Scheduling policy updated successfully",
@@ -78,4 +74,4 @@ def set_policy(data: dict[str, Any]):  # type: ignore[no-untyped-def]
 @blp.doc(security=SECURITY)
 def schedule_next(query: dict[str, Any]):  # type: ignore[no-untyped-def]
     """Dry run: what would be dispatched next, in order, and why; nothing changes."""
-    return jsonify(kiln().read(lambda c: service.schedule_next(c, limit=query["limit"])))
+    return jsonify(kiln().scheduler.schedule_next(limit=query["limit"]))

@@ -7,9 +7,10 @@ import datetime as dt
 from typing import Any
 
 import marshmallow as ma
-from kiln.store.db import aware
-from kiln.store.schema import OPERATION_KINDS, OPERATION_STATES, PIPELINE_STATES, PIPELINE_TYPES
 from marshmallow import fields, validate
+
+from kiln.core.operations import OPERATION_KINDS, OPERATION_STATES
+from kiln.core.pipelines import PIPELINE_STATES, PIPELINE_TYPES
 
 BIGINT_MAX = 2**63 - 1
 Id = {"strict": True, "validate": validate.Range(min=1, max=BIGINT_MAX)}
@@ -17,7 +18,10 @@ WAIT_MAX_S = 30.0
 
 
 def unix(value: dt.datetime | None) -> float | None:
-    return None if value is None else aware(value).timestamp()
+    """Unix seconds; a naive datetime (SQLite hands those back) is UTC, as Kiln stores."""
+    if value is None:
+        return None
+    return (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).timestamp()
 
 
 # --- shared ---------------------------------------------------------------------------

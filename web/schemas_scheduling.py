@@ -10,8 +10,8 @@ naming them):
 * ``/predict`` (seed 000) and ``/scheduler/*`` (seed 001): every invalid value is a 400,
   ``invalid_policy`` for the policy with the exact policy names.
 
-The engine checks the values again (``kiln.store.instances``, ``kiln.app.predictor``,
-``kiln.app.scheduler``): what a JSON schema cannot say (a blank name) is refused there.
+The engine checks the values again (``kiln.instances``, ``kiln.predictor``,
+``kiln.scheduler``): what a JSON schema cannot say (a blank name) is refused there.
 Responses are sent as the engine builds them; their schemas document them and admit extra
 keys.
 """
@@ -23,13 +23,13 @@ from typing import Any
 
 import marshmallow as ma
 from flask import request
-from kiln.app.predictor import InvalidPredictRequest
-from kiln.app.scheduler import InvalidPolicy
+from marshmallow import fields, validate
+
+from kiln.app.instances import REPORTED_STATES
+from kiln.core.errors import InvalidPolicy, InvalidPredictRequest
 from kiln.core.scheduling import POLICY_NAMES
 from kiln.core.scheduling.placement import STRATEGIES
-from kiln.store.instances import REPORTED_STATES
 from kiln.web.errors import BadRequest
-from marshmallow import fields, validate
 
 UNKNOWN = "Unknown field."
 LIMIT_MAX = 1000

@@ -13,27 +13,15 @@ so they obey ``KILN_API_TOKEN`` exactly like any other client.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import Any
 
-import sqlalchemy as sa
 from flask import Blueprint, current_app, redirect, render_template, request, url_for
-from kiln.app import scheduler
+
 from kiln.core.errors import NotFound
-from kiln.core.states import TaskStatus
-from kiln.store import instances as registry
-from kiln.store import operations as ops
-from kiln.store import pipelines as pl
-from kiln.store.db import aware, utcnow
-from kiln.store.schema import (
-    OPERATION_KINDS,
-    OPERATION_STATES,
-    TASK_STATES,
-    WORKFLOW_STATES,
-    pipelines,
-    processes,
-    tasks,
-    workflows,
-)
+from kiln.core.operations import OPERATION_KINDS, OPERATION_STATES
+from kiln.core.pipelines import PIPELINE_STATES
+from kiln.core.states import TaskStatus, WorkflowStatus
 from kiln.web import ui_graph
 from kiln.web.common import kiln, render_operation, render_pipeline
 
@@ -47,13 +35,13 @@ bp = Blueprint(
 )
 
 PAGE_SIZE = 100
-PROCESS_HORIZON_S = 3600
 SILENT_AFTER_S = 30
 # Past this many tasks a run's page stops drawing its graph and shows the tasks that tell the
 # most (see _most_telling) in the timeline and table: the page is re-rendered every 2 s.
 MAX_DRAWN_TASKS = 300
 UNFINISHED_FIRST = ("running", "queued", "retrying", "failed", "ready")
-PIPELINE_STATES = [str(s) for s in pl.PipelineStatus]
+TASK_STATES = [str(s) for s in TaskStatus]
+WORKFLOW_STATES = [str(s) for s in WorkflowStatus]
 # Which pipeline actions make sense in which state (the controller refuses the others
 # anyway, with a reason in the operations log; the buttons just do not offer them).
 PIPELINE_ACTIONS = {
@@ -77,7 +65,9 @@ def _ts(value: Any) -> float | None:
         return None
     if isinstance(value, int | float):
         return float(value)
-    return aware(value).timestamp()  # type: ignore[union-attr]
+    if value.tzinfo is None:  # SQLite hands back naive datetimes; Kiln stores UTC
+        value = value.replace(tzinfo=dt.UTC)
+    return value.timestamp()  # type: ignore[no-any-return]
 
 
 @bp.app_template_filter("when")
@@ -149,7 +139,9 @@ def index() -> Any:
 def runs() -> Any:
     status = _choice("status", WORKFLOW_STATES)
     query = request.args.get("q", "").strip()[:200]
-    rows, counts, by_status = kiln().read(lambda c: _runs(c, status, query))
+    rows, counts, by_status = kiln().monitor.runs_overview(
+        status=status, query=query, limit=PAGE_SIZE
+    )
     return _page(
         "ui/runs.html",
         "ui/_runs.html",
@@ -160,7 +152,7 @@ def runs() -> Any:
         q=query,
         states=WORKFLOW_STATES,
         task_states=TASK_STATES,
-        now=utcnow().timestamp(),
+        now=time.time(),
     )
 
 
@@ -168,12 +160,8 @@ def runs() -> Any:
 def run(workflow_id: int) -> Any:
     k = kiln()
     data = k.workflow(workflow_id)
-    pipeline_id = k.read(
-        lambda c: c.execute(
-            sa.select(pipelines.c.id).where(pipelines.c.workflow_id == workflow_id)
-        ).scalar()
-    )
-    now = utcnow().timestamp()
+    pipeline_id = k.monitor.pipeline_of_workflow(workflow_id)
+    now = time.time()
     every = data["tasks"]
     shown = every if len(every) <= MAX_DRAWN_TASKS else _most_telling(every)
     graph = None
@@ -209,14 +197,10 @@ def run(workflow_id: int) -> Any:
 @bp.get("/pipelines")
 def pipelines_page() -> Any:
     status = _choice("status", PIPELINE_STATES)
-
-    def read(c: sa.Connection) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:
-        rows = [
-            render_pipeline(p) for p in pl.list_pipelines(c, status=status or None, limit=PAGE_SIZE)
-        ]
-        return rows, _last_operations(c, [p["id"] for p in rows])
-
-    rows, last_ops = kiln().read(read)
+    rows = [
+        render_pipeline(p) for p in kiln().pipelines.list(status=status or None, limit=PAGE_SIZE)
+    ]
+    last_ops = kiln().monitor.last_operations([p["id"] for p in rows])
     for p in rows:
         p["actions"] = [a for a, ok in PIPELINE_ACTIONS.items() if p["status"] in ok]
         config = p.get("model_config") or {}
@@ -237,10 +221,8 @@ def operations_page() -> Any:
     status = _choice("status", OPERATION_STATES)
     operation = _choice("operation", OPERATION_KINDS)
     offset = max(request.args.get("offset", 0, type=int), 0)
-    rows, total = kiln().read(
-        lambda c: ops.list_operations(
-            c, status=status or None, operation=operation or None, limit=PAGE_SIZE, offset=offset
-        )
+    rows, total = kiln().operations.list(
+        status=status or None, operation=operation or None, limit=PAGE_SIZE, offset=offset
     )
     return _page(
         "ui/operations.html",
@@ -258,12 +240,8 @@ def operations_page() -> Any:
 
 @bp.get("/instances")
 def instances_page() -> Any:
-    now = utcnow()
-
-    def read(c: sa.Connection) -> Any:
-        return registry.list_instances(c), _backlogs(c, now), _processes(c)
-
-    items, backlogs, procs = kiln().read(read)
+    now = dt.datetime.now(dt.UTC)
+    items, backlogs, procs = kiln().monitor.instances_overview(now)
     for i in items:
         i["heartbeat_age_s"] = elapsed(_parse(i["heartbeat_at"]), None, now.timestamp())
         i["load"] = i["active_tasks"] / max(i["max_concurrency"] or 1, 1)
@@ -280,49 +258,11 @@ def instances_page() -> Any:
 
 @bp.get("/scheduler")
 def scheduler_page() -> Any:
-    def read(c: sa.Connection) -> Any:
-        return scheduler.stats(c), scheduler.schedule_next(c, limit=15)
-
-    stats, upcoming = kiln().read(read)
+    stats, upcoming = kiln().scheduler.stats(), kiln().scheduler.schedule_next(limit=15)
     return _page("ui/scheduler.html", "ui/_scheduler.html", stats=stats, upcoming=upcoming)
 
 
-# --- reads only the dashboard needs -------------------------------------------------------
-
-
-def _runs(
-    conn: sa.Connection, status: str, query: str
-) -> tuple[list[dict[str, Any]], dict[int, dict[str, int]], dict[str, int]]:
-    """The newest runs matching the filters, their task counts by state, and how many runs
-    are in each state overall (for the filter chips)."""
-    q = sa.select(
-        workflows.c.id,
-        workflows.c.name,
-        workflows.c.status,
-        workflows.c.error,
-        workflows.c.created_at,
-        workflows.c.started_at,
-        workflows.c.finished_at,
-    ).order_by(workflows.c.id.desc())
-    if status:
-        q = q.where(workflows.c.status == status)
-    if query:
-        q = q.where(sa.func.lower(workflows.c.name).contains(query.lower(), autoescape=True))
-    rows = [dict(r) for r in conn.execute(q.limit(PAGE_SIZE)).mappings()]
-    counts: dict[int, dict[str, int]] = {r["id"]: {} for r in rows}
-    if rows:
-        for wid, st, n in conn.execute(
-            sa.select(tasks.c.workflow_id, tasks.c.status, sa.func.count())
-            .where(tasks.c.workflow_id.in_(list(counts)))
-            .group_by(tasks.c.workflow_id, tasks.c.status)
-        ):
-            counts[wid][st] = n
-    by_status = dict(
-        conn.execute(
-            sa.select(workflows.c.status, sa.func.count()).group_by(workflows.c.status)
-        ).all()
-    )
-    return rows, counts, by_status
+# --- shaping what the pages show ---------------------------------------------------------
 
 
 def _spans(task: dict[str, Any]) -> list[ui_graph.Span]:
@@ -347,69 +287,6 @@ def _most_telling(every: list[dict[str, Any]]) -> list[dict[str, Any]]:
     then the rest, each group in submission order; shown in submission order."""
     ranked = sorted(every, key=lambda t: (t["status"] not in UNFINISHED_FIRST, t["id"]))
     return sorted(ranked[:MAX_DRAWN_TASKS], key=lambda t: t["id"])
-
-
-def _last_operations(conn: sa.Connection, pipeline_ids: list[int]) -> dict[int, dict[str, Any]]:
-    """The newest operation of each listed pipeline (what the operator last asked for)."""
-    from kiln.store.schema import operations
-
-    if not pipeline_ids:
-        return {}
-    latest: dict[int, dict[str, Any]] = {}
-    rows = conn.execute(
-        sa.select(
-            operations.c.pipeline_id,
-            operations.c.operation,
-            operations.c.status,
-            operations.c.error,
-            operations.c.created_at,
-        )
-        .where(operations.c.pipeline_id.in_(pipeline_ids))
-        .order_by(operations.c.created_at.desc())
-    ).mappings()
-    for r in rows:
-        latest.setdefault(r["pipeline_id"], dict(r))
-    return latest
-
-
-def _backlogs(conn: sa.Connection, now: dt.datetime) -> dict[int, tuple[float, int]]:
-    """Per instance: predicted seconds of work still to do on the tasks placed on it (queued
-    ones in full, running ones minus the time they have run, never below zero, scaled by the
-    instance's learned speed factor), and how many tasks that is. Tasks without a
-    prediction count as zero seconds."""
-    from kiln.store.schema import instances
-
-    rows = conn.execute(
-        sa.select(
-            tasks.c.instance_id,
-            tasks.c.status,
-            tasks.c.predicted_s,
-            tasks.c.started_at,
-            instances.c.speed_factor,
-        )
-        .join(instances, instances.c.id == tasks.c.instance_id)
-        .where(tasks.c.status.in_([TaskStatus.QUEUED, TaskStatus.RUNNING]))
-    ).all()
-    out: dict[int, tuple[float, int]] = {}
-    for r in rows:
-        predicted = (r.predicted_s or 0.0) * (r.speed_factor or 1.0)
-        if r.status == TaskStatus.RUNNING and r.started_at is not None:
-            predicted -= (now - aware(r.started_at)).total_seconds()  # type: ignore[operator]
-        seconds, n = out.get(r.instance_id, (0.0, 0))
-        out[r.instance_id] = (seconds + max(predicted, 0.0), n + 1)
-    return out
-
-
-def _processes(conn: sa.Connection) -> list[dict[str, Any]]:
-    """Kiln processes that did not say they stopped and were heard from in the last hour
-    (one killed without a chance to say so stays listed, as silent, until then)."""
-    since = utcnow() - dt.timedelta(seconds=PROCESS_HORIZON_S)
-    rows = conn.execute(
-        sa.select(processes)
-        .where(processes.c.stopped_at.is_(None), processes.c.heartbeat_at >= since)
-        .order_by(processes.c.kind, processes.c.started_at)
-    ).mappings()
-    return [dict(r) for r in rows]
 
 
 def _parse(iso: str | None) -> dt.datetime | None:

@@ -3,11 +3,9 @@ cancel/pause/resume — which, like the dispatcher's, are operations a controlle
 
 from __future__ import annotations
 
-import sqlalchemy as sa
 from flask import request
 from flask_smorest import Blueprint
-from kiln.core.errors import WorkflowNotFound
-from kiln.store.schema import workflows
+
 from kiln.web.common import MUTATING_DOC, idempotency_key, kiln
 from kiln.web.pipeline_control import record
 from kiln.web.schemas import (
@@ -39,7 +37,7 @@ def submit(data):  # type: ignore[no-untyped-def]
 
 
 def _summary(workflow_id: int) -> dict:
-    run = kiln().workflow(workflow_id)
+    run = kiln().run(workflow_id)
     return {k: run[k] for k in ("id", "name", "status", "error", "created_at", "started_at",
                                 "finished_at")}  # fmt: skip
 
@@ -60,11 +58,7 @@ def get_workflow(workflow_id: int):  # type: ignore[no-untyped-def]
 
 
 def _operation(operation: str, workflow_id: int) -> dict:
-    exists = kiln().read(
-        lambda c: c.execute(sa.select(workflows.c.id).where(workflows.c.id == workflow_id)).first()
-    )
-    if exists is None:
-        raise WorkflowNotFound(f"workflow {workflow_id} does not exist", id=workflow_id)
+    kiln().run(workflow_id)  # WorkflowNotFound (404) before an operation is recorded
     return record(
         operation,
         {"workflow_id": workflow_id},

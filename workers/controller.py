@@ -4,78 +4,27 @@ database: every step claims its rows with ``SKIP LOCKED`` guarded statements."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-import sqlalchemy as sa
+from kiln import transport
+from kiln.app.control import OUTAGES
 from kiln.app.runtime import Kiln
-from kiln.core.config import Settings
-from kiln.core.errors import DatabaseUnavailable
-from kiln.store.db import READY_CHANNEL, is_postgres
-from kiln.store.dispatch import Dispatch
-from kiln.store.maintenance import vacuum_if_bloated
-from kiln.store.processes import (
-    heartbeat_process_txn,
-    live_processes,
-    new_process_id,
-    register_process_txn,
-    stop_process_txn,
-)
+from kiln.core.execution import Dispatch
+from kiln.transport import DEFAULT_CONCURRENCY
 
 log = logging.getLogger("kiln.controller")
 Hook = Callable[[Kiln], Any]
-DEFAULT_CONCURRENCY = 8
 # Hooks (operations, instance liveness, ...) are maintenance: they run on the pass after a
 # dispatch, but no more often than this, so a burst of wake-ups stays on the fast path.
 HOOKS_EVERY_S = 0.02
 # On a pass that found nothing to dispatch and nothing sent but unclaimed, vacuum the queue
-# tables if a burst left them bloated (kiln.store.maintenance), at most this often.
+# tables if a burst left them bloated (``kiln.control.vacuum_if_bloated``), at most this often.
 MAINTENANCE_EVERY_S = 1.0
-
-
-def send_with_broker(dispatches: Sequence[Dispatch], batch: int) -> None:
-    """Send ``dispatches`` as ``kiln_run_tasks`` messages of at most ``batch`` tasks each
-    (one each for tasks that must run alone)."""
-    from kiln.workers.actors import run_tasks
-
-    for d in dispatches:
-        if d.alone:
-            run_tasks.send([[d.task_id, d.attempt]])
-    shared = [d for d in dispatches if not d.alone]
-    for i in range(0, len(shared), batch):
-        run_tasks.send([[d.task_id, d.attempt] for d in shared[i : i + batch]])
-
-
-_pusher_lock = threading.Lock()
-_pusher: Any = None
-
-
-def send_now(dispatches: Sequence[Dispatch]) -> None:
-    """``Kiln.sender`` for processes that reach the broker: send what they leased while the
-    queue is idle straight to the workers, in batches sized for the default worker
-    concurrency. On Redis that is a direct wake-up (``kiln.workers.direct``), which an idle worker
-    thread blocked on it takes at once; in-process it is a stub-broker message."""
-    global _pusher
-    batch = max(1, min(64, math.ceil(len(dispatches) / DEFAULT_CONCURRENCY)))
-    with _pusher_lock:
-        if _pusher is None:
-            from kiln.workers.direct import Pusher
-
-            s = Settings.from_env()
-            _pusher = (
-                False
-                if s.embedded_broker
-                else Pusher(s.broker_url, s.queue_name, 2 * s.dispatch_timeout_s)
-            )
-    if _pusher is False:
-        send_with_broker(dispatches, batch)
-    else:
-        _pusher.push(dispatches, batch)
 
 
 class Controller:
@@ -83,7 +32,7 @@ class Controller:
         self,
         kiln: Kiln,
         *,
-        send: Callable[[Sequence[Dispatch], int], None] = send_with_broker,
+        send: Callable[[Sequence[Dispatch], int], None] = transport.send,
         hooks: Iterable[Hook] = (),
         order: Callable[[list[Any]], list[Any]] | None = None,
         recovery_interval_s: float | None = None,
@@ -101,7 +50,7 @@ class Controller:
         self._queued = 0  # tasks sent but not yet claimed, as the last pass counted them
         self._last_hooks = 0.0
         self._concurrency = (0.0, DEFAULT_CONCURRENCY)
-        self.process_id = new_process_id("controller")
+        self.process_id = kiln.monitor.new_process_id("controller")
         self.stats = {"dispatched": 0, "resent": 0, "lost": 0, "quarantined": 0}
 
     # --- one pass ---------------------------------------------------------------------
@@ -110,9 +59,7 @@ class Controller:
         """Total threads of live workers (cached for 2 s); sizes the batches."""
         at, value = self._concurrency
         if time.monotonic() - at > 2.0:
-            rows = self.kiln.read(
-                lambda c: live_processes(c, "worker", stale_after_s=self.settings.lease_s)
-            )
+            rows = self.kiln.monitor.live_processes("worker", stale_after_s=self.settings.lease_s)
             value = sum(r.concurrency for r in rows) or DEFAULT_CONCURRENCY
             self._concurrency = (time.monotonic(), value)
         return value
@@ -165,10 +112,7 @@ class Controller:
         idle = not dispatched and self._queued == 0
         if idle and now - self._last_maintenance >= MAINTENANCE_EVERY_S:
             self._last_maintenance = now
-            try:
-                vacuum_if_bloated(self.kiln.engine)
-            except sa.exc.SQLAlchemyError:  # maintenance only: autovacuum still runs
-                log.warning("could not vacuum the queue tables", exc_info=True)
+            self.kiln.control.vacuum_if_bloated()
         return dispatched
 
     def dispatch(self) -> int:
@@ -198,14 +142,14 @@ class Controller:
         while not stop.is_set():
             try:
                 if not registered:
-                    self.kiln.txn(lambda c: register_process_txn(c, self.process_id, "controller"))
+                    self.kiln.monitor.register_process(self.process_id, "controller")
                     registered = True
                     log.info("controller registered; database reachable")
                 if time.monotonic() - last_beat > 2.0:
-                    self.kiln.txn(lambda c: heartbeat_process_txn(c, self.process_id))
+                    self.kiln.monitor.heartbeat_process(self.process_id)
                     last_beat = time.monotonic()
-                if listener is None and is_postgres(self.kiln.engine):
-                    listener = _Listener(self.kiln.engine)
+                if listener is None:
+                    listener = self.kiln.control.ready_listener()
                 busy = self.tick()
                 if busy:
                     continue  # more may be ready; go again at once
@@ -213,7 +157,7 @@ class Controller:
                     listener.wait(poll)
                 else:
                     stop.wait(poll)
-            except (DatabaseUnavailable, sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            except OUTAGES as exc:
                 log.warning("database unavailable (%s); retrying in 1s", str(exc).splitlines()[0])
                 if listener is not None:
                     listener.close()
@@ -223,43 +167,7 @@ class Controller:
             listener.close()
         if registered:
             try:
-                self.kiln.txn(lambda c: stop_process_txn(c, self.process_id))
+                self.kiln.monitor.stop_process(self.process_id)
             except Exception:  # noqa: BLE001
                 log.warning("could not mark controller stopped", exc_info=True)
         log.info("controller %s stopped", self.process_id)
-
-
-class _Listener:
-    """A dedicated autocommit psycopg connection LISTENing for ready tasks. Its driver errors
-    (the server restarting, say) surface as :class:`DatabaseUnavailable`, which the loop
-    waits out like any other outage."""
-
-    def __init__(self, engine: sa.Engine) -> None:
-        import psycopg
-
-        self._errors = psycopg.Error
-        url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        with self._translated():
-            self.conn = psycopg.connect(url, autocommit=True)
-            self.conn.execute(f"LISTEN {READY_CHANNEL}")
-
-    @contextlib.contextmanager
-    def _translated(self) -> Iterator[None]:
-        try:
-            yield
-        except self._errors as exc:
-            raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
-
-    def wait(self, timeout: float) -> None:
-        with self._translated():
-            for _ in self.conn.notifies(timeout=timeout, stop_after=1):
-                break
-            # Drain whatever else arrived: one pass handles all of it.
-            for _ in self.conn.notifies(timeout=0.0, stop_after=1000):
-                pass
-
-    def close(self) -> None:
-        try:
-            self.conn.close()
-        except Exception:  # noqa: BLE001
-            pass

@@ -1,17 +1,6 @@
-"""Direct wake-ups: the short path from whoever makes work ready to an idle worker.
-
-Work leased while the queue is idle (``Kiln.sender``, see ``kiln.store.dispatch.dispatch_now_txn``)
-does not go through Dramatiq's consumer, which polls Redis and backs off while idle. Its
-``(task_id, attempt)`` pairs are pushed onto one Redis list per queue, and every worker
-process keeps as many threads blocked on ``BLPOP`` as it has worker threads, so the first
-idle one wakes at once. Work the controller dispatches (the busy path, in policy order) still
-travels as Dramatiq messages.
-
-A wake-up is not the work: the task is leased ``queued`` in the database before it is pushed.
-A wake-up that is lost (a worker killed between ``BLPOP`` and its claim, Redis flushed) leaves
-the task leased; when the dispatch lease ends the controller re-sends it as a Dramatiq
-message. A stale wake-up is harmless: the claim is fenced by attempt and status. The list
-expires after twice the dispatch lease, since anything older has been re-sent already.
+"""Direct wake-ups, the receiving side: every worker process keeps as many threads blocked
+on ``BLPOP`` on its queue's wake-up list (``kiln.transport``) as it has worker threads, so the
+first idle one takes work leased while the queue was idle at once.
 
 Concurrency stays what the worker was started with: Dramatiq's threads and the direct
 listeners share one set of ``slots``, so a process never runs more tasks at once than its
@@ -23,17 +12,14 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import redis
-from kiln.store.dispatch import Dispatch
+
+from kiln.transport import list_key
 
 log = logging.getLogger("kiln.worker")
 BLPOP_TIMEOUT_S = 1  # how often an idle listener looks at the stop flag
-
-
-def list_key(queue: str) -> str:
-    return f"kiln:direct:{queue}"
 
 
 class Slots:
@@ -50,28 +36,6 @@ class Slots:
 
 
 slots = Slots()
-
-
-class Pusher:
-    """Pushes wake-ups (one client per process; redis-py's pool is thread-safe)."""
-
-    def __init__(self, url: str, queue: str, expire_s: float) -> None:
-        self._client = redis.Redis.from_url(url)
-        self._key = list_key(queue)
-        self._expire_s = max(1, int(expire_s))
-
-    def push(self, dispatches: Sequence[Dispatch], batch: int) -> None:
-        """One list item per batch of at most ``batch`` tasks (a task that must run alone
-        gets an item of its own), pushed with the list's expiry in one round trip."""
-        items = [[[d.task_id, d.attempt]] for d in dispatches if d.alone]
-        shared = [[d.task_id, d.attempt] for d in dispatches if not d.alone]
-        items += [shared[i : i + batch] for i in range(0, len(shared), batch)]
-        if not items:
-            return
-        pipe = self._client.pipeline(transaction=False)
-        pipe.rpush(self._key, *(json.dumps(i) for i in items))
-        pipe.expire(self._key, self._expire_s)
-        pipe.execute()
 
 
 class DirectListeners:

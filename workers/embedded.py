@@ -7,7 +7,10 @@ import logging
 import threading
 
 import dramatiq
+
+from kiln import transport
 from kiln.app.runtime import Kiln
+from kiln.workers.actors import build_actors
 from kiln.workers.controller import Controller
 
 log = logging.getLogger("kiln.embedded")
@@ -19,13 +22,13 @@ class EmbeddedRuntime:
     def __init__(self, kiln: Kiln, *, threads: int = 4, hooks=(), order=None) -> None:  # type: ignore[no-untyped-def]
         if not kiln.settings.embedded_broker:
             raise ValueError("EmbeddedRuntime needs the in-process broker (KILN_BROKER_URL unset)")
-        import kiln.workers.actors as actors
-        from kiln.workers.controller import send_now
-
-        kiln.sender = kiln.sender or send_now
-        actors._kiln = kiln  # the worker threads share this process's Kiln handle
+        # A broker of its own, made this process's transport: what the controller and
+        # ``kiln.sender`` send reaches this runtime's worker threads.
+        self.broker = transport.build_broker(kiln.settings)
+        build_actors(self.broker, kiln)
+        transport.use(transport.Transport(self.broker, kiln.settings.queue_name))
+        kiln.sender = kiln.sender or transport.send_now
         self.kiln = kiln
-        self.broker = actors.broker
         self.worker = dramatiq.Worker(self.broker, worker_threads=threads, worker_timeout=100)
         self.controller = Controller(kiln, hooks=hooks, order=order)
         self._stop = threading.Event()

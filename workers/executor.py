@@ -3,6 +3,7 @@ limits and progress), and record outcomes in as few transactions as the batch al
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import threading
@@ -11,10 +12,9 @@ import traceback
 
 from kiln.app.runtime import Kiln
 from kiln.core.errors import DatabaseUnavailable, PermanentFailure, UnknownHandler
+from kiln.core.execution import ClaimedTask, Outcome
 from kiln.core.handlers import resolve_handler
 from kiln.core.task_context import TaskContext, reset_current, set_current
-from kiln.store.db import utcnow
-from kiln.store.tasks import ClaimedTask, Outcome
 from kiln.workers.timeouts import TimedOut, call_with_timeout
 
 log = logging.getLogger("kiln.worker")
@@ -83,6 +83,10 @@ def record(kiln: Kiln, outcomes: list[Outcome]) -> None:
             log.warning("database unavailable while recording %d results; retrying", len(outcomes))
             time.sleep(delay)
             delay = min(2.0, delay * 2)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 def _timeout(task: ClaimedTask) -> str:

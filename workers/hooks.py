@@ -8,10 +8,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from kiln.app.monitor import Monitor
 from kiln.app.runtime import Kiln
-from kiln.store.operations import process_one_txn
-from kiln.store.pipelines import sync_statuses_txn
-from kiln.store.processes import new_process_id
 
 log = logging.getLogger("kiln.controller")
 OPERATIONS_PER_PASS = 100
@@ -22,13 +20,7 @@ _last_sync = [0.0]
 def process_operations(kiln: Kiln, *, claimer: str | None = None) -> int:
     """Apply pending operations (dispatcher and workflow controls), one transaction each,
     oldest first; returns how many were finished this pass."""
-    claimer = claimer or _CLAIMER
-    done = 0
-    while done < OPERATIONS_PER_PASS:
-        if kiln.txn(lambda c: process_one_txn(c, claimer)) is None:
-            break
-        done += 1
-    return done
+    return kiln.operations.apply_pending(claimer or _CLAIMER, limit=OPERATIONS_PER_PASS)
 
 
 def sync_pipelines(kiln: Kiln) -> int:
@@ -38,10 +30,11 @@ def sync_pipelines(kiln: Kiln) -> int:
     if now - _last_sync[0] < SYNC_EVERY_S:
         return 0
     _last_sync[0] = now
-    return kiln.txn(lambda c: sync_statuses_txn(c))
+    return kiln.pipelines.sync_statuses()
 
 
-_CLAIMER = new_process_id("controller")
+# Operations claimed by this process's hooks name it (a string; nothing is registered).
+_CLAIMER = Monitor.new_process_id("controller")
 
 
 def controller_hooks() -> list[Callable[[Any], Any]]:

@@ -1,6 +1,6 @@
 """Running a claimed ``model_type`` task on a TaskInstance.
 
-The worker places the attempt on an instance (``kiln.app.scheduler.place_task_txn``),
+The worker places the attempt on an instance (``kiln.instances.place``),
 enqueues it there under the id ``kiln-<task>-<attempt>`` (so a retried enqueue never runs
 it twice), polls its result, copies the instance's progress into the task, and records the
 measured execution time (``tasks.actual_s`` and an ``observations`` row the predictor
@@ -18,18 +18,15 @@ outcome is refused as stale.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from typing import Any
 
-from kiln.app.predictor import record_observation_txn, task_metadata
+from kiln.app.instances import LiveInstance, instance_task_id
+from kiln.app.predictor import task_metadata
 from kiln.app.runtime import Kiln
-from kiln.app.scheduler import learn_speed_txn, place_task_txn
-from kiln.core.states import TaskStatus
-from kiln.store.db import utcnow
-from kiln.store.instances import instance_task_id, mark_unreachable_txn
-from kiln.store.schema import tasks
-from kiln.store.tasks import ClaimedTask, Outcome
+from kiln.core.execution import ClaimedTask, Outcome
 from kiln.taskinstance import (
     InstanceRejected,
     InstanceUnavailable,
@@ -52,20 +49,8 @@ def split_params(params: Any) -> tuple[Any, dict[str, Any]]:
     return params, task_metadata(params)
 
 
-def _still_owned(kiln: Kiln, task: ClaimedTask) -> bool:
-    import sqlalchemy as sa
-
-    return bool(
-        kiln.read(
-            lambda c: c.execute(
-                sa.select(tasks.c.id).where(
-                    tasks.c.id == task.id,
-                    tasks.c.attempts == task.attempt,
-                    tasks.c.status == TaskStatus.RUNNING,
-                )
-            ).first()
-        )
-    )
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 def run_instance_task(kiln: Kiln, task: ClaimedTask, *, client_timeout_s: float = 5.0) -> Outcome:
@@ -90,9 +75,7 @@ def _run(kiln: Kiln, task: ClaimedTask, started: Any, client_timeout_s: float) -
 
     assert task.model_type is not None
     remote_id = instance_task_id(task.id, task.attempt)
-    instance = kiln.txn(
-        lambda c: place_task_txn(c, task.id, task.attempt, task.model_type, remote_id)
-    )
+    instance = kiln.instances.place(task)
     if instance is None:
         return failed(f"no live instance serves model_type {task.model_type!r}")
     input_data, metadata = split_params(task.params)
@@ -127,7 +110,7 @@ def _run(kiln: Kiln, task: ClaimedTask, started: Any, client_timeout_s: float) -
                     return failed("the attempt no longer owns the task", retryable=False)
                 last_check = time.monotonic()
             elif time.monotonic() - last_check > OWNERSHIP_CHECK_S:
-                if not _still_owned(kiln, task):
+                if not kiln.instances.still_owned(task):
                     return failed("the attempt no longer owns the task", retryable=False)
                 last_check = time.monotonic()
             if deadline is not None and time.monotonic() > deadline:
@@ -145,12 +128,12 @@ def _run(kiln: Kiln, task: ClaimedTask, started: Any, client_timeout_s: float) -
     return Outcome(task, ok=True, started_at=started, finished_at=utcnow(), result=result.result)
 
 
-def _suspect(kiln: Kiln, instance: Any, exc: TaskInstanceError) -> None:
+def _suspect(kiln: Kiln, instance: LiveInstance, exc: TaskInstanceError) -> None:
     """No connection at all (not an HTTP error such as 503 while draining): route no more
     work there until it heartbeats again."""
     if isinstance(exc, InstanceUnavailable) and exc.status_code is None:
         try:
-            if kiln.txn(lambda c: mark_unreachable_txn(c, instance.id)):
+            if kiln.instances.mark_unreachable(instance.id):
                 log.warning("instance %s (%s) unreachable; marked lost", instance.id, instance.url)
         except Exception:  # noqa: BLE001 - the controller's heartbeat check catches it later
             log.warning("could not mark instance %s lost", instance.id, exc_info=True)
@@ -159,7 +142,7 @@ def _suspect(kiln: Kiln, instance: Any, exc: TaskInstanceError) -> None:
 def _record_duration(
     kiln: Kiln,
     task: ClaimedTask,
-    instance: Any,
+    instance: LiveInstance,
     metadata: dict[str, Any],
     actual_s: float,
     *,
@@ -167,29 +150,7 @@ def _record_duration(
 ) -> None:
     """Store the measured time on the task; a success also teaches the predictor and the
     instance's speed factor."""
-    import sqlalchemy as sa
-
-    def write(conn: sa.Connection) -> None:
-        row = conn.execute(
-            tasks.update()
-            .where(tasks.c.id == task.id, tasks.c.attempts == task.attempt)
-            .values(actual_s=actual_s)
-            .returning(tasks.c.predicted)
-        ).first()
-        if row is None or not succeeded:
-            return
-        record_observation_txn(
-            conn,
-            model_type=task.model_type or "",
-            hardware=instance.hardware,
-            metadata=metadata,
-            duration_s=actual_s,
-            task_id=task.id,
-            instance_id=instance.id,
-        )
-        learn_speed_txn(conn, instance.id, row.predicted, actual_s)
-
     try:
-        kiln.txn(write)
+        kiln.instances.record_duration(task, instance, metadata, actual_s, succeeded=succeeded)
     except Exception:  # noqa: BLE001 - the outcome matters more than the measurement
         log.warning("could not record the duration of task %s", task.id, exc_info=True)

@@ -8,14 +8,10 @@ import logging
 import threading
 
 import dramatiq
-from kiln.store.processes import (
-    heartbeat_process_txn,
-    new_process_id,
-    register_process_txn,
-    stop_process_txn,
-)
+
+from kiln.app.logs import pop_context, push_context
+from kiln.app.runtime import Kiln
 from kiln.workers.executor import held
-from kiln.workers.logging_setup import pop_context, push_context
 
 log = logging.getLogger("kiln.worker")
 _tokens = threading.local()  # per worker thread: the log context of the message it runs
@@ -29,13 +25,12 @@ def _task_ids(message) -> list[int]:  # type: ignore[no-untyped-def]
 
 
 class WorkerLifecycle(dramatiq.Middleware):
-    def __init__(self, kiln_factory) -> None:  # type: ignore[no-untyped-def]
-        self._kiln_factory = kiln_factory
+    def __init__(self, kiln: Kiln) -> None:
+        self._kiln = kiln
         self._id: str | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._kiln = None
         self.concurrency = 1
 
     def after_worker_boot(self, broker, worker):  # type: ignore[no-untyped-def]
@@ -45,19 +40,17 @@ class WorkerLifecycle(dramatiq.Middleware):
         self._stop = threading.Event()
         self._id = None
         try:
-            self.process_id(self._kiln_factory())
+            self.process_id()
         except Exception:  # noqa: BLE001 - registration is retried on the first message
             log.warning("could not register worker at boot; will retry", exc_info=True)
 
-    def process_id(self, kiln) -> str:  # type: ignore[no-untyped-def]
+    def process_id(self) -> str:
         """This process's id, registering it (and starting the heartbeat) on first use."""
         with self._lock:
             if self._id is None:
-                self._kiln = kiln
-                pid = new_process_id("worker")
-                kiln.txn(
-                    lambda c: register_process_txn(c, pid, "worker", concurrency=self.concurrency)
-                )
+                monitor = self._kiln.monitor
+                pid = monitor.new_process_id("worker")
+                monitor.register_process(pid, "worker", concurrency=self.concurrency)
                 self._id = pid
                 log.info(
                     "worker registered with %d threads; database reachable",
@@ -77,7 +70,7 @@ class WorkerLifecycle(dramatiq.Middleware):
         while not self._stop.wait(interval):
             try:
                 kiln.heartbeat_leases(self._id, held.snapshot())
-                kiln.txn(lambda c: heartbeat_process_txn(c, self._id))
+                kiln.monitor.heartbeat_process(self._id)
                 if failing:
                     log.warning("lease heartbeat works again; database reachable")
                     failing = False
@@ -113,8 +106,8 @@ class WorkerLifecycle(dramatiq.Middleware):
 
     def before_worker_shutdown(self, broker, worker):  # type: ignore[no-untyped-def]
         self._stop.set()
-        if self._id is not None and self._kiln is not None:
+        if self._id is not None:
             try:
-                self._kiln.txn(lambda c: stop_process_txn(c, self._id))
+                self._kiln.monitor.stop_process(self._id)
             except Exception:  # noqa: BLE001
                 log.warning("could not mark worker %s stopped", self._id, exc_info=True)

@@ -1,8 +1,9 @@
-"""The shard handler of pipelines: ``pipeline.shard`` runs one shard of one pipeline.
+"""The shard handler of pipelines: runs one shard of one pipeline.
 
-Every task of a pipeline's backing workflow calls :func:`run_shard` with ``{pipeline_id,
-shard_index}`` (by import path, so any worker can run it without ``KILN_IMPORTS``). It loads
-the pipeline's configuration and the shard's rows from the database and runs them:
+Every task of a pipeline's backing workflow names the built-in handler
+:data:`~kiln.core.pipelines.SHARD_HANDLER` with params ``{pipeline_id, shard_index}``; a
+worker registers it when it starts (:func:`register_shard_handler`). It loads the pipeline's
+configuration and the shard's rows and runs them:
 
 * ``python``: calls ``model_config["handler"]`` (a registered name or
   ``package.module:function``) with the keyword arguments it accepts among ``rows``,
@@ -32,12 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import requests
+
 from kiln.app.runtime import Kiln
 from kiln.core.errors import KilnError
-from kiln.core.handlers import resolve_handler, task
+from kiln.core.handlers import register, resolve_handler
+from kiln.core.pipelines import LEGACY_SHARD_HANDLERS, SHARD_HANDLER, split_rows
 from kiln.core.task_context import current_task
-from kiln.store.pipeline_contexts import split_rows
-from kiln.store.pipelines import load_shard_job
 
 RESULT_TIMEOUT_S = float(os.environ.get("KILN_SHARD_RESULT_TIMEOUT_S", "600"))
 _clients: dict[tuple[int, str], Any] = {}
@@ -50,15 +51,19 @@ class ShardConfigError(KilnError):
     status_code = 422
 
 
-@task(name="pipeline.shard")
-def run_shard(pipeline_id: int, shard_index: int) -> dict[str, Any]:
-    from kiln.workers.actors import kiln
+def register_shard_handler(kiln: Kiln) -> None:
+    """Make this process run shard tasks (also those stored under older handler names) on
+    ``kiln``; a worker calls it when it starts."""
 
-    return execute_shard(kiln(), pipeline_id, shard_index)
+    def run_shard(pipeline_id: int, shard_index: int) -> dict[str, Any]:
+        return execute_shard(kiln, pipeline_id, shard_index)
+
+    register(SHARD_HANDLER, run_shard, aliases=LEGACY_SHARD_HANDLERS)
 
 
 def execute_shard(kiln: Kiln, pipeline_id: int, shard_index: int) -> dict[str, Any]:
-    job = kiln.read(lambda c: load_shard_job(c, pipeline_id, shard_index))
+    """Run one shard; the result is ``{shard_index, samples, outputs}``."""
+    job = kiln.pipelines.shard_job(pipeline_id, shard_index)
     rows = job["rows"]
     if rows is None:
         rows = split_rows(read_source(job["source"]), job["num_shards"])[shard_index]

@@ -2,7 +2,6 @@
 
 Wire them into a controller with::
 
-    service = scheduler_service(kiln)
     Controller(kiln, hooks=controller_hooks() + scheduling_hooks(kiln), order=scheduler_order(kiln))
 
 Each hook runs on every controller pass (cheap when there is nothing to do):
@@ -14,51 +13,32 @@ Each hook runs on every controller pass (cheap when there is nothing to do):
 * ``note_waiting`` — ready ``model_type`` tasks say when every instance serving them is busy;
 * ``note_unroutable`` — ready ``model_type`` tasks no live instance serves say so (once a
   second: it scans the ready queue, so it stays off the dispatch path);
-* the scheduler service's ``sync`` — learns finished run times and persists its state.
+* ``sync_scheduler`` — the scheduler service learns finished run times and persists its
+  state.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from kiln.app.predictor import predictor_for
 from kiln.app.runtime import Kiln
-from kiln.app.scheduler import SchedulerService, annotate_predictions_txn
-from kiln.store.db import utcnow
-from kiln.store.instances import detect_lost_txn, free_slots, note_busy_txn, note_unroutable_txn
 
 log = logging.getLogger("kiln.controller")
 Hook = Callable[[Kiln], Any]
 LOST_CHECK_EVERY_S = 1.0
 
-_services: dict[int, SchedulerService] = {}
-_services_lock = threading.Lock()
-
-
-def scheduler_service(kiln: Kiln) -> SchedulerService:
-    """The one scheduler service of this process for ``kiln`` (shared by order and hooks)."""
-    with _services_lock:
-        service = _services.get(id(kiln))
-        if service is None or service.kiln is not kiln:
-            service = _services[id(kiln)] = SchedulerService(kiln)
-        return service
-
 
 def scheduler_order(kiln: Kiln) -> Callable[[list[Any]], list[Any]]:
     """The controller's ``order=``: the persisted policy, holding back model_type tasks
-    beyond the free instance slots."""
-    return scheduler_service(kiln).order
+    beyond the free instance slots (``kiln.scheduler``'s one service in this process)."""
+    return kiln.scheduler.order
 
 
 def detect_lost_instances(kiln: Kiln) -> dict[int, list[int]]:
-    s = kiln.settings
-    lost = kiln.txn(
-        lambda c: detect_lost_txn(c, retry_base_s=s.retry_base_s, retry_max_s=s.retry_max_s)
-    )
+    lost = kiln.instances.detect_lost()
     for instance_id, task_ids in lost.items():
         log.warning(
             "instance %s lost; re-queued its %d running tasks %s",
@@ -83,18 +63,19 @@ def _every(interval_s: float, hook: Hook) -> Hook:
 
 
 def annotate_predictions(kiln: Kiln) -> int:
-    predictor = predictor_for(kiln)
-    return kiln.txn(lambda c: annotate_predictions_txn(c, predictor))
+    return kiln.predictor.annotate_waiting()
 
 
 def note_waiting(kiln: Kiln) -> None:
-    free = kiln.read(free_slots)
-    if free:
-        kiln.txn(lambda c: note_busy_txn(c, free))
+    kiln.instances.note_busy()
 
 
 def note_unroutable(kiln: Kiln) -> int:
-    return kiln.txn(lambda c: note_unroutable_txn(c, utcnow()))
+    return kiln.instances.note_unroutable()
+
+
+def sync_scheduler(kiln: Kiln) -> None:
+    kiln.scheduler.sync()
 
 
 def scheduling_hooks(kiln: Kiln) -> list[Hook]:
@@ -103,5 +84,5 @@ def scheduling_hooks(kiln: Kiln) -> list[Hook]:
         _every(LOST_CHECK_EVERY_S, note_unroutable),
         annotate_predictions,
         note_waiting,
-        scheduler_service(kiln).sync,
+        sync_scheduler,
     ]

@@ -15,7 +15,8 @@ the process's own CPU and memory. Liveness of every process is here (``kiln_proc
 from their heartbeats); broker reachability is in ``GET /health/detailed``.
 
 :class:`KilnCollector` is a prometheus-client custom collector: register it in a
-``CollectorRegistry`` and each ``generate_latest`` runs :func:`collect_families` once.
+``CollectorRegistry`` and each ``generate_latest`` reads the counts once
+(:meth:`kiln.app.monitor.Monitor.metric_rows`) and builds the families from them.
 """
 
 from __future__ import annotations
@@ -26,17 +27,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from kiln.core.errors import DatabaseUnavailable
-from kiln.store.db import aware, utcnow
-from kiln.store.schema import (
-    instances,
-    operations,
-    processes,
-    task_attempts,
-    task_dependencies,
-    tasks,
-    workflows,
-)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -46,46 +36,16 @@ from prometheus_client.core import (
     SummaryMetricFamily,
 )
 
+from kiln.core.errors import DatabaseUnavailable
+from kiln.store.clauses import lost_after_s
+from kiln.store.db import aware, utcnow
+from kiln.store.metrics import MetricRows
+from kiln.store.scheduler_state import StoredScheduler
+
 log = logging.getLogger("kiln.metrics")
 # Seconds; tasks range from milliseconds (bench handlers) to hours (pipeline shards).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
-
-
-def seconds_between(conn: sa.Connection, start: Any, end: Any) -> sa.ColumnElement[float]:
-    """``end - start`` in seconds, in SQL, on PostgreSQL and SQLite."""
-    if conn.dialect.name == "postgresql":
-        return sa.func.extract("epoch", end - start)  # type: ignore[return-value]  # numeric
-    return (sa.func.julianday(end) - sa.func.julianday(start)) * 86400.0
-
-
-def _histogram_rows(
-    conn: sa.Connection,
-    value: sa.ColumnElement[float],
-    labels: Sequence[sa.ColumnElement[Any]],
-    buckets: Sequence[float],
-    from_: Any,
-    where: Sequence[sa.ColumnElement[bool]],
-) -> list[Any]:
-    """One row per label combination: the labels, ``n``, ``total`` and ``b0..bk`` (how many
-    values are <= each bucket bound), aggregated by the database."""
-    v = (
-        sa.func.greatest(value, 0.0)
-        if conn.dialect.name == "postgresql"
-        else sa.func.max(value, 0.0)
-    )
-    columns = [
-        *labels,
-        sa.func.count().label("n"),
-        sa.func.coalesce(sa.func.sum(v), 0.0).label("total"),
-        *(
-            sa.func.sum(sa.case((v <= bound, 1), else_=0)).label(f"b{i}")
-            for i, bound in enumerate(buckets)
-        ),
-    ]
-    return list(
-        conn.execute(sa.select(*columns).select_from(from_).where(*where).group_by(*labels))
-    )
 
 
 def _histogram(
@@ -105,14 +65,11 @@ def _bound(b: float) -> str:
     return repr(float(b))
 
 
-def _model_type() -> sa.ColumnElement[str]:
-    return sa.func.coalesce(tasks.c.model_type, "").label("model_type")
-
-
-def collect_families(conn: sa.Connection, *, process_stale_after_s: float = 15.0) -> list[Metric]:
-    """Every Kiln metric, read in one connection."""
+def families(
+    rows: MetricRows, scheduler: StoredScheduler, *, process_stale_after_s: float = 15.0
+) -> list[Metric]:
+    """Every Kiln metric, from the counts of one read."""
     out: list[Metric] = []
-    mt = _model_type()
 
     # --- tasks and runs -------------------------------------------------------------------
     g = GaugeMetricFamily(
@@ -120,16 +77,12 @@ def collect_families(conn: sa.Connection, *, process_stale_after_s: float = 15.0
         "Tasks by state and model type (model_type is empty for handler tasks).",
         labels=["state", "model_type"],
     )
-    for state, model_type, n in conn.execute(
-        sa.select(tasks.c.status, mt, sa.func.count()).group_by(tasks.c.status, mt)
-    ).all():
+    for state, model_type, n in rows.tasks:
         g.add_metric([state, model_type], n)
     out.append(g)
 
     g = GaugeMetricFamily("kiln_workflows", "Workflow runs by state.", labels=["state"])
-    for state, n in conn.execute(
-        sa.select(workflows.c.status, sa.func.count()).group_by(workflows.c.status)
-    ).all():
+    for state, n in rows.workflows:
         g.add_metric([state], n)
     out.append(g)
 
@@ -138,9 +91,7 @@ def collect_families(conn: sa.Connection, *, process_stale_after_s: float = 15.0
         "Tasks waiting in Kiln's own queue (ready or retrying), by model type.",
         labels=["model_type"],
     )
-    for model_type, n in conn.execute(
-        sa.select(mt, sa.func.count()).where(tasks.c.status.in_(["ready", "retrying"])).group_by(mt)
-    ).all():
+    for model_type, n in rows.ready:
         g.add_metric([model_type], n)
     out.append(g)
 
@@ -151,21 +102,12 @@ def collect_families(conn: sa.Connection, *, process_stale_after_s: float = 15.0
         "timed_out, lost, stale.",
         labels=["outcome"],
     )
-    by_outcome: dict[str, int] = dict(
-        conn.execute(
-            sa.select(task_attempts.c.outcome, sa.func.count()).group_by(task_attempts.c.outcome)
-        ).all()
-    )
-    for outcome, n in sorted(by_outcome.items()):
+    for outcome, n in sorted(rows.attempts_by_outcome.items()):
         c.add_metric([outcome], n)
     out.append(c)
-
-    retries = conn.execute(
-        sa.select(sa.func.count()).select_from(task_attempts).where(task_attempts.c.attempt > 1)
-    ).scalar_one()
     out.append(
         CounterMetricFamily(
-            "kiln_task_retries", "Attempts beyond a task's first (retries).", value=retries
+            "kiln_task_retries", "Attempts beyond a task's first (retries).", value=rows.retries
         )
     )
     out.append(
@@ -173,54 +115,24 @@ def collect_families(conn: sa.Connection, *, process_stale_after_s: float = 15.0
             "kiln_lease_recoveries",
             "Running attempts whose lease expired (worker died or hung) and that the "
             "controller recovered (attempt outcome 'lost').",
-            value=by_outcome.get("lost", 0),
+            value=rows.attempts_by_outcome.get("lost", 0),
         )
     )
-    quarantined = conn.execute(
-        sa.select(sa.func.count())
-        .select_from(tasks)
-        .where(tasks.c.status == "failed", tasks.c.error.like("quarantined:%"))
-    ).scalar_one()
     out.append(
         CounterMetricFamily(
             "kiln_tasks_quarantined",
             "Tasks failed because their message was sent many times and never claimed.",
-            value=quarantined,
+            value=rows.quarantined,
         )
-    )
-
-    joined = task_attempts.join(tasks, tasks.c.id == task_attempts.c.task_id)
-    rows = _histogram_rows(
-        conn,
-        seconds_between(conn, task_attempts.c.started_at, task_attempts.c.finished_at),
-        [task_attempts.c.outcome, mt],
-        DURATION_BUCKETS,
-        joined,
-        [task_attempts.c.finished_at.is_not(None)],
     )
     out.append(
         _histogram(
             "kiln_task_duration_seconds",
             "Run time of finished attempts (claim to result), by outcome and model type.",
             ["outcome", "model_type"],
-            rows,
+            rows.durations,
             DURATION_BUCKETS,
         )
-    )
-
-    first = task_attempts.join(tasks, tasks.c.id == task_attempts.c.task_id).join(
-        workflows, workflows.c.id == tasks.c.workflow_id
-    )
-    rows = _histogram_rows(
-        conn,
-        seconds_between(conn, workflows.c.created_at, task_attempts.c.started_at),
-        [mt],
-        LATENCY_BUCKETS,
-        first,
-        [
-            task_attempts.c.attempt == 1,
-            ~sa.exists().where(task_dependencies.c.task_id == tasks.c.id),
-        ],
     )
     out.append(
         _histogram(
@@ -228,7 +140,7 @@ def collect_families(conn: sa.Connection, *, process_stale_after_s: float = 15.0
             "From submission of the run to the start of a task's first attempt, for tasks "
             "without dependencies (their wait is all queueing and dispatch).",
             ["model_type"],
-            rows,
+            rows.submit_to_start,
             LATENCY_BUCKETS,
         )
     )
@@ -245,17 +157,7 @@ def collect_families(conn: sa.Connection, *, process_stale_after_s: float = 15.0
         "predicted).",
         labels=["model_type"],
     )
-    predicted = [tasks.c.predicted_s.is_not(None), tasks.c.actual_s.is_not(None)]
-    for model_type, n, abs_sum, mean_ratio in conn.execute(
-        sa.select(
-            mt,
-            sa.func.count(),
-            sa.func.sum(sa.func.abs(tasks.c.actual_s - tasks.c.predicted_s)),
-            sa.func.avg(tasks.c.actual_s / sa.func.nullif(tasks.c.predicted_s, 0.0)),
-        )
-        .where(*predicted)
-        .group_by(mt)
-    ).all():
+    for model_type, n, abs_sum, mean_ratio in rows.predictions:
         s.add_metric([model_type], count_value=n, sum_value=float(abs_sum or 0.0))
         if mean_ratio is not None:
             ratio.add_metric([model_type], float(mean_ratio))
@@ -267,74 +169,17 @@ def collect_families(conn: sa.Connection, *, process_stale_after_s: float = 15.0
         "Interactive-control operations by type and status.",
         labels=["operation", "status"],
     )
-    for operation, status, n in conn.execute(
-        sa.select(operations.c.operation, operations.c.status, sa.func.count()).group_by(
-            operations.c.operation, operations.c.status
-        )
-    ).all():
+    for operation, status, n in rows.operations:
         g.add_metric([operation, status], n)
     out.append(g)
 
-    # --- instances ------------------------------------------------------------------------
-    out.extend(_instance_families(conn))
-
-    # --- processes ------------------------------------------------------------------------
-    now = utcnow()
-    g = GaugeMetricFamily(
-        "kiln_processes",
-        f"Kiln processes alive (heartbeat within {process_stale_after_s:g}s, not stopped) by kind.",
-        labels=["kind"],
-    )
-    live: dict[str, int] = {"worker": 0, "controller": 0, "web": 0}
-    threads = 0
-    for kind, beat, concurrency in conn.execute(
-        sa.select(processes.c.kind, processes.c.heartbeat_at, processes.c.concurrency).where(
-            processes.c.stopped_at.is_(None)
-        )
-    ).all():
-        if (now - aware(beat)).total_seconds() <= process_stale_after_s:
-            live[kind] = live.get(kind, 0) + 1
-            if kind == "worker":
-                threads += concurrency
-    for kind, n in sorted(live.items()):
-        g.add_metric([kind], n)
-    out.append(g)
-    out.append(
-        GaugeMetricFamily(
-            "kiln_worker_threads", "Worker threads of live worker processes.", value=threads
-        )
-    )
-
-    # --- scheduler ------------------------------------------------------------------------
-    out.extend(_scheduler_families(conn))
+    out.extend(_instance_families(rows.instances))
+    out.extend(_process_families(rows.processes, process_stale_after_s))
+    out.extend(_scheduler_families(scheduler))
     return out
 
 
-def _instance_families(conn: sa.Connection) -> Iterator[Metric]:
-    from kiln.store.instances import lost_after_s
-
-    running = (
-        sa.select(tasks.c.instance_id, sa.func.count().label("n"))
-        .where(tasks.c.status == "running", tasks.c.instance_id.is_not(None))
-        .group_by(tasks.c.instance_id)
-        .subquery()
-    )
-    rows = conn.execute(
-        sa.select(
-            instances.c.id,
-            instances.c.name,
-            instances.c.model_type,
-            instances.c.status,
-            instances.c.slots,
-            instances.c.queue_size,
-            instances.c.active_tasks,
-            instances.c.heartbeat_at,
-            sa.func.coalesce(running.c.n, 0).label("in_flight"),
-        )
-        .select_from(instances.outerjoin(running, running.c.instance_id == instances.c.id))
-        .where(instances.c.status != "stopped")
-        .order_by(instances.c.id)
-    ).all()
+def _instance_families(rows: list[Any]) -> Iterator[Metric]:
     names = ["instance_id", "instance", "model_type"]
     families = {
         "in_flight": GaugeMetricFamily(
@@ -367,10 +212,29 @@ def _instance_families(conn: sa.Connection) -> Iterator[Metric]:
     yield from families.values()
 
 
-def _scheduler_families(conn: sa.Connection) -> Iterator[Metric]:
-    from kiln.app.scheduler import load_txn
+def _process_families(rows: list[Any], stale_after_s: float) -> Iterator[Metric]:
+    now = utcnow()
+    g = GaugeMetricFamily(
+        "kiln_processes",
+        f"Kiln processes alive (heartbeat within {stale_after_s:g}s, not stopped) by kind.",
+        labels=["kind"],
+    )
+    live: dict[str, int] = {"worker": 0, "controller": 0, "web": 0}
+    threads = 0
+    for kind, beat, concurrency in rows:
+        if (now - aware(beat)).total_seconds() <= stale_after_s:
+            live[kind] = live.get(kind, 0) + 1
+            if kind == "worker":
+                threads += concurrency
+    for kind, n in sorted(live.items()):
+        g.add_metric([kind], n)
+    yield g
+    yield GaugeMetricFamily(
+        "kiln_worker_threads", "Worker threads of live worker processes.", value=threads
+    )
 
-    stored = load_txn(conn)
+
+def _scheduler_families(stored: StoredScheduler) -> Iterator[Metric]:
     info = InfoMetricFamily("kiln_scheduler", "The scheduler's current policy and placement.")
     info.add_metric(
         [],
@@ -394,7 +258,7 @@ def _scheduler_families(conn: sa.Connection) -> Iterator[Metric]:
 
 
 class KilnCollector:
-    """prometheus-client collector over a :class:`~engine.runtime.Kiln`. When the database
+    """prometheus-client collector over a :class:`~kiln.app.runtime.Kiln`. When the database
     cannot be reached it reports ``kiln_database_up 0`` (and nothing else) instead of
     failing the scrape."""
 
@@ -408,15 +272,18 @@ class KilnCollector:
         started = time.perf_counter()
         stale = max(10.0, self.kiln.settings.lease_s)
         try:
-            families = self.kiln.read(lambda c: collect_families(c, process_stale_after_s=stale))
+            rows, scheduler = self.kiln.monitor.metric_rows(
+                duration_buckets=DURATION_BUCKETS, latency_buckets=LATENCY_BUCKETS
+            )
+            out = families(rows, scheduler, process_stale_after_s=stale)
             up = 1
         except (DatabaseUnavailable, sa.exc.OperationalError) as exc:
             log.warning("metrics: database unavailable: %s", str(exc).splitlines()[0])
-            families, up = [], 0
+            out, up = [], 0
         yield GaugeMetricFamily(
             "kiln_database_up", "1 if the last scrape could read the database.", value=up
         )
-        yield from families
+        yield from out
         yield GaugeMetricFamily(
             "kiln_scrape_duration_seconds",
             "Time spent computing these metrics from the database.",

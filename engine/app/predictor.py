@@ -4,7 +4,7 @@ Sources, in order of preference:
 
 1. **learned** — durations Kiln observed itself (table ``observations``), per model type and
    hardware, conditioned on the task's size features (``input_tokens``, ``output_tokens``)
-   by :class:`~engine.prediction.OnlineQuantileModel`; used once the model type has at least
+   by :class:`~kiln.core.prediction.OnlineQuantileModel`; used once the model type has at least
    ``KILN_PREDICTOR_MIN_SAMPLES`` (default 5) observations;
 2. **lookup** — the ``predictions.json`` file named by ``KILN_PREDICTIONS_FILE`` (seed 000's
    format, milliseconds; re-read when the file changes);
@@ -13,6 +13,8 @@ Sources, in order of preference:
    prediction falls through (and ``health()`` says so).
 
 Predictions are seconds inside Kiln; the wire format (``response``) is milliseconds.
+``kiln.predictor`` (:class:`PredictorAPI`) is the face web and workers use; the SQL is in
+``kiln.store.predictions``.
 """
 
 from __future__ import annotations
@@ -25,26 +27,33 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from kiln.core.errors import KilnError
+
+from kiln.app.database import Database
+from kiln.core.errors import InvalidPredictRequest
 from kiln.core.prediction import LookupTable, OnlineQuantileModel, Prediction, estimate
 from kiln.core.prediction.lookup import METADATA_FIELDS
-from kiln.store.db import utcnow
-from kiln.store.schema import observations
+from kiln.store import predictions as store
+
+__all__ = [
+    "InvalidPredictRequest",
+    "Predictor",
+    "PredictorAPI",
+    "annotate_predictions_txn",
+    "features_of",
+    "predictor_for",
+    "record_observation_txn",
+    "task_metadata",
+]
 
 log = logging.getLogger("kiln.predictor")
+T = TypeVar("T")
 
 #: Size features the learned model conditions on, most informative first.
 FEATURES = ("output_tokens", "input_tokens")
 VERSION = "1.0.0"
-
-
-class InvalidPredictRequest(KilnError):
-    """The prediction request is invalid."""
-
-    status_code = 400
 
 
 def features_of(metadata: Mapping[str, Any] | None) -> dict[str, float]:
@@ -78,16 +87,16 @@ def record_observation_txn(
     task_id: int | None = None,
     instance_id: int | None = None,
 ) -> None:
-    conn.execute(
-        observations.insert().values(
-            model_type=model_type,
-            hardware=hardware,
-            features=features_of(metadata),
-            duration_s=max(float(duration_s), 0.0),
-            task_id=task_id,
-            instance_id=instance_id,
-            observed_at=utcnow(),
-        )
+    """Record a duration observed for ``model_type``, with the size features of
+    ``metadata``: what the learned model conditions on."""
+    store.insert_observation_txn(
+        conn,
+        model_type=model_type,
+        hardware=hardware,
+        features=features_of(metadata),
+        duration_s=duration_s,
+        task_id=task_id,
+        instance_id=instance_id,
     )
 
 
@@ -129,12 +138,7 @@ class Predictor:
         learned = 0
         with self._lock:
             while True:
-                rows = conn.execute(
-                    sa.select(observations)
-                    .where(observations.c.id > self.last_observation_id)
-                    .order_by(observations.c.id)
-                    .limit(batch)
-                ).all()
+                rows = store.observations_after(conn, self.last_observation_id, batch)
                 for r in rows:
                     self.model.observe(r.model_type, r.hardware, r.duration_s, r.features or {})
                     self.last_observation_id = r.id
@@ -256,13 +260,7 @@ def prediction_json(model_type: str, prediction: Prediction) -> dict[str, Any]:
 
 def models(conn: sa.Connection, predictor: Predictor) -> list[dict[str, Any]]:
     """Every model type some source can predict, in the shape of seed 000's ``GET /models``."""
-    rows = conn.execute(
-        sa.select(
-            observations.c.model_type,
-            observations.c.hardware,
-            sa.func.count().label("n"),
-        ).group_by(observations.c.model_type, observations.c.hardware)
-    ).all()
+    rows = store.observation_counts(conn)
     out: dict[str, dict[str, Any]] = {}
     for r in rows:
         entry = out.setdefault(
@@ -296,7 +294,7 @@ _predictors: dict[str, tuple[float, Predictor]] = {}
 _predictors_lock = threading.Lock()
 
 
-def predictor_for(kiln: Any, *, max_age_s: float = 1.0) -> Predictor:
+def predictor_for(kiln: Database, *, max_age_s: float = 1.0) -> Predictor:
     """This process's predictor for ``kiln``'s database, refreshed at most every
     ``max_age_s`` seconds from new observations."""
     key = str(kiln.engine.url)
@@ -310,3 +308,82 @@ def predictor_for(kiln: Any, *, max_age_s: float = 1.0) -> Predictor:
     if stale:
         kiln.read(predictor.refresh)
     return predictor
+
+
+def annotate_predictions_txn(conn: sa.Connection, predictor: Predictor, *, limit: int = 500) -> int:
+    """Give waiting ``model_type`` tasks the prediction they will be scheduled with
+    (``predicted``, ``predicted_s``); tasks no source can predict keep NULL."""
+    done = 0
+    memo: dict[tuple[str, str], Prediction | None] = {}
+    for r in store.unpredicted_tasks(conn, limit):
+        metadata = task_metadata(r.params)
+        key = (r.model_type, repr(sorted(metadata.items())))
+        if key not in memo:
+            memo[key] = predictor.predict(r.model_type, metadata)
+        prediction = memo[key]
+        if prediction is None:
+            continue
+        done += store.set_prediction_txn(
+            conn, r.id, prediction.to_dict(), estimate(prediction).expected
+        )
+    return done
+
+
+class PredictorAPI:
+    """``kiln.predictor``: duration predictions for this database, from this process's
+    :class:`Predictor` (refreshed from new observations at most once a second)."""
+
+    def __init__(self, kiln: Database) -> None:
+        self._kiln = kiln
+
+    def current(self, *, max_age_s: float = 1.0) -> Predictor:
+        """This process's predictor, refreshed if older than ``max_age_s``."""
+        return predictor_for(self._kiln, max_age_s=max_age_s)
+
+    def predict(
+        self, model_type: str, metadata: Mapping[str, Any] | None = None
+    ) -> Prediction | None:
+        """The best prediction available, or ``None`` when no source knows ``model_type``."""
+        return self.current().predict(model_type, metadata)
+
+    def response(self, model_type: Any, metadata: Any) -> dict[str, Any]:
+        """Seed 000's answer (milliseconds); :class:`InvalidPredictRequest` for bad input,
+        ``{"status": "error", ...}`` when no source knows the model type."""
+        return self.current().response(model_type, metadata)
+
+    def health(self) -> dict[str, Any]:
+        return self.current().health()
+
+    def models(self) -> list[dict[str, Any]]:
+        """Every model type some source can predict (seed 000's ``GET /models``)."""
+        predictor = self.current()
+        return self._kiln.read(lambda c: models(c, predictor))
+
+    def observe(
+        self,
+        *,
+        model_type: str,
+        hardware: str | None,
+        metadata: Mapping[str, Any] | None,
+        duration_s: float,
+        task_id: int | None = None,
+        instance_id: int | None = None,
+    ) -> None:
+        """Record an observed duration; predictors learn it on their next refresh."""
+        self._kiln.txn(
+            lambda c: record_observation_txn(
+                c,
+                model_type=model_type,
+                hardware=hardware,
+                metadata=metadata,
+                duration_s=duration_s,
+                task_id=task_id,
+                instance_id=instance_id,
+            )
+        )
+
+    def annotate_waiting(self, *, limit: int = 500) -> int:
+        """Store predictions on waiting ``model_type`` tasks that have none (a controller
+        hook); return how many got one."""
+        predictor = self.current()
+        return self._kiln.txn(lambda c: annotate_predictions_txn(c, predictor, limit=limit))

@@ -5,25 +5,31 @@ failure between concurrent workers and controllers."""
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
+
+from kiln.app.control import Control
+from kiln.app.instances import InstancesAPI
+from kiln.app.monitor import Monitor
+from kiln.app.operations import Operations
+from kiln.app.pipelines import Pipelines
+from kiln.app.predictor import PredictorAPI
+from kiln.app.scheduler import SchedulerAPI
 from kiln.core.config import Settings
 from kiln.core.definitions import Workflow, WorkflowSpec, parse_definition
 from kiln.store import dispatch, recovery
 from kiln.store import tasks as task_ops
 from kiln.store import workflows as wf_ops
-from kiln.store.db import make_engine, translate_errors
+from kiln.store.base import MIGRATIONS_DIR as MIGRATIONS_DIR  # where tests find migrations
+from kiln.store.base import Store
+from kiln.store.dialects import open_store
 from kiln.store.dispatch import Dispatch
 from kiln.store.submit import submit_run_txn
 
 log = logging.getLogger("kiln.runtime")
 T = TypeVar("T")
-RETRYABLE_SQLSTATES = {"40P01", "40001"}  # deadlock_detected, serialization_failure
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
 class Kiln:
@@ -37,7 +43,7 @@ class Kiln:
         sender: Callable[[list[Dispatch]], None] | None = None,
     ) -> None:
         self.settings = settings or Settings.from_env()
-        self.engine = make_engine(
+        self.store: Store = open_store(
             self.settings.database_url,
             pool_size=pool_size,
             ping_after_s=self.settings.db_ping_after_s,
@@ -45,52 +51,42 @@ class Kiln:
         # A process that can reach the broker sets ``sender``: work it makes ready while the
         # queue is idle is then sent at once instead of waiting for a controller's pass.
         self.sender = sender
+        self.monitor = Monitor(self)
+        self.control = Control(self)
+        self.instances, self.scheduler = InstancesAPI(self), SchedulerAPI(self)
+        self.predictor = PredictorAPI(self)
+        self.pipelines, self.operations = Pipelines(self), Operations(self)
+
+    @property
+    def engine(self) -> sa.Engine:
+        return self.store.engine
+
+    @property
+    def dialect(self) -> str:
+        """The database's SQLAlchemy dialect name: ``postgresql`` or ``sqlite``."""
+        return self.store.dialect
+
+    @property
+    def wakes_by_listen(self) -> bool:
+        """Controllers can sleep on ``LISTEN`` and be woken when work becomes ready."""
+        return self.store.wakes_by_listen
 
     def close(self) -> None:
-        self.engine.dispose()
-
-    # --- transactions -----------------------------------------------------------------
+        self.store.close()
 
     def txn(
         self, fn: Callable[[sa.Connection], T], *, attempts: int = 8, single: bool = False
     ) -> T:
         """Run ``fn`` in a transaction and commit; retry it on deadlock/serialization errors.
-
-        ``single``: ``fn`` makes one statement that changes anything (reads aside), so on
-        PostgreSQL it runs in autocommit mode: that statement is its own transaction, and the
-        ``BEGIN`` and ``COMMIT`` round trips are saved."""
-        autocommit = single and self.engine.dialect.name == "postgresql"
-        for attempt in range(1, attempts + 1):
-            try:
-                if autocommit:
-                    with translate_errors(), self.engine.connect() as conn:
-                        return fn(conn.execution_options(isolation_level="AUTOCOMMIT"))
-                with translate_errors(), self.engine.begin() as conn:
-                    return fn(conn)
-            except sa.exc.DBAPIError as exc:
-                code = getattr(exc.orig, "sqlstate", None)
-                if code not in RETRYABLE_SQLSTATES or attempt == attempts:
-                    raise
-                time.sleep(0.005 * attempt)
-        raise AssertionError("unreachable")
+        ``single``: ``fn`` makes one statement that changes anything (see ``Store.txn``)."""
+        return self.store.txn(fn, attempts=attempts, single=single)
 
     def read(self, fn: Callable[[sa.Connection], T]) -> T:
-        with translate_errors(), self.engine.connect() as conn:
-            return fn(conn.execution_options(kiln_readonly=True))
-
-    # --- schema -----------------------------------------------------------------------
+        return self.store.read(fn)
 
     def upgrade(self) -> None:
         """Migrate the database to the newest schema (what ``kiln db upgrade`` does)."""
-        from alembic import command
-        from alembic.config import Config
-
-        cfg = Config()
-        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-        cfg.attributes["configure_logging"] = False
-        with translate_errors(), self.engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+        self.store.upgrade()
 
     # --- workflows --------------------------------------------------------------------
 
@@ -126,7 +122,7 @@ class Kiln:
         lease_s = self.settings.dispatch_timeout_s if self.sender is not None else None
         wf_id, created, dispatched = self.txn(
             lambda c: submit_run_txn(c, spec, idempotency_key=idempotency_key, lease_s=lease_s),
-            single=True,  # on PostgreSQL one statement (kiln.store.postgres.INSERT_RUN)
+            single=True,  # on PostgreSQL one statement (insert_run in kiln/store/queries.sql)
         )
         self._send(dispatched)
         return wf_id, created
@@ -145,6 +141,10 @@ class Kiln:
 
     def workflow(self, workflow_id: int) -> dict[str, Any]:
         return self.read(lambda c: wf_ops.get_workflow(c, workflow_id))
+
+    def run(self, workflow_id: int) -> dict[str, Any]:
+        """The run without its tasks (:class:`~kiln.core.errors.WorkflowNotFound` if none)."""
+        return self.read(lambda c: wf_ops.get_run(c, workflow_id))
 
     def workflows(self, **filters: Any) -> list[dict[str, Any]]:
         return self.read(lambda c: wf_ops.list_workflows(c, **filters))
@@ -178,7 +178,7 @@ class Kiln:
             lambda c: task_ops.claim_txn(
                 c, items, worker_id=worker_id, lease_s=self.settings.lease_s
             ),
-            single=True,  # on PostgreSQL the claim is one statement (kiln.store.postgres.CLAIM)
+            single=True,  # on PostgreSQL one statement (claim in kiln/store/queries.sql)
         )
 
     def record(self, outcomes: list[task_ops.Outcome]) -> task_ops.RecordReport:

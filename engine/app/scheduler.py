@@ -1,6 +1,7 @@
-"""The scheduler as a service: the pure :class:`~engine.scheduling.Scheduler` with its policy
-and state persisted in ``scheduler_state``, the ``order`` the controller dispatches with,
-placement of ``model_type`` tasks on instances, stats and the dry run.
+"""The scheduler as a service: the pure :class:`~kiln.core.scheduling.Scheduler` with its
+policy and state persisted in ``scheduler_state`` (``kiln.store.scheduler_state``), the
+``order`` the controller dispatches with, placement of ``model_type`` tasks on instances,
+stats and the dry run.
 
 Two decisions:
 
@@ -17,6 +18,8 @@ Two decisions:
 The state (virtual runtimes, round-robin turn, counters) lives in the controller's memory
 between passes and is written back by :meth:`SchedulerService.sync` (a controller hook),
 because ``order`` runs inside the dispatch transaction and must not write elsewhere.
+
+``kiln.scheduler`` (:class:`SchedulerAPI`) is the face web and workers use.
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from kiln.core.errors import KilnError
+
+from kiln.app.database import Database
+from kiln.core.errors import InvalidPolicy
 from kiln.core.prediction import Estimate, Prediction, estimate
 from kiln.core.scheduling import (
     POLICY_NAMES,
@@ -44,88 +49,35 @@ from kiln.core.scheduling import (
     place,
 )
 from kiln.core.states import TaskStatus
+from kiln.store import instances as instance_store
+from kiln.store import scheduler_state as state_store
 from kiln.store.db import aware, utcnow
-from kiln.store.dispatch import dispatchable_tasks
-from kiln.store.instances import Capacity, capacity, inflight_by_instance, live_instances
-from kiln.store.schema import instances, scheduler_state, tasks
-from sqlalchemy.dialects import postgresql, sqlite
+from kiln.store.instances import Capacity, LiveInstance, capacity
+from kiln.store.scheduler_state import (
+    DEFAULT_PLACEMENT,
+    DEFAULT_POLICY,
+    StoredScheduler,
+    load_txn,
+)
+
+__all__ = [
+    "DEFAULT_PLACEMENT",
+    "DEFAULT_POLICY",
+    "InvalidPolicy",
+    "PolicyChange",
+    "SchedulerAPI",
+    "SchedulerService",
+    "StoredScheduler",
+    "load_txn",
+    "place_task_txn",
+    "schedule_next",
+    "set_policy_txn",
+    "stats",
+]
 
 log = logging.getLogger("kiln.scheduler")
-DEFAULT_POLICY = "FIFO"
-DEFAULT_PLACEMENT = "min_expected_completion"
 # Policies whose record_finish uses actual run times (vruntime, round-robin quantum).
 LEARNS_FROM_RUN_TIMES = frozenset({"Fair", "RoundRobin"})
-ACTIVE = [TaskStatus.READY, TaskStatus.RETRYING, TaskStatus.QUEUED, TaskStatus.RUNNING]
-
-
-class InvalidPolicy(KilnError):
-    """Invalid policy. Must be one of FIFO, RoundRobin, Priority, Fair, ShortestPredicted."""
-
-    status_code = 400
-
-
-# --- persisted row ----------------------------------------------------------------------
-
-
-@dataclass
-class StoredScheduler:
-    policy: str
-    params: dict[str, dict[str, Any]]
-    placement: str
-    state: SchedulerState
-    placement_turn: int
-    updated_at: dt.datetime
-
-
-def _default_row() -> dict[str, Any]:
-    return {
-        "id": 1,
-        "policy": DEFAULT_POLICY,
-        "params": {},
-        "placement": DEFAULT_PLACEMENT,
-        "state": {**SchedulerState().to_dict(), "placement_turn": 0},
-        "updated_at": utcnow(),
-    }
-
-
-def load_txn(conn: sa.Connection, *, lock: bool = False) -> StoredScheduler:
-    q = sa.select(scheduler_state).where(scheduler_state.c.id == 1)
-    row: Mapping[Any, Any] | None = (
-        conn.execute(q.with_for_update() if lock else q).mappings().first()
-    )
-    if row is None and lock:
-        insert = (postgresql if conn.dialect.name == "postgresql" else sqlite).insert
-        conn.execute(
-            insert(scheduler_state)
-            .values(_default_row())
-            .on_conflict_do_nothing(index_elements=["id"])
-        )
-        row = conn.execute(q.with_for_update()).mappings().first()
-    if row is None:
-        row = _default_row()
-    state = dict(row["state"] or {})
-    turn = int(state.pop("placement_turn", 0))
-    known = set(SchedulerState().to_dict())
-    return StoredScheduler(
-        policy=row["policy"],
-        params=dict(row["params"] or {}),
-        placement=row["placement"],
-        state=SchedulerState.from_dict({k: v for k, v in state.items() if k in known}),
-        placement_turn=turn,
-        updated_at=aware(row["updated_at"]) or utcnow(),
-    )
-
-
-def _write_txn(conn: sa.Connection, stored: StoredScheduler, **changes: Any) -> None:
-    values = {
-        "policy": stored.policy,
-        "params": stored.params,
-        "placement": stored.placement,
-        "state": {**stored.state.to_dict(), "placement_turn": stored.placement_turn},
-        "updated_at": utcnow(),
-        **changes,
-    }
-    conn.execute(scheduler_state.update().where(scheduler_state.c.id == 1).values(values))
 
 
 def set_policy_txn(
@@ -164,7 +116,7 @@ def set_policy_txn(
     stored.policy = policy
     stored.params = {**stored.params, policy: merged}
     stored.placement = placement or stored.placement
-    _write_txn(conn, stored)
+    state_store.write_txn(conn, stored)
     return stored
 
 
@@ -272,7 +224,7 @@ class SchedulerService:
                 stored = load_txn(conn, lock=True)
                 state.quantum_micros = stored.state.quantum_micros
                 stored.state = state
-                _write_txn(conn, stored)
+                state_store.write_txn(conn, stored)
 
             self.kiln.txn(write)
             self._dirty = False
@@ -280,24 +232,7 @@ class SchedulerService:
 
     def _learn_finished(self) -> None:
         since = self._finished_after
-        rows = self.kiln.read(
-            lambda c: c.execute(
-                sa.select(
-                    tasks.c.id,
-                    tasks.c.workflow_id,
-                    tasks.c.priority,
-                    tasks.c.ready_at,
-                    tasks.c.created_at,
-                    tasks.c.predicted,
-                    tasks.c.started_at,
-                    tasks.c.finished_at,
-                    tasks.c.actual_s,
-                )
-                .where(tasks.c.finished_at > since, tasks.c.started_at.is_not(None))
-                .order_by(tasks.c.finished_at)
-                .limit(1000)
-            ).all()
-        )
+        rows = self.kiln.read(lambda c: state_store.finished_since(c, since))
         for r in rows:
             item = self._inflight.pop(item_of(r).id, None) or item_of(r)
             finished = aware(r.finished_at)
@@ -316,29 +251,22 @@ class SchedulerService:
 
 def place_task_txn(
     conn: sa.Connection, task_id: int, attempt: int, model_type: str, instance_task_id: str
-) -> Any | None:
+) -> LiveInstance | None:
     """Choose the instance a claimed ``model_type`` task runs on and record it on the task
     (fenced by attempt). Returns the chosen live instance, or ``None`` if none serves it."""
     now = utcnow()
-    candidates = [i for i in live_instances(conn, now) if model_type in i.capabilities]
+    candidates = [
+        i for i in instance_store.live_instances(conn, now) if model_type in i.capabilities
+    ]
     if not candidates:
         return None
-    # Serialise placements onto these instances so two workers do not both see the same
-    # free slot.
-    conn.execute(
-        sa.select(instances.c.id)
-        .where(instances.c.id.in_([i.id for i in candidates]))
-        .with_for_update()
-    ).all()
-    row = conn.execute(
-        sa.select(tasks.c.predicted).where(tasks.c.id == task_id, tasks.c.attempts == attempt)
-    ).first()
-    predicted = Prediction.from_dict(row.predicted) if row and row.predicted else None
+    instance_store.lock_instances_txn(conn, [i.id for i in candidates])
+    predicted = instance_store.task_prediction(conn, task_id, attempt)
     stored = load_txn(conn, lock=True)
     loads = _loads(conn, candidates)
     # A task of unknown size counts as one second: queue length and speed then decide.
-    task_est = estimate(predicted) if predicted else Estimate(expected=1.0)
-    inflight = inflight_by_instance(conn)
+    task_est = estimate(Prediction.from_dict(predicted)) if predicted else Estimate(expected=1.0)
+    inflight = instance_store.inflight_by_instance(conn)
     with_room = [i for i in candidates if inflight.get(i.id, 0) < i.slots] or candidates
     chosen_id = place(
         task_est,
@@ -348,27 +276,13 @@ def place_task_txn(
     )
     chosen = next(i for i in candidates if str(i.id) == chosen_id)
     stored.placement_turn += 1
-    _write_txn(conn, stored)
-    changed = conn.execute(
-        tasks.update()
-        .where(
-            tasks.c.id == task_id,
-            tasks.c.attempts == attempt,
-            tasks.c.status == TaskStatus.RUNNING,
-        )
-        .values(instance_id=chosen.id, instance_task_id=instance_task_id)
-        .returning(tasks.c.id)
-    ).first()
-    return chosen if changed else None
+    state_store.write_txn(conn, stored)
+    placed = instance_store.assign_instance_txn(conn, task_id, attempt, chosen.id, instance_task_id)
+    return chosen if placed else None
 
 
-def _loads(conn: sa.Connection, candidates: Sequence[Any]) -> dict[int, InstanceLoad]:
-    rows = conn.execute(
-        sa.select(tasks.c.instance_id, tasks.c.predicted, tasks.c.started_at).where(
-            tasks.c.instance_id.in_([i.id for i in candidates]),
-            tasks.c.status == TaskStatus.RUNNING,
-        )
-    ).all()
+def _loads(conn: sa.Connection, candidates: Sequence[LiveInstance]) -> dict[int, InstanceLoad]:
+    rows = instance_store.running_predictions(conn, [i.id for i in candidates])
     acc: dict[int, list[float]] = {i.id: [0.0, 0.0, 0] for i in candidates}
     for r in rows:
         est = estimate(Prediction.from_dict(r.predicted)) if r.predicted else None
@@ -400,67 +314,17 @@ def learn_speed_txn(
     if expected <= 0:
         return
     ratio = min(max(actual_s / expected, 0.1), 10.0)
-    conn.execute(
-        instances.update()
-        .where(instances.c.id == instance_id)
-        .values(speed_factor=instances.c.speed_factor + 0.2 * (ratio - instances.c.speed_factor))
-    )
-
-
-# --- predictions ----------------------------------------------------------------------
-
-
-def annotate_predictions_txn(conn: sa.Connection, predictor: Any, *, limit: int = 500) -> int:
-    """Give waiting ``model_type`` tasks the prediction they will be scheduled with
-    (``predicted``, ``predicted_s``); tasks no source can predict keep NULL."""
-    from kiln.app.predictor import task_metadata
-
-    rows = conn.execute(
-        sa.select(tasks.c.id, tasks.c.model_type, tasks.c.params)
-        .where(
-            tasks.c.status.in_([TaskStatus.PENDING, TaskStatus.READY, TaskStatus.RETRYING]),
-            tasks.c.model_type.is_not(None),
-            tasks.c.predicted.is_(None),
-        )
-        .order_by(tasks.c.id)
-        .limit(limit)
-    ).all()
-    done = 0
-    memo: dict[tuple[str, str], Prediction | None] = {}
-    for r in rows:
-        metadata = task_metadata(r.params)
-        key = (r.model_type, repr(sorted(metadata.items())))
-        if key not in memo:
-            memo[key] = predictor.predict(r.model_type, metadata)
-        prediction = memo[key]
-        if prediction is None:
-            continue
-        done += conn.execute(
-            tasks.update()
-            .where(tasks.c.id == r.id, tasks.c.predicted.is_(None))
-            .values(predicted=prediction.to_dict(), predicted_s=estimate(prediction).expected)
-        ).rowcount
-    return done
+    instance_store.nudge_speed_factor_txn(conn, instance_id, ratio)
 
 
 # --- the API's side ---------------------------------------------------------------------
-
-
-def _queued_rows(conn: sa.Connection, limit: int) -> list[Any]:
-    return list(conn.execute(dispatchable_tasks(tasks.c.name, tasks.c.waiting_reason).limit(limit)))
 
 
 def stats(conn: sa.Connection) -> dict[str, Any]:
     """Seed 001's stats (``total_scheduled, context_switches, preemptions, active,
     active_processes, policy, quantum_micros``) plus Kiln's queue figures."""
     stored = load_txn(conn)
-    counts: dict[str, int] = dict(
-        conn.execute(
-            sa.select(tasks.c.status, sa.func.count())
-            .where(tasks.c.status.in_(ACTIVE))
-            .group_by(tasks.c.status)
-        ).all()
-    )
+    counts = state_store.active_counts(conn)
     scheduler = Scheduler(stored.policy, stored.state, stored.params)
     out = scheduler.stats(active=sum(counts.values()))
     out.update(
@@ -483,7 +347,7 @@ def schedule_next(conn: sa.Connection, *, limit: int = 10) -> dict[str, Any]:
     scheduler = Scheduler(stored.policy, SchedulerState.from_dict(stored.state.to_dict()))
     scheduler.params = stored.params
     scheduler.set_policy(stored.policy)
-    rows = _queued_rows(conn, limit=2000)
+    rows = state_store.queued_rows(conn, limit=2000)
     by_id = {item_of(r).id: r for r in rows}
     decisions = scheduler.explain([item_of(r) for r in rows], time.time(), limit=limit)
     queue = [
@@ -513,3 +377,78 @@ def schedule_next(conn: sa.Connection, *, limit: int = 10) -> dict[str, Any]:
     if not queue:
         body["message"] = "No tasks ready to schedule"
     return body
+
+
+# --- the application API ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PolicyChange:
+    previous: str
+    current: StoredScheduler
+
+
+class SchedulerAPI:
+    """``kiln.scheduler``: the persisted policy, its dry run and stats, and this process's
+    :class:`SchedulerService` for the controller (``order`` and ``sync``)."""
+
+    def __init__(self, kiln: Database) -> None:
+        self._kiln = kiln
+        self._service: SchedulerService | None = None
+        self._service_lock = threading.Lock()
+
+    def get(self) -> StoredScheduler:
+        """The stored policy, its tuning, the placement strategy and the counters."""
+        return self._kiln.read(load_txn)
+
+    def set_policy(
+        self,
+        policy: Any,
+        params: Any = None,
+        *,
+        quantum_micros: Any = None,
+        placement: Any = None,
+    ) -> PolicyChange:
+        """Switch the policy (see :func:`set_policy_txn`; :class:`InvalidPolicy` for bad
+        input); controllers re-order what is queued on their next pass."""
+
+        def change(conn: sa.Connection) -> PolicyChange:
+            previous = load_txn(conn).policy
+            current = set_policy_txn(
+                conn, policy, params, quantum_micros=quantum_micros, placement=placement
+            )
+            return PolicyChange(previous, current)
+
+        return self._kiln.txn(change)
+
+    def stats(self) -> dict[str, Any]:
+        return self._kiln.read(stats)
+
+    def schedule_next(self, limit: int = 10) -> dict[str, Any]:
+        """Dry run: what would be dispatched next, in order, and why. Changes nothing."""
+        return self._kiln.read(lambda c: schedule_next(c, limit=limit))
+
+    @property
+    def service(self) -> SchedulerService:
+        """This process's scheduler service for this database (shared by order and sync)."""
+        with self._service_lock:
+            if self._service is None:
+                self._service = SchedulerService(self._kiln)
+            return self._service
+
+    def order(self, candidates: list[Any]) -> list[Any]:
+        """The controller's ``order=``: see :meth:`SchedulerService.order`."""
+        return self.service.order(candidates)
+
+    def sync(self) -> None:
+        """A controller hook: see :meth:`SchedulerService.sync`."""
+        self.service.sync()
+
+    def place(
+        self, task_id: int, attempt: int, model_type: str, instance_task_id: str
+    ) -> LiveInstance | None:
+        """Place a claimed ``model_type`` attempt on a live instance (see
+        :func:`place_task_txn`)."""
+        return self._kiln.txn(
+            lambda c: place_task_txn(c, task_id, attempt, model_type, instance_task_id)
+        )

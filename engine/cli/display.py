@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from kiln.store.db import aware
 from rich.table import Table
+
+from kiln.cli.common import aware
 
 STATE_STYLE = {
     "succeeded": "green",

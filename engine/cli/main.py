@@ -14,25 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import click
-import sqlalchemy.exc
+
+from kiln.app.control import DatabaseError
+from kiln.cli.common import console, fail, make_kiln
 from kiln.core.config import Settings
 from kiln.core.errors import KilnError
 from kiln.core.handlers import load_imports
-from rich.console import Console
-
-console = Console()
-err_console = Console(stderr=True)
-
-
-def _kiln():  # type: ignore[no-untyped-def]
-    from kiln.app.runtime import Kiln
-
-    return Kiln(Settings.from_env())
-
-
-def _fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[red]error:[/] {message}")
-    raise SystemExit(code)
 
 
 class KilnGroup(click.Group):
@@ -42,9 +29,9 @@ class KilnGroup(click.Group):
         try:
             return super().invoke(ctx)
         except KilnError as exc:
-            _fail(exc.message, 1 if exc.status_code >= 500 else 2)
-        except sqlalchemy.exc.DBAPIError as exc:
-            _fail(f"database error: {str(exc.orig).strip()}", 1)
+            fail(exc.message, 1 if exc.status_code >= 500 else 2)
+        except DatabaseError as exc:
+            fail(f"database error: {str(exc.orig).strip()}", 1)
 
 
 @click.group(cls=KilnGroup)
@@ -54,12 +41,12 @@ def main() -> None:
     Configure with KILN_DATABASE_URL (default: SQLite file ./kiln.db) and KILN_BROKER_URL
     (default: in-process broker). See the README for everything else.
     """
-    from kiln.workers.logging_setup import setup_logging
+    from kiln.app.logs import setup_logging
 
     try:
         setup_logging(click.get_current_context().invoked_subcommand or "cli")
     except ValueError as exc:  # a bad KILN_LOG_LEVEL / KILN_LOG_FORMAT
-        _fail(str(exc))
+        fail(str(exc))
     load_imports()
 
 
@@ -72,13 +59,11 @@ def db() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print {database, revision} as JSON.")
 def db_upgrade(as_json: bool) -> None:
     """Migrate the database to the newest schema."""
-    kiln = _kiln()
+    kiln = make_kiln()
     kiln.upgrade()
     if as_json:
-        from kiln.cli.ops import db_revision
-
         where = kiln.engine.url.render_as_string(hide_password=True)
-        click.echo(json.dumps({"database": where, "revision": db_revision(kiln)}))
+        click.echo(json.dumps({"database": where, "revision": kiln.control.schema_revision()}))
         return
     console.print(
         f"database at {kiln.engine.url.render_as_string(hide_password=True)} is up to date"
@@ -92,7 +77,7 @@ def worker(threads: int, processes: int) -> None:
     """Run a worker: consume the broker and execute tasks."""
     settings = Settings.from_env()
     if settings.embedded_broker:
-        _fail(
+        fail(
             "`kiln worker` needs a shared broker: set KILN_BROKER_URL=redis://... "
             "(with the in-process default, `kiln run` and `kiln demo` run their own workers)"
         )
@@ -103,8 +88,13 @@ def worker(threads: int, processes: int) -> None:
         )
         return
     import dramatiq
-    from kiln.workers.actors import broker
 
+    from kiln import transport
+    from kiln.app.runtime import Kiln
+    from kiln.workers.actors import build_actors
+
+    broker = transport.current().broker
+    build_actors(broker, Kiln(settings, pool_size=16, sender=transport.send_now))
     stop = threading.Event()
     w = dramatiq.Worker(
         broker,
@@ -142,7 +132,7 @@ def controller() -> None:
     from kiln.workers.hooks import controller_hooks
     from kiln.workers.scheduling_hooks import scheduler_order, scheduling_hooks
 
-    kiln = _kiln()
+    kiln = make_kiln()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -158,8 +148,9 @@ def controller() -> None:
 @click.option("--port", default=8000, show_default=True, type=int)
 def web(host: str, port: int) -> None:
     """Serve the HTTP API (development server; use gunicorn in production, see Procfile)."""
-    from kiln.web.app import create_app
     from werkzeug.serving import run_simple
+
+    from kiln.web.app import create_app
 
     run_simple(host, port, create_app(), threaded=True, use_reloader=False)
 
@@ -170,16 +161,16 @@ def _load_definition(target: str) -> Any:
         try:
             return json.loads(path.read_text())
         except FileNotFoundError:
-            _fail(f"no such file: {target}")
+            fail(f"no such file: {target}")
         except json.JSONDecodeError as exc:
-            _fail(f"{target} is not valid JSON: {exc}")
+            fail(f"{target} is not valid JSON: {exc}")
     module_name, _, attr = target.partition(":")
     if not attr:
-        _fail(f"{target!r} is neither a .json file nor 'package.module:workflow'")
+        fail(f"{target!r} is neither a .json file nor 'package.module:workflow'")
     try:
         obj = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
-        _fail(f"cannot load {target!r}: {exc}")
+        fail(f"cannot load {target!r}: {exc}")
     return obj() if callable(obj) else obj
 
 
@@ -230,7 +221,7 @@ def run(target: str, as_json: bool) -> None:
     Exits 0 only if the run succeeded. With the in-process broker (no KILN_BROKER_URL) it
     runs its own worker and controller while following.
     """
-    _run_and_follow(_kiln(), _load_definition(target), as_json)
+    _run_and_follow(make_kiln(), _load_definition(target), as_json)
 
 
 @main.command()
@@ -241,7 +232,7 @@ def status(run_id: int, as_json: bool) -> None:
     from kiln.cli.display import as_json as run_json
     from kiln.cli.display import run_table
 
-    run = _kiln().workflow(run_id)
+    run = make_kiln().workflow(run_id)
     if as_json:
         click.echo(run_json(run))
     else:

@@ -16,14 +16,14 @@ import time
 from typing import Any
 
 import click
-from kiln.core.states import WORKFLOW_TERMINAL
-from kiln.store.db import aware, utcnow
-from kiln.store.pipelines import redact
 from rich.console import Console, Group
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
-console = Console()
+from kiln.cli.common import aware, console, make_kiln, utcnow
+from kiln.core.redaction import redact
+from kiln.core.states import WORKFLOW_TERMINAL
+
 FINISHED = ("succeeded", "failed", "cancelled", "upstream_failed")
 STYLE = {
     "succeeded": "green",
@@ -43,12 +43,6 @@ STYLE = {
     "lost": "red",
     "deleted": "dim",
 }
-
-
-def _kiln():  # type: ignore[no-untyped-def]
-    from kiln.cli.main import _kiln as make
-
-    return make()
 
 
 def _dumps(value: Any, **kwargs: Any) -> str:
@@ -116,27 +110,18 @@ def snapshot(kiln: Any, workflow_id: int) -> dict[str, Any]:
 
 
 def _pipeline_of(kiln: Any, workflow_id: int) -> dict[str, Any] | None:
-    import sqlalchemy as sa
-    from kiln.store.pipelines import get_pipeline
-    from kiln.store.schema import pipelines
-
-    def read(conn: sa.Connection) -> dict[str, Any] | None:
-        pid = conn.execute(
-            sa.select(pipelines.c.id).where(pipelines.c.workflow_id == workflow_id)
-        ).scalar()
-        if pid is None:
-            return None
-        p = get_pipeline(conn, pid, shards=False)
-        return {
-            "id": p["id"],
-            "name": p["name"],
-            "status": str(p["status"]),
-            "shards_completed": p["shards_completed"],
-            "num_shards": p["num_shards"],
-            "total_samples_processed": p["total_samples_processed"],
-        }
-
-    return kiln.read(read)
+    pid = kiln.monitor.pipeline_of_workflow(workflow_id)
+    if pid is None:
+        return None
+    p = kiln.pipelines.get(pid, shards=False)
+    return {
+        "id": p["id"],
+        "name": p["name"],
+        "status": str(p["status"]),
+        "shards_completed": p["shards_completed"],
+        "num_shards": p["num_shards"],
+        "total_samples_processed": p["total_samples_processed"],
+    }
 
 
 def _bar(completed: float, total: float, style: str = "bar.complete") -> ProgressBar:
@@ -192,8 +177,9 @@ def follow_progress(
 ) -> dict[str, Any]:
     """Live progress bars until the run ends (or is paused with nothing running), then the
     per-task table; returns the final run (as ``kiln.workflow`` does)."""
-    from kiln.cli.display import run_table
     from rich.live import Live
+
+    from kiln.cli.display import run_table
 
     snap = snapshot(kiln, workflow_id)
     with Live(progress_view(snap), console=out, refresh_per_second=8, transient=True) as live:
@@ -221,12 +207,10 @@ def watch(run_id: int, is_pipeline: bool, interval: float, as_json: bool) -> Non
     Exits 0 if it succeeded, 1 if it failed or was cancelled, 3 if it is paused (a stopped
     pipeline) with nothing running.
     """
-    kiln = _kiln()
+    kiln = make_kiln()
     workflow_id = run_id
     if is_pipeline:
-        from kiln.store.pipelines import pipeline_target
-
-        target = kiln.read(lambda c: pipeline_target(c, run_id))
+        target = kiln.pipelines.workflow_of(run_id)
         if target is None:
             raise click.ClickException(f"pipeline {run_id} has no workflow")
         workflow_id = target
@@ -259,12 +243,8 @@ def ops(
 ) -> None:
     """List interactive-control operations (stop, resume, delete, clone, cancel, pause),
     newest first."""
-    from kiln.store.operations import list_operations
-
-    page, total = _kiln().read(
-        lambda c: list_operations(
-            c, status=status, pipeline_id=pipeline_id, workflow_id=workflow_id, limit=limit
-        )
+    page, total = make_kiln().operations.list(
+        status=status, pipeline_id=pipeline_id, workflow_id=workflow_id, limit=limit
     )
     page = [
         {**op, "request_data": redact(op.get("request_data") or {}),
@@ -301,9 +281,7 @@ def ops(
 @click.option("--json", "as_json", is_flag=True, help="Print {instances, count} as JSON.")
 def instances(as_json: bool) -> None:
     """List registered TaskInstances with their load and heartbeat age."""
-    from kiln.store.instances import list_instances
-
-    rows = _kiln().read(list_instances)
+    rows = make_kiln().instances.all()
     if as_json:
         click.echo(_dumps({"instances": rows, "count": len(rows)}, indent=2))
         return
@@ -341,9 +319,7 @@ def instances(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print {pipelines, count} as JSON.")
 def pipelines(status: str | None, limit: int, as_json: bool) -> None:
     """List pipelines with their shard progress, newest first."""
-    from kiln.store.pipelines import list_pipelines
-
-    rows = _kiln().read(lambda c: list_pipelines(c, status=status, limit=limit))
+    rows = make_kiln().pipelines.list(status=status, limit=limit)
     rows = [
         {**p, "status": str(p["status"]), "client_config": redact(p.get("client_config")),
          "model_config": redact(p.get("model_config"))}
@@ -394,9 +370,7 @@ def _stats_table(stats: dict[str, Any]) -> Table:
 @click.option("--json", "as_json", is_flag=True, help="Print the stats as JSON.")
 def scheduler_stats(as_json: bool) -> None:
     """Counters (seed 001's shape), the policy, and queue figures."""
-    from kiln.app.scheduler import stats
-
-    data = _kiln().read(stats)
+    data = make_kiln().scheduler.stats()
     if as_json:
         click.echo(_dumps(data, indent=2))
         return
@@ -413,13 +387,10 @@ def scheduler_policy(
 ) -> None:
     """Switch the queue-ordering policy (FIFO, RoundRobin, Priority, Fair,
     ShortestPredicted); controllers re-order everything queued on their next pass."""
-    from kiln.app.scheduler import load_txn, set_policy_txn
-
-    kiln = _kiln()
-    previous = kiln.read(load_txn).policy
-    stored = kiln.txn(
-        lambda c: set_policy_txn(c, name, quantum_micros=quantum_micros, placement=placement)
+    change = make_kiln().scheduler.set_policy(
+        name, quantum_micros=quantum_micros, placement=placement
     )
+    previous, stored = change.previous, change.current
     data = {
         "policy": stored.policy,
         "previous_policy": previous,
@@ -439,9 +410,7 @@ def scheduler_policy(
 @click.option("--json", "as_json", is_flag=True, help="Print the dry run as JSON.")
 def scheduler_next(limit: int, as_json: bool) -> None:
     """Dry run: the tasks the scheduler would dispatch next, in order, and why."""
-    from kiln.app.scheduler import schedule_next
-
-    data = _kiln().read(lambda c: schedule_next(c, limit=limit))
+    data = make_kiln().scheduler.schedule_next(limit=limit)
     if as_json:
         click.echo(_dumps(data, indent=2))
         return
@@ -457,12 +426,3 @@ def scheduler_next(limit: int, as_json: bool) -> None:
 
 
 COMMANDS = [watch, ops, instances, pipelines, scheduler]
-
-
-def db_revision(kiln: Any) -> str | None:
-    """The Alembic revision the database is at (``kiln db upgrade --json``)."""
-    import sqlalchemy as sa
-
-    return kiln.read(
-        lambda c: c.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
-    )

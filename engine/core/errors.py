@@ -41,6 +41,18 @@ class WorkflowNotFound(NotFound):
     """No workflow run with this id."""
 
 
+class ContextNotFound(NotFound):
+    """No context with this id."""
+
+
+class PipelineNotFound(NotFound):
+    """No pipeline with this id."""
+
+
+class OperationNotFound(NotFound):
+    """No operation with this id."""
+
+
 class IllegalTransition(KilnError):
     """The object is not in a state that allows this change."""
 
@@ -57,6 +69,12 @@ class DatabaseUnavailable(KilnError):
     status_code = 503
 
 
+class InvalidValue(KilnError):
+    """The database refused a value (a NUL character, a number out of range)."""
+
+    status_code = 422
+
+
 class TaskTimeout(KilnError):
     """The task ran past its timeout."""
 
@@ -67,3 +85,25 @@ class WorkerLost(KilnError):
 
 class PermanentFailure(KilnError):
     """The task failed in a way retrying cannot fix."""
+
+
+class InvalidInstanceRequest(KilnError):
+    """The instance request is invalid."""
+
+    status_code = 422
+
+
+class InstanceNotFound(NotFound):
+    """No instance with this id (register again)."""
+
+
+class InvalidPolicy(KilnError):
+    """Invalid policy. Must be one of FIFO, RoundRobin, Priority, Fair, ShortestPredicted."""
+
+    status_code = 400
+
+
+class InvalidPredictRequest(KilnError):
+    """The prediction request is invalid."""
+
+    status_code = 400

@@ -38,6 +38,13 @@ def task(fn: Handler | None = None, *, name: str | None = None) -> Any:
     return register(fn) if fn is not None else register
 
 
+def register(name: str, fn: Handler, *, aliases: tuple[str, ...] = ()) -> None:
+    """Register a built-in handler under its stable ``name``, and under ``aliases`` (names
+    that rows written by older releases still hold). Registering again replaces it."""
+    for key in (name, *aliases):
+        _registry[key] = fn
+
+
 def _path(f: Handler) -> str:
     return f"{f.__module__}:{f.__qualname__}"
 

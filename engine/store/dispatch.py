@@ -12,30 +12,21 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from kiln.core.states import TASK_DISPATCHABLE, TaskStatus, WorkflowStatus
-from kiln.store import postgres as pgsql
-from kiln.store.db import is_postgres, utcnow
-from kiln.store.schema import tasks, workflows
-from kiln.store.workflows import mark_running_txn
 
-DISPATCHABLE = [str(s) for s in TASK_DISPATCHABLE]
+from kiln.core.execution import Dispatch
+from kiln.core.states import TaskStatus
+from kiln.store.clauses import DISPATCHABLE, run_is_active, served_clause
+from kiln.store.db import utcnow
+from kiln.store.dialects import statements
+from kiln.store.schema import tasks
+
 # A message re-sent this many times without any worker claiming it is quarantined: its
 # payload cannot be processed (or no worker consumes the queue), and retrying forever would
 # hide that.
 MAX_DISPATCHES = 20
-
-
-def run_is_active() -> sa.Exists:
-    """The task's run is one whose tasks may be dispatched: pending or running (not paused,
-    not finished)."""
-    return sa.exists().where(
-        workflows.c.id == tasks.c.workflow_id,
-        workflows.c.status.in_([WorkflowStatus.PENDING, WorkflowStatus.RUNNING]),
-    )
 
 
 def dispatchable_tasks(*extra: sa.ColumnElement[Any]) -> sa.Select:
@@ -59,25 +50,11 @@ def dispatchable_tasks(*extra: sa.ColumnElement[Any]) -> sa.Select:
     )
 
 
-@dataclass(frozen=True)
-class Dispatch:
-    """A task leased for dispatch: the message to send carries ``(task_id, attempt)``."""
-
-    task_id: int
-    attempt: int
-    workflow_id: int
-    # A model_type task waits on a TaskInstance for most of its run: it gets a message (and
-    # so a worker thread) of its own instead of sharing a batch with others.
-    alone: bool = False
-
-
 def dispatch_candidates_txn(conn: sa.Connection, *, limit: int, now: dt.datetime) -> list[Any]:
     """Lock up to ``limit`` dispatchable tasks of runs that are not paused, best first by
     (priority, age). Other controllers skip the locked rows. A ``model_type`` task is a
     candidate only while a live instance serves it (the controller's ``note_unroutable``
     hook says why the others wait)."""
-    from kiln.store.instances import served_clause
-
     q = (
         dispatchable_tasks(tasks.c.attempts)
         .where(
@@ -94,33 +71,14 @@ def mark_queued_txn(
     conn: sa.Connection, task_ids: Sequence[int], *, now: dt.datetime, lease_until: dt.datetime
 ) -> list[Dispatch]:
     """ready/retrying -> queued for the given tasks, keeping the caller's order; their runs
-    go pending -> running. On PostgreSQL both are one statement."""
+    go pending -> running."""
     if not task_ids:
         return []
-    if is_postgres(conn):
-        rows = conn.execute(
-            pgsql.MARK_QUEUED, {"ids": list(task_ids), "now": now, "lease": lease_until}
-        ).all()
-    else:
-        rows = conn.execute(
-            tasks.update()
-            .where(tasks.c.id.in_(list(task_ids)), tasks.c.status.in_(DISPATCHABLE))
-            .values(
-                status=TaskStatus.QUEUED,
-                queued_at=now,
-                lease_expires_at=lease_until,
-                dispatch_count=tasks.c.dispatch_count + 1,
-                not_before=None,
-                waiting_reason=None,
-            )
-            .returning(tasks.c.id, tasks.c.attempts, tasks.c.workflow_id, tasks.c.model_type)
-        ).all()
+    rows = statements(conn).mark_queued(conn, task_ids, now=now, lease=lease_until)
     by_id = {
         r.id: Dispatch(r.id, r.attempts + 1, r.workflow_id, alone=r.model_type is not None)
         for r in rows
     }
-    if not is_postgres(conn):
-        mark_running_txn(conn, (d.workflow_id for d in by_id.values()))
     return [by_id[i] for i in task_ids if i in by_id]
 
 
@@ -132,38 +90,9 @@ DIRECT_DISPATCH_MAX_QUEUED = 16
 def queue_is_idle_txn(conn: sa.Connection, *, excluding: Sequence[int] = ()) -> bool:
     """True when no dispatchable task (other than ``excluding``) waits for the controller and
     fewer than ``DIRECT_DISPATCH_MAX_QUEUED`` tasks are sent but not yet claimed."""
-    now = utcnow()
-    if is_postgres(conn):
-        return bool(
-            conn.execute(
-                pgsql.QUEUE_IS_IDLE,
-                {"now": now, "excluding": list(excluding), "cap": DIRECT_DISPATCH_MAX_QUEUED},
-            ).scalar()
-        )
-    waiting = (
-        sa.select(tasks.c.id)
-        .where(
-            tasks.c.status.in_(DISPATCHABLE),
-            sa.or_(tasks.c.not_before.is_(None), tasks.c.not_before <= now),
-            run_is_active(),
-        )
-        .limit(1)
+    return statements(conn).queue_is_idle(
+        conn, now=utcnow(), excluding=excluding, cap=DIRECT_DISPATCH_MAX_QUEUED
     )
-    if excluding:
-        waiting = waiting.where(tasks.c.id.not_in(list(excluding)))
-    in_flight = (
-        sa.select(tasks.c.id)
-        .where(tasks.c.status == TaskStatus.QUEUED)
-        .limit(DIRECT_DISPATCH_MAX_QUEUED)
-        .subquery()
-    )
-    row = conn.execute(
-        sa.select(
-            sa.exists(waiting).label("waiting"),
-            sa.select(sa.func.count()).select_from(in_flight).scalar_subquery().label("in_flight"),
-        )
-    ).one()
-    return not row.waiting and row.in_flight < DIRECT_DISPATCH_MAX_QUEUED
 
 
 def dispatch_now_txn(

@@ -9,44 +9,32 @@ a ``waiting_reason`` saying so.
 
 When an instance is lost (no heartbeat in time), deregistered, or says ``offline``, the
 running attempts placed on it are recorded as ``lost`` and retried elsewhere, through the
-same transition a lost worker's tasks take (``kiln.store.tasks.record_outcomes_txn``); a result
-the instance still delivers later is refused as stale.
+same transition a lost worker's tasks take (``kiln.app.instances`` records them with
+``kiln.store.tasks.record_outcomes_txn``); a result the instance still delivers later is
+refused as stale.
+
+This module knows the instances, their capabilities and the placement columns of ``tasks``.
+"Live" and "served" are the shared expressions of ``kiln.store.clauses`` (``dispatch`` uses
+them too).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from kiln.core.errors import KilnError, NotFound
+
+from kiln.core.errors import InstanceNotFound, InvalidInstanceRequest
 from kiln.core.states import TaskStatus
+from kiln.store.clauses import DISPATCHABLE, LIVE, live_clause, lost_after_s, served_clause
 from kiln.store.db import aware, utcnow
 from kiln.store.schema import instance_capabilities, instances, tasks
 
-DEFAULT_LOST_AFTER_S = 10.0
-LIVE = "running"
 REPORTED_STATES = ("running", "stopped", "draining", "offline")
 _KILN_TASK_ID = re.compile(r"^kiln-(\d+)-(\d+)$")
-
-
-class InvalidInstanceRequest(KilnError):
-    """The instance request is invalid."""
-
-    status_code = 422
-
-
-class InstanceNotFound(NotFound):
-    """No instance with this id (register again)."""
-
-
-def lost_after_s() -> float:
-    """Seconds without a heartbeat after which an instance is lost (KILN_INSTANCE_LOST_AFTER_S)."""
-    raw = os.environ.get("KILN_INSTANCE_LOST_AFTER_S")
-    return float(raw) if raw else DEFAULT_LOST_AFTER_S
 
 
 def instance_task_id(task_id: int, attempt: int) -> str:
@@ -154,12 +142,11 @@ def register_txn(conn: sa.Connection, reg: Registration) -> tuple[int, bool]:
     return instance_id, created
 
 
-def heartbeat_txn(
-    conn: sa.Connection, instance_id: int, body: Any, *, retry_base_s: float, retry_max_s: float
-) -> dict[str, Any]:
+def heartbeat_txn(conn: sa.Connection, instance_id: int, body: Any) -> dict[str, Any]:
     """Record a heartbeat: status, load, counters and the progress of Kiln's tasks on the
     instance. Raises :class:`InstanceNotFound` for an id Kiln does not know (the instance
-    then registers again). ``offline`` re-queues the tasks still placed on it."""
+    then registers again). Re-queueing the tasks of an ``offline`` instance is the
+    caller's (``kiln.app.instances``)."""
     if not isinstance(body, dict):
         raise InvalidInstanceRequest("the request body must be a JSON object")
     status = body.get("status", LIVE)
@@ -186,21 +173,7 @@ def heartbeat_txn(
     if changed is None:
         raise InstanceNotFound(instance_id=instance_id)
     progressed = _store_progress_txn(conn, instance_id, body.get("tasks"))
-    requeued: list[int] = []
-    if status == "offline":
-        requeued = requeue_inflight_txn(
-            conn,
-            instance_id,
-            f"instance {instance_id} went offline",
-            retry_base_s=retry_base_s,
-            retry_max_s=retry_max_s,
-        )
-    return {
-        "id": instance_id,
-        "status": status,
-        "progress_updates": progressed,
-        "requeued": requeued,
-    }
+    return {"id": instance_id, "status": status, "progress_updates": progressed}
 
 
 def _store_progress_txn(conn: sa.Connection, instance_id: int, reported: Any) -> int:
@@ -232,79 +205,41 @@ def _store_progress_txn(conn: sa.Connection, instance_id: int, reported: Any) ->
     return updated
 
 
-def deregister_txn(
-    conn: sa.Connection, instance_id: int, *, retry_base_s: float, retry_max_s: float
-) -> list[int]:
-    """Forget an instance; its running tasks are retried elsewhere. Returns their ids."""
+def lock_instance_txn(conn: sa.Connection, instance_id: int) -> None:
+    """Lock the instance's row; :class:`InstanceNotFound` when there is none."""
     exists = conn.execute(
         sa.select(instances.c.id).where(instances.c.id == instance_id).with_for_update()
     ).scalar()
     if exists is None:
         raise InstanceNotFound(instance_id=instance_id)
-    requeued = requeue_inflight_txn(
-        conn,
-        instance_id,
-        f"instance {instance_id} was deregistered",
-        retry_base_s=retry_base_s,
-        retry_max_s=retry_max_s,
-    )
+
+
+def delete_instance_txn(conn: sa.Connection, instance_id: int) -> None:
     conn.execute(instances.delete().where(instances.c.id == instance_id))
-    return requeued
 
 
-def requeue_inflight_txn(
-    conn: sa.Connection, instance_id: int, why: str, *, retry_base_s: float, retry_max_s: float
-) -> list[int]:
-    """Record the running attempts placed on ``instance_id`` as lost (they retry, or fail
-    once their attempts are used up); return the task ids."""
-    from kiln.store.tasks import ClaimedTask, Outcome, record_outcomes_txn
-
-    rows = conn.execute(
-        sa.select(
-            tasks.c.id,
-            tasks.c.attempts,
-            tasks.c.workflow_id,
-            tasks.c.name,
-            tasks.c.max_attempts,
-            tasks.c.started_at,
-        )
-        .where(tasks.c.instance_id == instance_id, tasks.c.status == TaskStatus.RUNNING)
-        .with_for_update(skip_locked=True)
-    ).all()
-    if not rows:
-        return []
-    now = utcnow()
-    outcomes = [
-        Outcome(
-            ClaimedTask(
-                id=r.id,
-                attempt=r.attempts,
-                workflow_id=r.workflow_id,
-                name=r.name,
-                handler=None,
-                model_type=None,
-                params=None,
-                timeout_s=None,
-                max_attempts=r.max_attempts,
-            ),
-            ok=False,
-            started_at=aware(r.started_at) or now,
-            finished_at=now,
-            error=f"{why} during attempt {r.attempts} of {r.max_attempts}",
-            kind="lost",
-        )
-        for r in rows
-    ]
-    report = record_outcomes_txn(conn, outcomes, retry_base_s=retry_base_s, retry_max_s=retry_max_s)
-    return sorted(report.applied)
+def running_on_txn(conn: sa.Connection, instance_id: int) -> list[Any]:
+    """The running attempts placed on ``instance_id``, locked (those another transaction
+    holds are skipped): ``id, attempts, workflow_id, name, max_attempts, started_at``."""
+    return list(
+        conn.execute(
+            sa.select(
+                tasks.c.id,
+                tasks.c.attempts,
+                tasks.c.workflow_id,
+                tasks.c.name,
+                tasks.c.max_attempts,
+                tasks.c.started_at,
+            )
+            .where(tasks.c.instance_id == instance_id, tasks.c.status == TaskStatus.RUNNING)
+            .with_for_update(skip_locked=True)
+        ).all()
+    )
 
 
-def detect_lost_txn(
-    conn: sa.Connection, *, retry_base_s: float, retry_max_s: float, now: dt.datetime | None = None
-) -> dict[int, list[int]]:
-    """Mark instances silent for longer than :func:`lost_after_s` as ``lost`` and re-queue
-    their running tasks; return ``{instance id: [re-queued task ids]}``."""
-    now = now or utcnow()
+def mark_lost_txn(conn: sa.Connection, now: dt.datetime) -> list[int]:
+    """Mark instances silent for longer than :func:`lost_after_s` as ``lost``; return their
+    ids in order."""
     cutoff = now - dt.timedelta(seconds=lost_after_s())
     lost = conn.execute(
         instances.update()
@@ -312,17 +247,12 @@ def detect_lost_txn(
         .values(status="lost", lost_at=now)
         .returning(instances.c.id)
     ).scalars()
-    out: dict[int, list[int]] = {}
-    for instance_id in sorted(lost):
-        out[instance_id] = requeue_inflight_txn(
-            conn,
-            instance_id,
-            f"instance {instance_id} lost (no heartbeat for {lost_after_s():g}s)",
-            retry_base_s=retry_base_s,
-            retry_max_s=retry_max_s,
-        )
-    # Running attempts placed on an instance that is already lost (e.g. claimed in the
-    # moment it went silent) are re-queued too.
+    return sorted(lost)
+
+
+def lost_with_running_tasks(conn: sa.Connection) -> list[int]:
+    """Lost instances that still have running attempts placed on them (e.g. claimed in the
+    moment they went silent), in order."""
     stray = conn.execute(
         sa.select(instances.c.id)
         .where(instances.c.status == "lost")
@@ -332,17 +262,7 @@ def detect_lost_txn(
             )
         )
     ).scalars()
-    for instance_id in sorted(stray):
-        out.setdefault(instance_id, []).extend(
-            requeue_inflight_txn(
-                conn,
-                instance_id,
-                f"instance {instance_id} lost",
-                retry_base_s=retry_base_s,
-                retry_max_s=retry_max_s,
-            )
-        )
-    return out
+    return sorted(stray)
 
 
 def mark_unreachable_txn(conn: sa.Connection, instance_id: int) -> bool:
@@ -362,24 +282,8 @@ def mark_unreachable_txn(conn: sa.Connection, instance_id: int) -> bool:
 # --- routing ----------------------------------------------------------------------------
 
 
-def live_clause(now: dt.datetime) -> sa.ColumnElement[bool]:
-    cutoff = now - dt.timedelta(seconds=lost_after_s())
-    return sa.and_(instances.c.status == LIVE, instances.c.heartbeat_at >= cutoff)
-
-
-def served_clause(model_type: sa.ColumnElement[Any], now: dt.datetime) -> sa.ColumnElement[bool]:
-    """True where some live instance serves ``model_type`` (a column or value)."""
-    return sa.exists().where(
-        instance_capabilities.c.capability == model_type,
-        instances.c.id == instance_capabilities.c.instance_id,
-        live_clause(now),
-    )
-
-
 def note_unroutable_txn(conn: sa.Connection, now: dt.datetime) -> int:
     """Say why ready tasks whose model type no live instance serves are not dispatched."""
-    from kiln.store.dispatch import DISPATCHABLE
-
     reason = sa.literal("no live instance serves model_type ", sa.Text) + tasks.c.model_type
     return conn.execute(
         tasks.update()
@@ -506,8 +410,6 @@ def free_slots(conn: sa.Connection, now: dt.datetime | None = None) -> dict[str,
 
 def note_busy_txn(conn: sa.Connection, free: dict[str, int]) -> None:
     """Say which ready tasks wait for a slot, and clear the reason of those that no longer do."""
-    from kiln.store.dispatch import DISPATCHABLE
-
     busy = sorted(cap for cap, n in free.items() if n <= 0)
     idle = sorted(cap for cap, n in free.items() if n > 0)
     base = [tasks.c.status.in_(DISPATCHABLE), tasks.c.model_type.is_not(None)]
@@ -531,15 +433,91 @@ def note_busy_txn(conn: sa.Connection, free: dict[str, int]) -> None:
         )
 
 
+# --- tasks placed on instances ---------------------------------------------------------
+
+
+def lock_instances_txn(conn: sa.Connection, instance_ids: list[int]) -> None:
+    """Lock these instances' rows: placements onto them then run one at a time, so two
+    workers do not both see the same free slot."""
+    conn.execute(
+        sa.select(instances.c.id).where(instances.c.id.in_(instance_ids)).with_for_update()
+    ).all()
+
+
+def task_prediction(conn: sa.Connection, task_id: int, attempt: int) -> dict[str, Any] | None:
+    """The prediction stored on this attempt's task, if any."""
+    row = conn.execute(
+        sa.select(tasks.c.predicted).where(tasks.c.id == task_id, tasks.c.attempts == attempt)
+    ).first()
+    return row.predicted if row and row.predicted else None
+
+
+def running_predictions(conn: sa.Connection, instance_ids: list[int]) -> list[Any]:
+    """``instance_id, predicted, started_at`` of the running tasks placed on these instances."""
+    return list(
+        conn.execute(
+            sa.select(tasks.c.instance_id, tasks.c.predicted, tasks.c.started_at).where(
+                tasks.c.instance_id.in_(instance_ids),
+                tasks.c.status == TaskStatus.RUNNING,
+            )
+        ).all()
+    )
+
+
+def assign_instance_txn(
+    conn: sa.Connection, task_id: int, attempt: int, instance_id: int, instance_task_id: str
+) -> bool:
+    """Record where a running attempt runs; ``False`` when the attempt no longer runs."""
+    changed = conn.execute(
+        tasks.update()
+        .where(
+            tasks.c.id == task_id,
+            tasks.c.attempts == attempt,
+            tasks.c.status == TaskStatus.RUNNING,
+        )
+        .values(instance_id=instance_id, instance_task_id=instance_task_id)
+        .returning(tasks.c.id)
+    ).first()
+    return changed is not None
+
+
+def attempt_is_running(conn: sa.Connection, task_id: int, attempt: int) -> bool:
+    """The attempt still owns its task (it is running and was not re-leased)."""
+    return (
+        conn.execute(
+            sa.select(tasks.c.id).where(
+                tasks.c.id == task_id,
+                tasks.c.attempts == attempt,
+                tasks.c.status == TaskStatus.RUNNING,
+            )
+        ).first()
+        is not None
+    )
+
+
+def nudge_speed_factor_txn(conn: sa.Connection, instance_id: int, ratio: float) -> None:
+    """Move the instance's speed factor a fifth of the way towards ``ratio``."""
+    conn.execute(
+        instances.update()
+        .where(instances.c.id == instance_id)
+        .values(speed_factor=instances.c.speed_factor + 0.2 * (ratio - instances.c.speed_factor))
+    )
+
+
 # --- reading ----------------------------------------------------------------------------
 
 
-def list_instances(conn: sa.Connection) -> list[dict[str, Any]]:
+def list_instances(conn: sa.Connection, only: int | None = None) -> list[dict[str, Any]]:
+    """Every registered instance (or only the one with id ``only``) with its load and
+    whether it is live."""
     now = utcnow()
     cutoff = now - dt.timedelta(seconds=lost_after_s())
     inflight = inflight_by_instance(conn)
+    query = sa.select(instances).order_by(instances.c.id)
+    if only is not None:
+        query = query.where(instances.c.id == only)
     out = []
-    for r in conn.execute(sa.select(instances).order_by(instances.c.id)).mappings():
+    for r in conn.execute(query).mappings():
         heartbeat_at = aware(r["heartbeat_at"])
         out.append(
             {

@@ -2,16 +2,7 @@
 
 The API only checks that the target exists and inserts a ``pending`` row; whether the
 operation is legal in the target's current state is decided when a controller applies it.
-
-=============  ===============  =====================================================
-from           to               by
-=============  ===============  =====================================================
-(new row)      pending          the API (``create_operation_txn``)
-pending        processing       a controller's claim (``FOR UPDATE SKIP LOCKED`` and a
-                                guarded ``UPDATE ... WHERE status = 'pending'``)
-processing     completed        the operation was applied
-processing     failed           it was illegal (with a readable ``error``) or broke
-=============  ===============  =====================================================
+The lifecycle (pending -> processing -> completed | failed) is in :mod:`kiln.core.operations`.
 
 A controller claims, applies and finishes one operation in **one transaction**
 (:func:`process_one_txn`): a controller that crashes half-way rolls everything back and the
@@ -23,41 +14,23 @@ were created: a row is not claimed while an older one on the same workflow is un
 
 from __future__ import annotations
 
-import enum
 import logging
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
-from kiln.core.errors import KilnError, NotFound
+
+from kiln.core.errors import KilnError, OperationNotFound
+from kiln.core.operations import UNFINISHED, OperationStatus
+from kiln.core.pipelines import merge_overrides, validate_config
 from kiln.store import pipelines as pl
-from kiln.store.db import notify_ready, utcnow
+from kiln.store.db import utcnow
+from kiln.store.dialects import insert_ignoring, notify_ready
 from kiln.store.schema import operations
 from kiln.store.workflows import cancel_workflow_txn, pause_workflow_txn, resume_workflow_txn
-from sqlalchemy.dialects import postgresql, sqlite
 
 log = logging.getLogger("kiln.operations")
-
-
-class OperationStatus(enum.StrEnum):
-    PENDING = "pending"
-    PROCESSING = "processing"
-    COMPLETED = "completed"
-    FAILED = "failed"
-
-
-OPERATION_TRANSITIONS: dict[OperationStatus, frozenset[OperationStatus]] = {
-    OperationStatus.PENDING: frozenset({OperationStatus.PROCESSING}),
-    OperationStatus.PROCESSING: frozenset({OperationStatus.COMPLETED, OperationStatus.FAILED}),
-    OperationStatus.COMPLETED: frozenset(),
-    OperationStatus.FAILED: frozenset(),
-}
-UNFINISHED = [OperationStatus.PENDING.value, OperationStatus.PROCESSING.value]
-
-
-class OperationNotFound(NotFound):
-    """No operation with this id."""
 
 
 # --- creating and reading ---------------------------------------------------------------
@@ -84,10 +57,9 @@ def create_operation_txn(
         "idempotency_key": idempotency_key,
         "created_at": utcnow(),
     }
-    insert = (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(operations)
     ic_id = conn.execute(
-        insert.values(values)
-        .on_conflict_do_nothing(index_elements=["idempotency_key"])
+        insert_ignoring(conn, operations, key=["idempotency_key"])
+        .values(values)
         .returning(operations.c.ic_id)
     ).scalar()
     if ic_id is None:
@@ -146,8 +118,8 @@ def _clone(conn: sa.Connection, op: Any) -> tuple[str, dict[str, Any]]:
     data = dict(op.request_data)
     parent_id = data.pop("parent_pipeline_id", None)
     if parent_id is not None:
-        data = pl.merge_overrides(pl.config_of(conn, parent_id), data)
-    config = pl.validate_config(data)
+        data = merge_overrides(pl.config_of(conn, parent_id), data)
+    config = validate_config(data)
     new_id = pl.create_pipeline_txn(
         conn, config, context_id=data["context_id"], cloned_from=parent_id
     )

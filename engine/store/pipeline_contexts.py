@@ -2,8 +2,8 @@
 
 Rows are stored inline (one ``context_shards`` row per shard), or a context names a
 ``source`` (a path or URL of a JSON array or JSON-lines file) that the workers read and split
-into ``num_shards`` contiguous chunks with :func:`split_rows`. Functions ending in ``_txn``
-never commit.
+into ``num_shards`` contiguous chunks with :func:`kiln.core.pipelines.split_rows`. Functions
+ending in ``_txn`` never commit.
 """
 
 from __future__ import annotations
@@ -11,64 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
-from kiln.core.errors import InvalidDefinition, NotFound
+
+from kiln.core.errors import ContextNotFound
 from kiln.store.db import utcnow
 from kiln.store.schema import context_shards, contexts
-
-MAX_SHARDS = 10_000
-
-
-class ContextNotFound(NotFound):
-    """No context with this id."""
-
-
-def split_rows(rows: list[Any], num_shards: int) -> list[list[Any]]:
-    """``num_shards`` contiguous chunks of ``rows`` whose sizes differ by at most one (the
-    first ones get the extra rows); chunks may be empty when there are fewer rows."""
-    if num_shards < 1:
-        raise ValueError("num_shards must be at least 1")
-    size, extra = divmod(len(rows), num_shards)
-    out, start = [], 0
-    for i in range(num_shards):
-        end = start + size + (1 if i < extra else 0)
-        out.append(rows[start:end])
-        start = end
-    return out
-
-
-def shards_from_request(
-    *,
-    shards: list[list[Any]] | None,
-    rows: list[Any] | None,
-    source: str | None,
-    num_shards: int | None,
-) -> tuple[list[list[Any]] | None, int]:
-    """Decide the shards of a new context from the three accepted forms: explicit
-    ``shards``; ``rows`` split into ``num_shards``; or a ``source`` with ``num_shards``.
-    Returns ``(inline shards or None for a source, num_shards)``."""
-    given = [name for name, v in (("shards", shards), ("rows", rows), ("source", source)) if v]
-    if len(given) != 1:
-        raise InvalidDefinition(
-            "give exactly one of 'shards' (a list of row lists), 'rows' (with num_shards) or "
-            "'source' (a path or URL, with num_shards)",
-            field="shards",
-        )
-    if shards is not None and given == ["shards"]:
-        if num_shards is not None and num_shards != len(shards):
-            raise InvalidDefinition(
-                f"num_shards is {num_shards} but {len(shards)} shards were given",
-                field="num_shards",
-            )
-        if len(shards) > MAX_SHARDS:
-            raise InvalidDefinition(f"at most {MAX_SHARDS} shards", field="shards")
-        return shards, len(shards)
-    if num_shards is None:
-        raise InvalidDefinition(f"num_shards is required with '{given[0]}'", field="num_shards")
-    if not 1 <= num_shards <= MAX_SHARDS:
-        raise InvalidDefinition(f"num_shards must be 1..{MAX_SHARDS}", field="num_shards")
-    if rows is not None and given == ["rows"]:
-        return split_rows(rows, num_shards), num_shards
-    return None, num_shards
 
 
 def create_context_txn(
@@ -108,7 +54,7 @@ def get_context(conn: sa.Connection, context_id: int) -> dict[str, Any]:
     if row is None:
         raise ContextNotFound(f"context {context_id} does not exist", id=context_id)
     out = dict(row)
-    sizes = dict(
+    sizes: dict[int, int | None] = dict(
         conn.execute(
             sa.select(context_shards.c.shard_index, context_shards.c.num_rows).where(
                 context_shards.c.context_id == context_id

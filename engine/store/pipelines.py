@@ -1,120 +1,51 @@
 """Pipelines: one configuration run over every shard of a context, in order, one at a time.
 
 A pipeline is backed by a workflow run whose tasks are its shards, chained (shard *i*
-depends on shard *i-1*), each running the ``pipeline.shard`` handler
-(:mod:`kiln.workers.pipeline_shards`) with params ``{pipeline_id, shard_index}``. So everything
-the engine guarantees for tasks holds for shards: at most one shard of a pipeline runs at a
-time, a shard's success is recorded (and the next shard readied) in one transaction, and a
-pipeline's progress is *derived* from its workflow's tasks when read:
-``shards_completed`` is always the number of succeeded shard tasks.
+depends on shard *i-1*), each running the built-in handler
+:data:`~kiln.core.pipelines.SHARD_HANDLER` with params ``{pipeline_id, shard_index}``. So
+everything the engine guarantees for tasks holds for shards: at most one shard of a pipeline
+runs at a time, a shard's success is recorded (and the next shard readied) in one
+transaction, and a pipeline's progress is *derived* from its workflow's tasks when read:
+``shards_completed`` is always the number of succeeded shard tasks. The lifecycle and the
+configuration rules are in :mod:`kiln.core.pipelines`.
 
 Functions ending in ``_txn`` never commit; their caller owns the transaction.
 """
 
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass
-from typing import Any, TypeGuard
+from typing import Any
 
 import sqlalchemy as sa
+
 from kiln.core.definitions import parse_definition
-from kiln.core.errors import IllegalTransition, InvalidDefinition, NotFound
-from kiln.core.states import WORKFLOW_TERMINAL, WorkflowStatus
-from kiln.store.db import is_postgres, utcnow
-from kiln.store.pipeline_contexts import ContextNotFound, context_exists
-from kiln.store.schema import PIPELINE_TYPES, contexts, pipelines, tasks, workflows
+from kiln.core.errors import (
+    ContextNotFound,
+    IllegalTransition,
+    InvalidDefinition,
+    PipelineNotFound,
+)
+from kiln.core.pipelines import (
+    FROM_WORKFLOW,
+    SHARD_HANDLER,
+    SHARD_MAX_ATTEMPTS,
+    PipelineConfig,
+    PipelineStatus,
+    derive_status,
+    shard_index_of,
+    shard_task_name,
+)
+from kiln.core.states import WORKFLOW_TERMINAL
+from kiln.store.db import utcnow
+from kiln.store.dialects import json_without
+from kiln.store.pipeline_contexts import context_exists, shard_rows
+from kiln.store.schema import contexts, pipelines, tasks, workflows
 from kiln.store.workflows import (
     cancel_workflow_txn,
     pause_workflow_txn,
     resume_workflow_txn,
     submit_workflow_txn,
 )
-
-SHARD_HANDLER = "kiln.workers.pipeline_shards:run_shard"
-SHARD_MAX_ATTEMPTS = 3
-SECRET_MARKERS = ("key", "secret", "token", "password", "authorization")
-REDACTED = "***"
-
-
-class PipelineStatus(enum.StrEnum):
-    """Lifecycle of a pipeline; it follows the backing workflow, except ``deleted``.
-
-    =========  ==============================================  ===========================
-    status     backing workflow                                reached by
-    =========  ==============================================  ===========================
-    new        pending (no shard dispatched yet)               creation, clone
-    ongoing    running                                         first shard dispatched,
-                                                               resume
-    stopped    paused (the running shard finishes and counts)  stop
-    completed  succeeded (every shard succeeded)               last shard
-    failed     failed (a shard failed all its attempts) or     shard failure,
-               cancelled through the workflow API              workflow cancel
-    deleted    cancelled, results discarded                    delete
-    =========  ==============================================  ===========================
-
-    Allowed moves are :data:`PIPELINE_TRANSITIONS`; the operations check them:
-    stop needs new|ongoing, resume needs stopped, delete anything but completed|deleted.
-    """
-
-    NEW = "new"
-    ONGOING = "ongoing"
-    STOPPED = "stopped"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    DELETED = "deleted"
-
-
-PIPELINE_TRANSITIONS: dict[PipelineStatus, frozenset[PipelineStatus]] = {
-    PipelineStatus.NEW: frozenset(
-        {
-            PipelineStatus.ONGOING,
-            PipelineStatus.STOPPED,
-            PipelineStatus.COMPLETED,
-            PipelineStatus.FAILED,
-            PipelineStatus.DELETED,
-        }
-    ),
-    PipelineStatus.ONGOING: frozenset(
-        {
-            PipelineStatus.STOPPED,
-            PipelineStatus.COMPLETED,
-            PipelineStatus.FAILED,
-            PipelineStatus.DELETED,
-        }
-    ),
-    PipelineStatus.STOPPED: frozenset(
-        {
-            PipelineStatus.ONGOING,
-            PipelineStatus.COMPLETED,
-            PipelineStatus.FAILED,
-            PipelineStatus.DELETED,
-        }
-    ),
-    PipelineStatus.FAILED: frozenset({PipelineStatus.DELETED}),
-    PipelineStatus.COMPLETED: frozenset(),
-    PipelineStatus.DELETED: frozenset(),
-}
-
-FROM_WORKFLOW = {
-    WorkflowStatus.PENDING: PipelineStatus.NEW,
-    WorkflowStatus.RUNNING: PipelineStatus.ONGOING,
-    WorkflowStatus.PAUSED: PipelineStatus.STOPPED,
-    WorkflowStatus.SUCCEEDED: PipelineStatus.COMPLETED,
-    WorkflowStatus.FAILED: PipelineStatus.FAILED,
-    WorkflowStatus.CANCELLED: PipelineStatus.FAILED,
-}
-
-
-class PipelineNotFound(NotFound):
-    """No pipeline with this id."""
-
-
-def derive_status(stored: str, workflow_status: str | None) -> PipelineStatus:
-    """The pipeline's status from its stored one and its backing workflow's."""
-    if stored == PipelineStatus.DELETED or workflow_status is None:
-        return PipelineStatus(stored)
-    return FROM_WORKFLOW[WorkflowStatus(workflow_status)]
 
 
 def _derived_status_sql(workflow_status: Any) -> Any:
@@ -123,116 +54,6 @@ def _derived_status_sql(workflow_status: Any) -> Any:
         *((workflow_status == w.value, p.value) for w, p in FROM_WORKFLOW.items()),
         else_=pipelines.c.status,
     )
-
-
-# --- configuration (pure) ------------------------------------------------------------
-
-CONFIG_FIELDS = (
-    "pipeline_name", "pipeline_type", "model_config", "sampling_params", "client_config",
-    "rpm_limit", "tpm_limit",
-)  # fmt: skip
-
-
-@dataclass(frozen=True)
-class PipelineConfig:
-    name: str
-    pipeline_type: str
-    model_config: dict[str, Any]
-    sampling_params: dict[str, Any] | None = None
-    client_config: dict[str, Any] | None = None
-    rpm_limit: int | None = None
-    tpm_limit: int | None = None
-
-
-def infer_type(data: dict[str, Any]) -> str:
-    """Seed 004's clone example has no ``pipeline_type``: openai when a ``client_config`` is
-    given, python when ``model_config`` names a ``handler``, vllm otherwise."""
-    if data.get("client_config"):
-        return "openai"
-    if isinstance(data.get("model_config"), dict) and "handler" in data["model_config"]:
-        return "python"
-    return "vllm"
-
-
-def _non_empty_str(value: Any) -> TypeGuard[str]:
-    return isinstance(value, str) and bool(value.strip())
-
-
-def validate_config(data: dict[str, Any]) -> PipelineConfig:
-    """Check a pipeline configuration (the API's and the controller's one rule set); raise
-    :class:`InvalidDefinition` naming the field."""
-    name = data.get("pipeline_name")
-    if not _non_empty_str(name):
-        raise InvalidDefinition("pipeline_name must be a non-empty string", field="pipeline_name")
-    ptype = data.get("pipeline_type") or infer_type(data)
-    if ptype not in PIPELINE_TYPES:
-        raise InvalidDefinition(
-            f"pipeline_type must be one of {', '.join(PIPELINE_TYPES)}", field="pipeline_type"
-        )
-    model_config = data.get("model_config")
-    if not isinstance(model_config, dict):
-        raise InvalidDefinition("model_config must be an object", field="model_config")
-    for key in ("sampling_params", "client_config"):
-        if data.get(key) is not None and not isinstance(data[key], dict):
-            raise InvalidDefinition(f"{key} must be an object", field=key)
-    for key in ("rpm_limit", "tpm_limit"):
-        v = data.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise InvalidDefinition(f"{key} must be a positive integer", field=key)
-    if ptype == "python" and not _non_empty_str(model_config.get("handler")):
-        raise InvalidDefinition(
-            "a python pipeline needs model_config.handler (a registered handler name or "
-            "'package.module:function')",
-            field="model_config.handler",
-        )
-    if ptype in ("vllm", "openai") and not _non_empty_str(model_config.get("model")):
-        raise InvalidDefinition(
-            f"{'an' if ptype == 'openai' else 'a'} {ptype} pipeline needs model_config.model",
-            field="model_config.model",
-        )
-    if ptype == "openai" and not _non_empty_str((data.get("client_config") or {}).get("base_url")):
-        raise InvalidDefinition(
-            "an openai pipeline needs client_config.base_url", field="client_config.base_url"
-        )
-    return PipelineConfig(
-        name=name.strip(),
-        pipeline_type=ptype,
-        model_config=model_config,
-        sampling_params=data.get("sampling_params"),
-        client_config=data.get("client_config"),
-        rpm_limit=data.get("rpm_limit"),
-        tpm_limit=data.get("tpm_limit"),
-    )
-
-
-def merge_overrides(parent: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """A clone's configuration: the parent's, with each given field replaced; the three
-    config objects are merged one level deep (so ``{"model_config": {"temperature": 0}}``
-    keeps the parent's model)."""
-    out = {k: parent.get(k) for k in CONFIG_FIELDS}
-    out["context_id"] = parent.get("context_id")
-    for key, value in overrides.items():
-        if key in ("model_config", "sampling_params", "client_config") and isinstance(value, dict):
-            out[key] = {**(out.get(key) or {}), **value}
-        else:
-            out[key] = value
-    return out
-
-
-def redact(value: Any) -> Any:
-    """``value`` with every secret-looking key's value replaced by ``***``, at any depth."""
-    if isinstance(value, dict):
-        return {
-            k: (
-                REDACTED
-                if any(m in str(k).lower() for m in SECRET_MARKERS) and v is not None
-                else redact(v)
-            )
-            for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [redact(v) for v in value]
-    return value
 
 
 # --- creation -------------------------------------------------------------------------
@@ -291,14 +112,6 @@ def create_pipeline_txn(
     return pipeline_id
 
 
-def shard_task_name(index: int) -> str:
-    return f"shard-{index:05d}"
-
-
-def shard_index_of(task_name: str) -> int:
-    return int(task_name.rsplit("-", 1)[1])
-
-
 # --- reading --------------------------------------------------------------------------
 
 
@@ -342,7 +155,7 @@ def _shape(row: Any) -> dict[str, Any]:
 def get_pipeline(conn: sa.Connection, pipeline_id: int, *, shards: bool = True) -> dict[str, Any]:
     """The pipeline with derived status and progress, and (``shards``) one entry per shard:
     its task's status, attempts, timings, result and error. Secrets are still in
-    ``client_config``: callers that show it to people use :func:`redact`."""
+    ``client_config``: callers that show it to people use :func:`kiln.core.redaction.redact`."""
     row = conn.execute(_select_pipelines().where(pipelines.c.id == pipeline_id)).mappings().first()
     if row is None:
         raise PipelineNotFound(f"pipeline {pipeline_id} does not exist", id=pipeline_id)
@@ -476,11 +289,7 @@ def delete_pipeline_txn(conn: sa.Connection, pipeline_id: int) -> str:
         .values(status=PipelineStatus.DELETED, deleted_at=utcnow())
     )
     # Discard the shards' outputs but keep their counts, so progress still adds up.
-    without_outputs = (
-        sa.text("result - 'outputs'")
-        if is_postgres(conn)
-        else sa.text("json_remove(result, '$.outputs')")
-    )
+    without_outputs = json_without(conn, "result", "outputs")
     conn.execute(
         tasks.update()
         .where(tasks.c.workflow_id == row.workflow_id, tasks.c.result.is_not(None))
@@ -516,8 +325,6 @@ def sync_statuses_txn(conn: sa.Connection, pipeline_ids: list[int] | None = None
 def load_shard_job(conn: sa.Connection, pipeline_id: int, shard_index: int) -> dict[str, Any]:
     """Everything a worker needs to run one shard: the pipeline's full configuration
     (secrets included), the context's config and source, and the shard's inline rows."""
-    from kiln.store.pipeline_contexts import shard_rows
-
     config = config_of(conn, pipeline_id)
     ctx = (
         conn.execute(

@@ -3,12 +3,14 @@ health checks and operators can see who is alive."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import secrets
 import socket
 from typing import Any
 
 import sqlalchemy as sa
+
 from kiln.store.db import aware, utcnow
 from kiln.store.schema import processes
 
@@ -57,3 +59,26 @@ def live_processes(conn: sa.Connection, kind: str, *, stale_after_s: float) -> l
         sa.select(processes).where(processes.c.kind == kind, processes.c.stopped_at.is_(None))
     ).all()
     return [r for r in rows if aware(r.heartbeat_at).timestamp() >= cutoff]
+
+
+def recent_processes(conn: sa.Connection, *, horizon_s: float) -> list[dict[str, Any]]:
+    """Processes that did not say they stopped and heartbeated within ``horizon_s``, by kind
+    then start time (one killed without a chance to say so stays listed until then)."""
+    since = utcnow() - dt.timedelta(seconds=horizon_s)
+    rows = conn.execute(
+        sa.select(processes)
+        .where(processes.c.stopped_at.is_(None), processes.c.heartbeat_at >= since)
+        .order_by(processes.c.kind, processes.c.started_at)
+    ).mappings()
+    return [dict(r) for r in rows]
+
+
+def process_heartbeats(conn: sa.Connection) -> list[Any]:
+    """``(kind, heartbeat_at, concurrency)`` of every process that did not say it stopped."""
+    return list(
+        conn.execute(
+            sa.select(processes.c.kind, processes.c.heartbeat_at, processes.c.concurrency).where(
+                processes.c.stopped_at.is_(None)
+            )
+        ).all()
+    )

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import sqlalchemy as sa
+
+from kiln.core.execution import ClaimedTask, Dispatch, Outcome, Recovery
 from kiln.core.states import TaskStatus
 from kiln.store.db import utcnow
-from kiln.store.dispatch import MAX_DISPATCHES, Dispatch
+from kiln.store.dispatch import MAX_DISPATCHES
 from kiln.store.schema import tasks
-from kiln.store.tasks import ClaimedTask, Outcome, fail_attempt_txn, propagate_failure_txn
+from kiln.store.tasks import fail_attempt_txn, propagate_failure_txn
 from kiln.store.workflows import settle_workflows_txn
 
 
@@ -67,13 +68,6 @@ def report_progress_txn(
         ).rowcount
         == 1
     )
-
-
-@dataclass
-class Recovery:
-    resend: list[Dispatch] = field(default_factory=list)
-    lost: list[int] = field(default_factory=list)  # running tasks whose worker vanished
-    quarantined: list[int] = field(default_factory=list)
 
 
 def recover_txn(

@@ -7,6 +7,10 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
+from kiln.core.operations import OPERATION_KINDS, OPERATION_STATES
+from kiln.core.pipelines import PIPELINE_STATES, PIPELINE_TYPES
+from kiln.core.states import TaskStatus, WorkflowStatus
+
 metadata = sa.MetaData(
     naming_convention={
         "ix": "%(table_name)s_%(column_0_N_name)s_idx",
@@ -22,11 +26,9 @@ Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 Json = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 Timestamp = sa.DateTime(timezone=True)
 
-TASK_STATES = (
-    "pending", "ready", "queued", "running", "retrying",
-    "succeeded", "failed", "cancelled", "upstream_failed",
-)  # fmt: skip
-WORKFLOW_STATES = ("pending", "running", "paused", "succeeded", "failed", "cancelled")
+# The CHECK constraints name the states of the enums in kiln.core.states, in their order.
+TASK_STATES = tuple(s.value for s in TaskStatus)
+WORKFLOW_STATES = tuple(s.value for s in WorkflowStatus)
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -280,10 +282,6 @@ processes = sa.Table(
 
 # --- contexts, pipelines and operations (the dispatcher) -------------------------------
 
-PIPELINE_STATES = ("new", "ongoing", "stopped", "completed", "failed", "deleted")
-PIPELINE_TYPES = ("vllm", "openai", "python")
-OPERATION_KINDS = ("stop", "resume", "delete", "clone", "cancel", "pause")
-OPERATION_STATES = ("pending", "processing", "completed", "failed")
 
 contexts = sa.Table(
     "contexts",

@@ -10,61 +10,25 @@ nothing. Functions ending in ``_txn`` never commit.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
+
+from kiln.core.execution import ClaimedTask, Outcome, RecordReport
 from kiln.core.retry import backoff_s
 from kiln.core.states import TASK_NOT_STARTED, TaskStatus, WorkflowStatus
 from kiln.core.templating import ReferenceError_, find_references, resolve
-from kiln.store import postgres as pgsql
-from kiln.store.db import is_postgres, notify_ready, utcnow
-from kiln.store.dispatch import Dispatch, dispatch_now_txn
-from kiln.store.schema import Timestamp, task_attempts, task_dependencies, tasks, workflows
-from kiln.store.workflows import settle_workflows_txn, taken_back
+from kiln.store.db import utcnow
+from kiln.store.dialects import notify_ready, statements
+from kiln.store.dispatch import dispatch_now_txn
+from kiln.store.schema import task_attempts, task_dependencies, tasks, workflows
+from kiln.store.workflows import settle_workflows_txn
 
 log = logging.getLogger("kiln.tasks")
 
 NOT_STARTED = [str(s) for s in TASK_NOT_STARTED]
-
-
-@dataclass
-class ClaimedTask:
-    id: int
-    attempt: int
-    workflow_id: int
-    name: str
-    handler: str | None
-    model_type: str | None
-    params: Any
-    timeout_s: float | None
-    max_attempts: int
-    param_error: str | None = None
-
-
-@dataclass
-class Outcome:
-    """What a worker observed running one claimed task."""
-
-    task: ClaimedTask
-    ok: bool
-    started_at: dt.datetime
-    finished_at: dt.datetime
-    result: Any = None
-    error: str | None = None
-    retryable: bool = True
-    kind: str = "failed"  # failed | timed_out
-
-
-@dataclass
-class RecordReport:
-    applied: list[int] = field(default_factory=list)
-    stale: list[int] = field(default_factory=list)
-    readied: list[int] = field(default_factory=list)
-    dispatched: list[Dispatch] = field(default_factory=list)  # for the caller to send
 
 
 # --- claim (worker) ---------------------------------------------------------------------
@@ -85,19 +49,9 @@ def claim_txn(
     if not items:
         return []
     now = utcnow()
-    if is_postgres(conn):
-        rows = conn.execute(
-            pgsql.CLAIM,
-            {
-                "ids": [t for t, _ in items],
-                "prev": [a - 1 for _, a in items],
-                "worker": worker_id,
-                "now": now,
-                "lease": now + dt.timedelta(seconds=lease_s),
-            },
-        ).all()
-    else:
-        rows = _claim_portable_txn(conn, items, worker_id=worker_id, lease_s=lease_s, now=now)
+    rows = statements(conn).claim(
+        conn, items, worker=worker_id, now=now, lease=now + dt.timedelta(seconds=lease_s)
+    )
     if not rows:
         return []
     claimed = [
@@ -117,58 +71,6 @@ def claim_txn(
     _resolve_references_txn(conn, claimed)
     order = {t: i for i, (t, _) in enumerate(items)}
     return sorted(claimed, key=lambda c: order[c.id])
-
-
-def _claim_portable_txn(
-    conn: sa.Connection,
-    items: list[tuple[int, int]],
-    *,
-    worker_id: str,
-    lease_s: float,
-    now: dt.datetime,
-) -> list[Any]:
-    leased = [
-        sa.tuple_(tasks.c.id, tasks.c.attempts).in_([(t, a - 1) for t, a in items]),
-        tasks.c.status == TaskStatus.QUEUED,
-    ]
-    of_paused_run = sa.exists().where(
-        workflows.c.id == tasks.c.workflow_id, workflows.c.status == WorkflowStatus.PAUSED
-    )
-    # A lease that committed after its run was paused: back to ready (see ``pgsql.CLAIM``).
-    conn.execute(tasks.update().where(*leased, of_paused_run).values(taken_back(now)))
-    rows = conn.execute(
-        tasks.update()
-        .where(*leased, ~of_paused_run)
-        .values(
-            status=TaskStatus.RUNNING,
-            attempts=tasks.c.attempts + 1,
-            lease_owner=worker_id,
-            lease_expires_at=now + dt.timedelta(seconds=lease_s),
-            started_at=now,
-            progress=None,
-            progress_message=None,
-        )
-        .returning(
-            tasks.c.id,
-            tasks.c.attempts,
-            tasks.c.workflow_id,
-            tasks.c.name,
-            tasks.c.handler,
-            tasks.c.model_type,
-            tasks.c.params,
-            tasks.c.timeout_s,
-            tasks.c.max_attempts,
-        )
-    ).all()
-    if rows:
-        conn.execute(
-            task_attempts.insert(),
-            [
-                {"task_id": r.id, "attempt": r.attempts, "worker": worker_id, "started_at": now}
-                for r in rows
-            ],
-        )
-    return list(rows)
 
 
 def _resolve_references_txn(conn: sa.Connection, claimed: list[ClaimedTask]) -> None:
@@ -202,23 +104,6 @@ def _resolve_references_txn(conn: sa.Connection, claimed: list[ClaimedTask]) -> 
 # --- finish (worker) --------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=128)
-def _values_update_sql(n: int) -> sa.TextClause:
-    """SQLite: one statement that finishes ``n`` tasks, running -> succeeded fenced by attempt
-    (PostgreSQL does more in one statement: :func:`kiln.store.postgres.finish_sql`)."""
-    rows = ", ".join(f"(:i{k}, :a{k}, :r{k}, :s{k}, :f{k})" for k in range(n))
-    sql = sa.text(
-        "UPDATE tasks SET status = 'succeeded', result = v.column3, "
-        "started_at = v.column4, finished_at = v.column5, lease_owner = NULL, "
-        "lease_expires_at = NULL, progress = 1.0, error = NULL "
-        f"FROM (VALUES {rows}) AS v "
-        "WHERE tasks.id = v.column1 AND tasks.attempts = v.column2 "
-        "AND tasks.status = 'running' "
-        "RETURNING tasks.id, tasks.workflow_id"
-    )
-    return sql.bindparams(*pgsql.outcome_bindparams(n))
-
-
 def record_outcomes_txn(
     conn: sa.Connection,
     outcomes: Sequence[Outcome],
@@ -236,34 +121,16 @@ def record_outcomes_txn(
     successes = [o for o in outcomes if o.ok]
     touched: set[int] = set()
     if successes:
-        params: dict[str, Any] = {}
-        for k, o in enumerate(successes):
-            params.update(
-                {
-                    f"i{k}": o.task.id,
-                    f"a{k}": o.task.attempt,
-                    f"r{k}": o.result,
-                    f"s{k}": o.started_at,
-                    f"f{k}": o.finished_at,
-                }
-            )
-        if is_postgres(conn):
-            params["now"] = utcnow()
-            rows = conn.execute(pgsql.finish_sql(len(successes)), params).all()
-            done = [r for r in rows if r.kind == "done"]
-            readied = [r.id for r in rows if r.kind == "ready"]
-        else:
-            done = list(conn.execute(_values_update_sql(len(successes)), params))
+        done, report.readied = statements(conn).finish(
+            conn,
+            [(o.task.id, o.task.attempt, o.result, o.started_at, o.finished_at) for o in successes],
+            now=utcnow(),
+        )
         done_ids = {r.id for r in done}
         touched.update(r.workflow_id for r in done)
         report.applied += sorted(done_ids)
         report.stale += [o.task.id for o in successes if o.task.id not in done_ids]
         _close_attempts_txn(conn, [o for o in successes if o.task.id not in done_ids], "stale")
-        if is_postgres(conn):
-            report.readied = readied
-        else:
-            _close_attempts_txn(conn, [o for o in successes if o.task.id in done_ids], "succeeded")
-            report.readied = _ready_dependents_txn(conn, sorted(done_ids))
         if dispatch_lease_s is not None:
             report.dispatched = dispatch_now_txn(conn, report.readied, lease_s=dispatch_lease_s)
         if len(report.dispatched) < len(report.readied):
@@ -294,34 +161,6 @@ def _close_attempts_txn(conn: sa.Connection, outcomes: Sequence[Outcome], outcom
         )
         .values(outcome=outcome, finished_at=outcomes[0].finished_at)
     )
-
-
-def _ready_dependents_txn(conn: sa.Connection, succeeded: list[int]) -> list[int]:
-    """Count down the dependencies of the tasks that wait on ``succeeded``; those reaching
-    zero go pending -> ready."""
-    if not succeeded:
-        return []
-    d = task_dependencies
-    children = sa.select(d.c.task_id).where(d.c.depends_on_id.in_(succeeded)).scalar_subquery()
-    done_here = (
-        sa.select(sa.func.count())
-        .where(d.c.task_id == tasks.c.id, d.c.depends_on_id.in_(succeeded))
-        .scalar_subquery()
-    )
-    ready = conn.execute(
-        tasks.update()
-        .where(tasks.c.id.in_(children), tasks.c.status == TaskStatus.PENDING)
-        .values(deps_remaining=tasks.c.deps_remaining - done_here)
-        .returning(tasks.c.id, tasks.c.deps_remaining)
-    ).all()
-    to_ready = [r.id for r in ready if r.deps_remaining <= 0]
-    if to_ready:
-        conn.execute(
-            tasks.update()
-            .where(tasks.c.id.in_(to_ready), tasks.c.status == TaskStatus.PENDING)
-            .values(status=TaskStatus.READY, ready_at=utcnow())
-        )
-    return to_ready
 
 
 def fail_attempt_txn(
@@ -378,18 +217,26 @@ def propagate_failure_txn(conn: sa.Connection, task_id: int, workflow_id: int, e
     with ``on_error=stop`` the run fails at once and its other unstarted tasks are
     cancelled (running ones finish and are recorded)."""
     now = utcnow()
+    deps = task_dependencies
+    downstream = (
+        sa.select(deps.c.task_id.label("id"))
+        .where(deps.c.depends_on_id == task_id)
+        .cte("downstream", recursive=True)
+    )
+    step = deps.alias("d")
+    downstream = downstream.union(
+        sa.select(step.c.task_id).join(downstream, step.c.depends_on_id == downstream.c.id)
+    )
     conn.execute(
-        sa.text(
-            "WITH RECURSIVE downstream(id) AS ("
-            " SELECT task_id FROM task_dependencies WHERE depends_on_id = :failed"
-            " UNION SELECT d.task_id FROM task_dependencies d"
-            " JOIN downstream ON d.depends_on_id = downstream.id)"
-            " UPDATE tasks SET status = 'upstream_failed', finished_at = :now,"
-            " lease_owner = NULL, lease_expires_at = NULL, error = :error"
-            " WHERE id IN (SELECT id FROM downstream) AND status IN ('pending', 'ready',"
-            " 'retrying', 'queued')"
-        ).bindparams(sa.bindparam("now", type_=Timestamp)),
-        {"failed": task_id, "now": now, "error": f"upstream failed: {error}"},
+        tasks.update()
+        .where(tasks.c.id.in_(sa.select(downstream.c.id)), tasks.c.status.in_(NOT_STARTED))
+        .values(
+            status=TaskStatus.UPSTREAM_FAILED,
+            finished_at=now,
+            lease_owner=None,
+            lease_expires_at=None,
+            error=f"upstream failed: {error}",
+        )
     )
     on_error = conn.execute(
         sa.select(workflows.c.on_error).where(workflows.c.id == workflow_id)

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import sqlalchemy as sa
+
 from kiln.core.definitions import WorkflowSpec
 from kiln.core.errors import IllegalTransition, WorkflowNotFound
 from kiln.core.handlers import resolve_handler
@@ -21,10 +22,10 @@ from kiln.core.states import (
     WorkflowStatus,
     sources_of,
 )
-from kiln.store import postgres as pgsql
-from kiln.store.db import notify_ready, utcnow
+from kiln.store.clauses import taken_back
+from kiln.store.db import utcnow
+from kiln.store.dialects import notify_ready, statements
 from kiln.store.schema import task_attempts, task_dependencies, tasks, workflows
-from sqlalchemy.dialects import postgresql, sqlite
 
 
 def check_handlers(spec: WorkflowSpec) -> None:
@@ -32,10 +33,6 @@ def check_handlers(spec: WorkflowSpec) -> None:
     for t in spec.tasks:
         if t.handler:
             resolve_handler(t.handler)
-
-
-def _insert(conn: sa.Connection, table: sa.Table):
-    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)
 
 
 def submit_workflow_txn(
@@ -95,122 +92,34 @@ def _run_rows(
     return values, rows, edges
 
 
-def _existing_run_id(conn: sa.Connection, idempotency_key: str | None) -> int:
-    return conn.execute(
-        sa.select(workflows.c.id).where(workflows.c.idempotency_key == idempotency_key)
-    ).scalar_one()
-
-
 def insert_workflow_txn(
     conn: sa.Connection,
     spec: WorkflowSpec,
     *,
     idempotency_key: str | None = None,
     notify: bool = True,
-) -> tuple[int, bool, list[int]]:
-    """Write the run, its tasks and edges; return ``(workflow_id, created, direct_ids)``
-    where ``direct_ids`` are the tasks of :func:`direct_names`, in dispatch order.
-
-    With an idempotency key already used, nothing is written and the existing run's id is
-    returned with ``created=False``. ``kiln.store.submit`` also leases on an idle queue.
-    """
-    if conn.dialect.name == "postgresql":
-        wf_id, created, by_name = insert_run_pg(
-            conn, spec, idempotency_key=idempotency_key, now=utcnow(), notify=notify
-        )
-        if not created:  # the idempotency key was used already
-            return wf_id, False, []
-        ids = {n: i for n, (i, _) in by_name.items()}
-    else:
-        values, rows, edges = _run_rows(spec, idempotency_key, utcnow())
-        inserted = insert_run_portable(conn, values, rows, edges)
-        if inserted is None:  # the idempotency key was used already
-            return _existing_run_id(conn, idempotency_key), False, []
-        if notify:
-            notify_ready(conn)
-        wf_id, ids = inserted
-    return wf_id, True, [ids[n] for n in direct_names(spec)]
-
-
-def insert_run_pg(
-    conn: sa.Connection,
-    spec: WorkflowSpec,
-    *,
-    idempotency_key: str | None,
-    now: dt.datetime,
-    notify: bool,
     lease: tuple[dt.datetime, int] | None = None,
 ) -> tuple[int, bool, dict[str, tuple[int, str]]]:
-    """PostgreSQL: write the run in one statement (``kiln.store.postgres.INSERT_RUN``); return
-    ``(workflow_id, created, {task name: (id, status)})``. With an idempotency key already
-    used, nothing is written: the existing run's id, ``False`` and ``{}``.
+    """Write the run, its tasks and edges; return ``(workflow_id, created, {task name: (id,
+    status)})``.
 
-    ``lease=(until, max_queued)``: if the queue is idle (fewer than ``max_queued`` tasks sent
-    and not claimed, nothing else dispatchable), the rows marked ``direct`` are written
-    ``queued`` with that lease, for the caller to send."""
+    With an idempotency key already used, nothing is written and the existing run's id is
+    returned with ``created=False`` (and ``{}``). ``lease=(until, max_queued)``: if the queue
+    is idle (fewer than ``max_queued`` tasks sent and not claimed, nothing else dispatchable),
+    the :func:`direct_names` tasks are written ``queued`` with that lease, for the caller to
+    send (``kiln.store.submit``); otherwise, with ``notify``, controllers are woken.
+    """
+    now = utcnow()
     values, rows, edges = _run_rows(spec, idempotency_key, now)
-    task_rows = [{k: v for k, v in r.items() if k not in ("created_at", "ready_at")} for r in rows]
-    until, cap = lease if lease else (None, 0)
-    got = conn.execute(
-        pgsql.INSERT_RUN,
-        {
-            "name": values["name"],
-            "on_error": values["on_error"],
-            "priority": values["priority"],
-            "definition": values["definition"],
-            "idempotency_key": values["idempotency_key"],
-            "now": values["created_at"],
-            "tasks": task_rows,
-            "edges": [{"task": a, "dep": b} for a, b in edges],
-            "lease": until,
-            "cap": cap,
-            "excluding": [],
-            "notify": notify,
-        },
-    ).all()
-    if not got:
-        return _existing_run_id(conn, idempotency_key), False, {}
-    return got[0].workflow_id, True, {r.name: (r.id, r.status) for r in got}
-
-
-def insert_run_portable(
-    conn: sa.Connection, values: dict[str, Any], rows: list[dict[str, Any]], edges: list
-) -> tuple[int, dict[str, int]] | None:
-    if values["idempotency_key"] is not None:
-        wf_id = conn.execute(
-            _insert(conn, workflows)
-            .values(values)
-            .on_conflict_do_nothing(index_elements=["idempotency_key"])
-            .returning(workflows.c.id)
-        ).scalar()
-        if wf_id is None:
-            return None
-    else:
-        wf_id = conn.execute(
-            workflows.insert().values(values).returning(workflows.c.id)
+    wf_id, by_name = statements(conn).insert_run(
+        conn, values, rows, edges, now=now, notify=notify, lease=lease
+    )
+    if wf_id is None:  # the idempotency key was used already
+        existing = conn.execute(
+            sa.select(workflows.c.id).where(workflows.c.idempotency_key == idempotency_key)
         ).scalar_one()
-    ids = conn.execute(
-        tasks.insert().returning(tasks.c.id, sort_by_parameter_order=True),
-        [{"workflow_id": wf_id, **{k: v for k, v in r.items() if k != "direct"}} for r in rows],
-    ).scalars()
-    by_name = dict(zip((r["name"] for r in rows), ids, strict=True))
-    if edges:
-        conn.execute(
-            task_dependencies.insert(),
-            [{"task_id": by_name[a], "depends_on_id": by_name[b]} for a, b in edges],
-        )
-    return wf_id, by_name
-
-
-def mark_running_txn(conn: sa.Connection, workflow_ids: Iterable[int]) -> None:
-    """pending -> running for the runs whose first task was just dispatched."""
-    ids = sorted(set(workflow_ids))
-    if ids:
-        conn.execute(
-            workflows.update()
-            .where(workflows.c.id.in_(ids), workflows.c.status == WorkflowStatus.PENDING)
-            .values(status=WorkflowStatus.RUNNING, started_at=utcnow())
-        )
+        return existing, False, {}
+    return wf_id, True, by_name
 
 
 def settle_workflows_txn(conn: sa.Connection, workflow_ids: Iterable[int]) -> None:
@@ -295,17 +204,6 @@ def cancel_workflow_txn(conn: sa.Connection, workflow_id: int) -> None:
     )
 
 
-def taken_back(now: dt.datetime) -> dict[str, Any]:
-    """The values that take a queued task back to ``ready`` because its run was paused before
-    a worker claimed it (by the pause, or by the claim of a lease that committed after it)."""
-    return {
-        "status": TaskStatus.READY,
-        "lease_expires_at": None,
-        "queued_at": None,
-        "ready_at": now,
-    }
-
-
 def pause_workflow_txn(conn: sa.Connection, workflow_id: int) -> int:
     """Stop dispatching the run's tasks. Running tasks finish and count; tasks dispatched but
     not yet claimed go back to ``ready``. Returns how many were taken back."""
@@ -324,6 +222,14 @@ def resume_workflow_txn(conn: sa.Connection, workflow_id: int) -> None:
 
 
 # --- reading ----------------------------------------------------------------------------
+
+
+def get_run(conn: sa.Connection, workflow_id: int) -> dict[str, Any]:
+    """The run's own row, without its tasks."""
+    row = conn.execute(sa.select(workflows).where(workflows.c.id == workflow_id)).mappings().first()
+    if row is None:
+        raise WorkflowNotFound(f"workflow {workflow_id} does not exist", id=workflow_id)
+    return dict(row)
 
 
 def get_workflow(conn: sa.Connection, workflow_id: int) -> dict[str, Any]:

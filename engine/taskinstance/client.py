@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import quote
 
 import requests
+
 from kiln.taskinstance.protocol import (
     EnqueueReceipt,
     InstanceStatus,

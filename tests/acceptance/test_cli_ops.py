@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from kiln.app.runtime import Kiln
 from kiln.store.instances import Registration, register_txn
 from kiln.store.operations import create_operation_txn
-
 from tests.conftest import fast_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,6 +48,7 @@ def kiln_json(*args: str, cwd: Path) -> object:
 def head_revision() -> str:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
+
     from kiln.app.runtime import MIGRATIONS_DIR
 
     cfg = Config()
@@ -67,9 +68,8 @@ def home(tmp_path):
 
 
 def test_kiln_watch_follows_a_running_workflow_to_the_end(home):
-    from kiln.workers.embedded import EmbeddedRuntime
-
     import tests.handlers  # noqa: F401
+    from kiln.workers.embedded import EmbeddedRuntime
 
     cwd, handle = home
     run_id = handle.submit(

@@ -9,9 +9,9 @@ import signal
 import pytest
 import redis
 import sqlalchemy as sa
+
 from kiln.core.definitions import Workflow
 from kiln.core.states import WORKFLOW_TERMINAL
-
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.slow

@@ -1,16 +1,16 @@
 """Work sent to an idle queue by its submitter reaches a real worker process through the direct
-wake-up list (``workers/direct.py``), within the worker's concurrency, and is recovered when a
-wake-up is lost."""
+wake-up list (``kiln.transport``, ``workers/direct.py``), within the worker's concurrency, and
+is recovered when a wake-up is lost."""
 
 from __future__ import annotations
 
 import pytest
 import redis
 import sqlalchemy as sa
+
 from kiln.app.runtime import Kiln
 from kiln.core.definitions import Workflow
-from kiln.workers.direct import Pusher, list_key
-
+from kiln.transport import Pusher, list_key
 from tests.acceptance.test_crash_recovery import finished
 from tests.conftest import fast_settings, wait_for
 

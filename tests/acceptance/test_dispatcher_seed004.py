@@ -9,8 +9,8 @@ import time
 import pytest
 import requests
 import sqlalchemy as sa
-from kiln.store.schema import events, operations
 
+from kiln.store.schema import events, operations
 from tests.conftest import wait_for
 from tests.taskinstance_helpers import InstanceProcess, free_port
 

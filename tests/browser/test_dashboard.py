@@ -130,9 +130,8 @@ def mark_page(driver) -> None:
 def test_every_page_renders_without_javascript_on_both_databases(kiln):
     """The server-rendered pages and their live fragments, on PostgreSQL and SQLite (the
     dashboard's own queries: name search, task counts, instance backlog)."""
-    from kiln.web.app import create_app
-
     import tests.handlers  # noqa: F401 - registers noop
+    from kiln.web.app import create_app
 
     client = create_app(kiln).test_client()
     diamond = {
@@ -190,10 +189,9 @@ def test_every_page_renders_without_javascript_on_both_databases(kiln):
 
 
 def test_a_run_too_big_to_draw_still_shows_a_bounded_page(kiln):
+    import tests.handlers  # noqa: F401 - registers noop
     from kiln.web import ui
     from kiln.web.app import create_app
-
-    import tests.handlers  # noqa: F401 - registers noop
 
     client = create_app(kiln).test_client()
     n = ui.MAX_DRAWN_TASKS + 20

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+
 from kiln.app.runtime import Kiln
 from kiln.app.scheduler import place_task_txn
 from kiln.store.instances import Registration, register_txn
 from kiln.store.processes import register_process_txn
-
 from tests.conftest import fast_settings
 
 pytestmark = pytest.mark.postgres

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from kiln.web.app import create_app
 
 import tests.handlers  # noqa: F401 - registers the handlers the definitions name
+from kiln.web.app import create_app
 
 PYTHON_HANDLER = "tests.integration.test_api_http:shout"
 ERROR_KEYS = {"error", "message", "details"}
@@ -260,7 +260,7 @@ def test_secrets_are_stored_but_never_returned(client, pg_kiln):
         assert r.status_code == 200
         assert secret not in r.get_data(as_text=True)
     stored = pg_kiln.read(
-        lambda c: __import__("kiln.store.pipelines").pipelines.config_of(c, p["id"])
+        lambda c: __import__("kiln.store.pipelines").store.pipelines.config_of(c, p["id"])
     )
     assert stored["client_config"]["api_key"] == secret
 

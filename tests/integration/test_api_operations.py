@@ -8,11 +8,11 @@ import time
 
 import pytest
 import sqlalchemy as sa
+
+import tests.handlers  # noqa: F401 - registers the handlers the workflows name
 from kiln.store.schema import events
 from kiln.web.app import create_app
 from kiln.workers.hooks import controller_hooks, process_operations
-
-import tests.handlers  # noqa: F401 - registers the handlers the workflows name
 from tests.conftest import wait_for
 
 HANDLER = "tests.integration.test_api_operations:shout"

@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 
 import pytest
+
+from kiln.core.pipelines import validate_config
 from kiln.store import pipeline_contexts as cx
 from kiln.store import pipelines as pl
 from kiln.workers import pipeline_shards
 from kiln.workers.pipeline_shards import ShardConfigError, execute_shard
-
 from tests.taskinstance_helpers import InstanceProcess
 
 
@@ -30,7 +31,7 @@ def create(kiln, *, shards=None, source=None, num_shards=None, **config):
             source=source,
         )
     )
-    cfg = pl.validate_config({"pipeline_name": "p", **config})
+    cfg = validate_config({"pipeline_name": "p", **config})
     return kiln.txn(lambda c: pl.create_pipeline_txn(c, cfg, context_id=context_id))
 
 

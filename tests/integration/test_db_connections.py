@@ -1,5 +1,5 @@
 """Pooled PostgreSQL connections are pinged before use only after sitting idle
-(``kiln.store.db._ping_after_idle``): what that costs when the server drops a connection, on a
+(``kiln.store.postgres._ping_after_idle``): what that costs when the server drops a connection, on a
 real server whose backend is terminated under the pool."""
 
 from __future__ import annotations
@@ -8,8 +8,10 @@ import time
 
 import pytest
 import sqlalchemy as sa
+
 from kiln.core.errors import DatabaseUnavailable
-from kiln.store.db import make_engine, translate_errors
+from kiln.store.db import translate_errors
+from kiln.store.dialects import open_store
 
 BACKEND = sa.text("SELECT pg_backend_pid()")
 
@@ -21,7 +23,7 @@ def _terminate(pg_admin: sa.Engine, pid: int) -> None:
 
 
 def test_a_connection_dropped_while_idle_is_replaced_by_its_ping_before_use(pg_admin, pg_url):
-    engine = make_engine(pg_url, pool_size=1, ping_after_s=0.1)
+    engine = open_store(pg_url, pool_size=1, ping_after_s=0.1).engine
     with engine.connect() as conn:
         dead = conn.execute(BACKEND).scalar()
     _terminate(pg_admin, dead)
@@ -33,7 +35,7 @@ def test_a_connection_dropped_while_idle_is_replaced_by_its_ping_before_use(pg_a
 def test_a_connection_dropped_within_the_trust_window_fails_one_statement_then_the_pool_recovers(
     pg_admin, pg_url
 ):
-    engine = make_engine(pg_url, pool_size=2, ping_after_s=60)
+    engine = open_store(pg_url, pool_size=2, ping_after_s=60).engine
     with engine.connect() as a, engine.connect() as b:
         pids = {a.execute(BACKEND).scalar(), b.execute(BACKEND).scalar()}
     for pid in pids:
@@ -56,7 +58,6 @@ def test_the_controller_loop_outlives_the_server_dropping_its_listen_connection(
 
     from kiln.app.runtime import Kiln
     from kiln.workers.controller import Controller
-
     from tests.conftest import fast_settings, wait_for
 
     kiln = Kiln(fast_settings(database_url=pg_url), pool_size=2)

@@ -8,12 +8,12 @@ import dataclasses
 
 import pytest
 import sqlalchemy as sa
+
 from kiln.app.runtime import Kiln
 from kiln.store.instances import Registration, register_txn
 from kiln.store.processes import register_process_txn
 from kiln.store.schema import instances, processes
 from kiln.web.app import create_app
-
 from tests.chaos.services import ThrowawayRedis, available, free_port
 from tests.conftest import fast_settings
 

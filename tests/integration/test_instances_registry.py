@@ -7,15 +7,14 @@ import datetime as dt
 from typing import Any
 
 import pytest
+
 from kiln.app.runtime import Kiln
-from kiln.app.scheduler import place_task_txn
-from kiln.store import instances as registry
 from kiln.store.db import utcnow
 from kiln.workers.scheduling_hooks import note_unroutable
 
 
 def register(kiln: Kiln, model_type: str, port: int, *capabilities: str) -> int:
-    reg = registry.Registration.parse(
+    return kiln.instances.register(
         {
             "name": f"{model_type}-{port}",
             "url": f"http://127.0.0.1:{port}",
@@ -23,8 +22,7 @@ def register(kiln: Kiln, model_type: str, port: int, *capabilities: str) -> int:
             "capabilities": list(capabilities),
             "max_concurrency": 2,
         }
-    )
-    return kiln.txn(lambda c: registry.register_txn(c, reg))[0]
+    )["id"]
 
 
 def submit(kiln: Kiln, *model_types: str) -> int:
@@ -48,16 +46,8 @@ def claim_and_place(kiln: Kiln, wf: int) -> list[Any]:
     claimed = kiln.claim([(d.task_id, d.attempt) for d in dispatched], "worker-1")
     for c in claimed:
         assert c.model_type is not None
-        assert kiln.txn(
-            lambda conn, c=c: place_task_txn(
-                conn, c.id, c.attempt, c.model_type, registry.instance_task_id(c.id, c.attempt)
-            )
-        )
+        assert kiln.instances.place(c)
     return claimed
-
-
-def retry_settings(kiln: Kiln) -> dict[str, float]:
-    return {"retry_base_s": kiln.settings.retry_base_s, "retry_max_s": kiln.settings.retry_max_s}
 
 
 def test_only_tasks_a_live_instance_serves_are_dispatched_and_the_others_say_why(kiln):
@@ -80,22 +70,18 @@ def test_a_lost_instance_gets_no_work_its_running_tasks_retry_and_a_heartbeat_re
     inst = register(kiln, "m", 1)
     wf = submit(kiln, "m", "m")
     claim_and_place(kiln, wf)
-    later = utcnow() + dt.timedelta(seconds=registry.lost_after_s() + 1)
-    lost = kiln.txn(lambda c: registry.detect_lost_txn(c, now=later, **retry_settings(kiln)))
+    later = utcnow() + dt.timedelta(seconds=kiln.instances.lost_after_s() + 1)
+    lost = kiln.instances.detect_lost(now=later)
     assert sorted(lost[inst]) == sorted(t["id"] for t in tasks_by_name(kiln, wf).values())
     for t in tasks_by_name(kiln, wf).values():
         assert t["status"] == "retrying"
         assert t["attempt_history"][0]["outcome"] == "lost"
         assert f"instance {inst} lost" in t["error"]
-    listed = kiln.read(registry.list_instances)
+    listed = kiln.instances.all()
     assert (listed[0]["status"], listed[0]["live"]) == ("lost", False)
-    assert kiln.read(registry.free_slots) == {}
-    kiln.txn(
-        lambda c: registry.heartbeat_txn(
-            c, inst, {"status": "running", "max_concurrency": 3}, **retry_settings(kiln)
-        )
-    )
-    listed = kiln.read(registry.list_instances)
+    assert kiln.instances.free_slots() == {}
+    kiln.instances.heartbeat(inst, {"status": "running", "max_concurrency": 3})
+    listed = kiln.instances.all()
     assert (listed[0]["status"], listed[0]["live"], listed[0]["slots"]) == ("running", True, 3)
 
 
@@ -105,12 +91,10 @@ def test_an_instance_leaving_requeues_the_tasks_running_on_it(kiln, how):
     wf = submit(kiln, "m")
     claim_and_place(kiln, wf)
     if how == "offline":
-        kiln.txn(
-            lambda c: registry.heartbeat_txn(c, inst, {"status": "offline"}, **retry_settings(kiln))
-        )
+        kiln.instances.heartbeat(inst, {"status": "offline"})
     else:
-        kiln.txn(lambda c: registry.deregister_txn(c, inst, **retry_settings(kiln)))
-        assert kiln.read(registry.list_instances) == []
+        kiln.instances.deregister(inst)
+        assert kiln.instances.all() == []
     (task,) = tasks_by_name(kiln, wf).values()
     assert task["status"] == "retrying"
     assert task["attempt_history"][0]["outcome"] == "lost"
@@ -130,7 +114,7 @@ def test_heartbeat_progress_reaches_only_the_attempt_running_there(kiln):
             {"task_id": "someone-else", "status": "running", "progress": 0.1},
         ],
     }  # fmt: skip
-    out = kiln.txn(lambda c: registry.heartbeat_txn(c, inst, body, **retry_settings(kiln)))
+    out = kiln.instances.heartbeat(inst, body)
     assert out["progress_updates"] == 1
     (task,) = tasks_by_name(kiln, wf).values()
     assert (task["progress"], task["progress_message"]) == (0.4, "decoding")

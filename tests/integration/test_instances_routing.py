@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 import requests
-from kiln.app.runtime import Kiln
 from werkzeug.serving import make_server
 
+from kiln.app.runtime import Kiln
 from tests.conftest import wait_for
 from tests.taskinstance_helpers import InstanceProcess
 

@@ -11,11 +11,11 @@ import socket
 
 import pytest
 import sqlalchemy as sa
-from kiln.core.task_context import TaskContext, reset_current, set_current
-from kiln.store.schema import processes
-from kiln.workers.logging_setup import HANDLER_NAME, log_context, set_process_fields, setup_logging
 
 import tests.handlers  # noqa: F401 - registers the handlers the submitted run names
+from kiln.app.logs import HANDLER_NAME, log_context, set_process_fields, setup_logging
+from kiln.core.task_context import TaskContext, reset_current, set_current
+from kiln.store.schema import processes
 from tests.chaos.services import ThrowawayRedis, available
 from tests.conftest import wait_for
 

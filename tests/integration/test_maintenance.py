@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-from kiln.store import maintenance
 
+from kiln.store import maintenance
 from tests.conftest import wait_for
 
 
@@ -65,9 +65,9 @@ def test_a_queue_with_few_dead_rows_is_left_to_autovacuum(pg_kiln):
 
 
 def test_vacuuming_is_skipped_on_sqlite(sqlite_url):
-    from kiln.store.db import make_engine
+    from kiln.store.dialects import open_store
 
-    engine = make_engine(sqlite_url)
+    engine = open_store(sqlite_url).engine
     try:
         assert maintenance.vacuum_if_bloated(engine) is False
     finally:

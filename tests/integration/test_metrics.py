@@ -7,13 +7,13 @@ import datetime as dt
 
 import pytest
 import sqlalchemy as sa
+from prometheus_client.parser import text_string_to_metric_families
+
 from kiln.app.runtime import Kiln
 from kiln.app.scheduler import set_policy_txn
 from kiln.store.operations import create_operation_txn
 from kiln.store.schema import task_attempts, tasks
 from kiln.web.app import create_app
-from prometheus_client.parser import text_string_to_metric_families
-
 from tests.conftest import fast_settings, wait_for
 
 pytestmark = pytest.mark.postgres
@@ -45,10 +45,9 @@ def ran(pg_url):
     """A Kiln on PostgreSQL on which real workflows ran in the embedded runtime (worker
     threads and a controller): successes, a retry, a permanent failure, a lost lease, an
     operation, and two model_type tasks with predictions and measured run times."""
+    import tests.handlers  # noqa: F401
     from kiln.workers.embedded import EmbeddedRuntime
     from kiln.workers.hooks import controller_hooks
-
-    import tests.handlers  # noqa: F401
 
     kiln = Kiln(fast_settings(database_url=pg_url), pool_size=8)
     kiln.upgrade()

@@ -8,9 +8,10 @@ from __future__ import annotations
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
-from kiln.web.app import create_app
 from schemathesis.checks import CHECKS
 from schemathesis.generation.modes import GenerationMode
+
+from kiln.web.app import create_app
 
 MAX_EXAMPLES = 25
 TOKEN = "fuzz-token"
@@ -58,6 +59,7 @@ def fuzz(operation, mode, excluded, calls) -> None:  # type: ignore[no-untyped-d
     @given(case=operation.as_strategy(generation_mode=mode))
     @settings(
         max_examples=MAX_EXAMPLES,
+        derandomize=True,  # the same cases on every run: a failure here is never a fluke
         deadline=None,
         suppress_health_check=list(HealthCheck),
         database=None,

@@ -9,11 +9,11 @@ from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
+
+import tests.handlers  # noqa: F401 - registers "echo"
 from kiln.app.runtime import Kiln
 from kiln.core.definitions import Workflow
 from kiln.store.dispatch import dispatch_ready_txn
-
-import tests.handlers  # noqa: F401 - registers "echo"
 from tests.conftest import fast_settings
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import requests
 from flask import Flask, jsonify, request
-from kiln.app.predictor import predictor_for, record_observation_txn
-from kiln.core.prediction import Observation, calibration
 from werkzeug.serving import make_server
 
+from kiln.app.predictor import predictor_for, record_observation_txn
+from kiln.core.prediction import Observation, calibration
 from tests.integration.test_instances_routing import serve_kiln
 from tests.taskinstance_helpers import free_port
 

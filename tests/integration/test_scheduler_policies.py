@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 import requests
+
 from kiln.app.runtime import Kiln
 from kiln.store.db import aware
-
 from tests.conftest import wait_for
 from tests.integration.test_instances_routing import (
     live_instance,

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
+
 from kiln.app.runtime import Kiln
 from kiln.core.definitions import Workflow
-
 from tests.conftest import fast_settings
 
 

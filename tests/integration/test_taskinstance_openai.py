@@ -6,9 +6,9 @@ import time
 
 import pytest
 import requests
+
 from kiln.taskinstance import InstanceRejected, OpenAICompatClient, RateLimited
 from kiln.taskinstance.server.simulation import count_chat_tokens, count_tokens
-
 from tests.taskinstance_helpers import InstanceProcess
 
 FAST = ["--model-type", "sim-llm", "--speed", "0.01"]

@@ -9,6 +9,8 @@ import time
 import pytest
 import requests
 from flask import Flask, jsonify
+from werkzeug.serving import make_server
+
 from kiln.taskinstance import (
     InstanceRejected,
     InstanceUnavailable,
@@ -16,8 +18,6 @@ from kiln.taskinstance import (
     TaskInstanceClient,
     TaskNotFound,
 )
-from werkzeug.serving import make_server
-
 from tests.taskinstance_helpers import InstanceProcess, KilnDouble, free_port, wait_until
 
 FAST = ["--speed", "0.01"]

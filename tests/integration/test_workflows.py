@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
+
 from kiln.app.runtime import Kiln
 from kiln.core.definitions import Workflow
 from kiln.core.states import WORKFLOW_TERMINAL
-
 from tests.conftest import wait_for
 
 
@@ -164,6 +164,7 @@ def count_rows(kiln: Kiln) -> dict[str, int]:
 
 def test_a_bad_definition_is_rejected_and_nothing_is_written(kiln):
     import pytest
+
     from kiln.core.errors import InvalidDefinition
 
     before = count_rows(kiln)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from kiln.core.definitions import Workflow, parse_definition
 from kiln.core.errors import InvalidDefinition
 

@@ -3,6 +3,7 @@
 import math
 
 import pytest
+
 from kiln.core.prediction import Estimate, Prediction, combine, estimate, quantile_value
 from kiln.core.scheduling import (
     InstanceLoad,

@@ -6,6 +6,7 @@ import random
 import time
 
 import pytest
+
 from kiln.core.prediction import (
     GroupHistory,
     InvalidLookupFile,

@@ -1,6 +1,7 @@
 """Queue-ordering policies: pure functions over plain data."""
 
 import pytest
+
 from kiln.core.prediction import Prediction
 from kiln.core.scheduling import (
     POLICY_NAMES,

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from kiln.core.templating import ReferenceError_, find_references, resolve
 
 RESULTS = {"Fetch": {"rows": [{"id": 7}, {"id": 8}], "count": 2}, "Name Here": "hello"}

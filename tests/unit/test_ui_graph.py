@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
+
 from kiln.web.ui_graph import (
     GANTT_LABEL_W,
     CycleError,

@@ -85,14 +85,15 @@ from typing import Any
 
 import click
 from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+from werkzeug.serving import make_server
+
 from kiln.taskinstance.ratelimit import RateLimiter
 from kiln.taskinstance.server.openai_compat import create_openai_blueprint
 from kiln.taskinstance.server.problems import RuntimeProblem
 from kiln.taskinstance.server.registration import Registrar, RegistrationState
 from kiln.taskinstance.server.runtime import InstanceRuntime
 from kiln.taskinstance.server.simulation import DurationModel, InvalidMetadata
-from werkzeug.exceptions import HTTPException
-from werkzeug.serving import make_server
 
 __all__ = ["InstanceConfig", "InstanceServer", "create_instance_app", "instance_command"]
 

@@ -31,6 +31,7 @@ import uuid
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
+
 from kiln.taskinstance.ratelimit import RateLimiter
 from kiln.taskinstance.server.problems import RuntimeProblem
 from kiln.taskinstance.server.runtime import InstanceRuntime

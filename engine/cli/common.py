@@ -1,0 +1,41 @@
+"""What every ``kiln`` command shares: the consoles, the one way to fail, and the process's
+``Kiln`` handle built from the environment."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import NoReturn, overload
+
+from rich.console import Console
+
+from kiln.app.runtime import Kiln
+from kiln.core.config import Settings
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def make_kiln() -> Kiln:
+    """A ``Kiln`` on the database the environment names (``KILN_DATABASE_URL``)."""
+    return Kiln(Settings.from_env())
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print ``error: message`` on stderr and exit with ``code`` (2: the caller's mistake)."""
+    err_console.print(f"[red]error:[/] {message}")
+    raise SystemExit(code)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@overload
+def aware(value: dt.datetime) -> dt.datetime: ...
+@overload
+def aware(value: None) -> None: ...
+def aware(value: dt.datetime | None) -> dt.datetime | None:
+    """SQLite hands back naive datetimes; Kiln stores UTC everywhere, so say so."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    return value
