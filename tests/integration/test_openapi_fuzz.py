@@ -65,8 +65,12 @@ def fuzz(operation, mode, excluded, calls) -> None:  # type: ignore[no-untyped-d
         database=None,
     )
     def run(case):  # type: ignore[no-untyped-def]
+        # The real token replaces a generated one; a negative case that left the header out
+        # is sent without it, since that omission may be the violation it was built around.
+        authorized = mode is GenerationMode.POSITIVE or "Authorization" in (case.headers or {})
         response = case.call_and_validate(
-            headers={"Authorization": f"Bearer {TOKEN}"}, excluded_checks=excluded
+            headers={"Authorization": f"Bearer {TOKEN}"} if authorized else {},
+            excluded_checks=excluded,
         )
         calls.append(response.status_code)
 
