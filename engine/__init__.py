@@ -1,6 +1,7 @@
 """Kiln: durable DAG workflows on a database-backed job queue.
 
-What users write workflows with; everything else in ``engine`` is internal.
+What users write workflows with; everything else in the
+subpackages (``kiln.core``, ``kiln.store``, ``kiln.app``...) is internal.
 """
 
 from kiln.app.runtime import Kiln

@@ -98,7 +98,7 @@ class Kiln:
         check_handlers: bool = True,
     ) -> int:
         """Validate and store a workflow run; return its id. Nothing is written when the
-        definition is invalid (:class:`~engine.errors.InvalidDefinition`)."""
+        definition is invalid (:class:`~kiln.core.errors.InvalidDefinition`)."""
         return self.submit_with_status(
             definition, idempotency_key=idempotency_key, check_handlers=check_handlers
         )[0]

@@ -31,7 +31,7 @@ MAX_DISPATCHES = 20
 
 def dispatchable_tasks(*extra: sa.ColumnElement[Any]) -> sa.Select:
     """Dispatchable tasks of active runs, best first by (priority, age), with the columns the
-    scheduling policies read (``scheduler_service.item_of``) and placement needs, plus
+    scheduling policies read (``kiln.app.scheduler.item_of``) and placement needs, plus
     ``extra``. The controller's candidates and the scheduler's view of the queue start here."""
     return (
         sa.select(

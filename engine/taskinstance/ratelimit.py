@@ -1,7 +1,7 @@
 """Token buckets for requests-per-minute and tokens-per-minute limits, both ends of the wire.
 
 The server enforces ``--rpm-limit``/``--tpm-limit`` with a :class:`RateLimiter`; the
-:class:`~workers.taskinstance.client.OpenAICompatClient` keeps its own buckets so a
+:class:`~kiln.taskinstance.client.OpenAICompatClient` keeps its own buckets so a
 well-behaved caller rarely sees a 429 at all. A bucket of capacity ``N`` per minute starts
 full and refills continuously at ``N / 60`` per second.
 

@@ -3,7 +3,7 @@
 Tasks of one group (a workflow, a pipeline, a conversation) tend to resemble each other, so the
 durations already observed in a task's group say something about its own. ``GroupHistory``
 keeps, per group, an exponentially weighted mean of finished durations; its value is a feature
-for :class:`~engine.prediction.quantile_model.OnlineQuantileModel` (``None`` for a group with no
+for :class:`~kiln.core.prediction.quantile_model.OnlineQuantileModel` (``None`` for a group with no
 finished task, which the model treats as a bucket of its own).
 """
 

@@ -8,7 +8,7 @@ answer is simulated text; its length is deterministic in the prompt and capped b
 
 Token accounting uses :mod:`kiln.taskinstance.server.simulation`'s tokenizer:
 ``completion_tokens`` is exactly the token count of the returned text, ``prompt_tokens``
-is ``count_tokens(prompt)`` or :func:`~workers.taskinstance.simulation.count_chat_tokens`.
+is ``count_tokens(prompt)`` or :func:`~kiln.taskinstance.tokens.count_chat_tokens`.
 
 Rate limits: every request is charged one request and ``prompt_tokens + max_tokens``
 tokens up front (as OpenAI does), from buckets refilling at ``rpm_limit``/``tpm_limit`` per
