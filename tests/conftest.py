@@ -55,8 +55,14 @@ def wait_for(
         time.sleep(interval)
 
 
+# The test suite's handlers by import path (tests.handlers, and functions in test modules)
+# are allowed as a deployment would allow its own: by KILN_HANDLER_MODULES.
+TEST_HANDLER_MODULES = ("tests",)
+
+
 def fast_settings(**overrides: Any) -> Settings:
     base = Settings(
+        handler_modules=TEST_HANDLER_MODULES,
         lease_s=3.0,
         dispatch_timeout_s=3.0,
         retry_base_s=0.05,
@@ -219,6 +225,7 @@ def cluster(pg_url: str, redis_url: str, tmp_path: Path) -> Iterator[Cluster]:
         "KILN_BROKER_URL": redis_url,
         "KILN_QUEUE": queue,
         "KILN_IMPORTS": "tests.handlers",
+        "KILN_HANDLER_MODULES": ",".join(TEST_HANDLER_MODULES),
         "KILN_LEASE_S": "3",
         "KILN_DISPATCH_TIMEOUT_S": "3",
         "KILN_RETRY_BASE_S": "0.05",

@@ -1,8 +1,10 @@
 """Flask app factory: Kiln's HTTP API (workflows, contexts, pipelines, the dispatcher) with an
 OpenAPI 3 document generated from its schemas at ``/openapi.json``.
 
-Configuration: ``KILN_API_TOKEN`` (mutating endpoints need ``Authorization: Bearer``),
+Configuration: ``KILN_API_TOKEN``/``KILN_API_TOKENS``/``KILN_METRICS_TOKEN`` (who may do
+what: :mod:`kiln.web.auth`),
 ``KILN_MAX_BODY_BYTES`` (request body limit, default 1 MiB; larger bodies get 413),
+``KILN_MAX_JSON_DEPTH`` (deeper JSON bodies get 413; see :mod:`kiln.web.limits`),
 ``KILN_DEBUG=1`` (tracebacks in error responses; never in production).
 """
 
@@ -14,7 +16,7 @@ from flask import Flask
 
 from kiln.app.runtime import Kiln
 from kiln.core.config import Settings
-from kiln.web import auth
+from kiln.web import auth, limits
 from kiln.web.errors import KilnApi, register_error_handlers
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
@@ -52,8 +54,10 @@ def create_app(kiln: Kiln | None = None) -> Flask:
     app.extensions["kiln_api"] = api
     api.spec.components.security_scheme(
         "bearerAuth",
-        {"type": "http", "scheme": "bearer", "description": "the value of KILN_API_TOKEN"},
-    )
+        {"type": "http", "scheme": "bearer", "description": "KILN_API_TOKEN, or a token whose "
+         "sha256 KILN_API_TOKENS lists with its scopes (docs/security.md)"},
+    )  # fmt: skip
+    auth.document(api.spec)  # before the blueprints: it sees each operation as it is added
     from kiln.web import pipeline_control as dispatcher
     from kiln.web import pipelines, workflows
 
@@ -62,6 +66,9 @@ def create_app(kiln: Kiln | None = None) -> Flask:
     from kiln.web import ui  # the operator's dashboard at /ui (HTML, not part of the OpenAPI doc
 
     app.register_blueprint(ui.bp)
+    from kiln.web import ui_login
+
+    app.register_blueprint(ui_login.bp)
     from kiln.web import instances_api, predictor_api, scheduler_api
 
     for blueprint in (instances_api.blp, predictor_api.blp, scheduler_api.blp):
@@ -72,7 +79,8 @@ def create_app(kiln: Kiln | None = None) -> Flask:
         for plain_blueprint in module.blueprints:
             app.register_blueprint(plain_blueprint)
     register_error_handlers(app)
-    auth.install(app, kiln.settings.api_token or os.environ.get("KILN_API_TOKEN", ""))
+    auth.install(app, kiln.settings)
+    limits.install(app, kiln.settings.max_json_depth)  # after auth: strangers get a 401 first
     from kiln.app.logs import setup_logging_if_unconfigured
 
     setup_logging_if_unconfigured("web")  # gunicorn leaves the root logger bare

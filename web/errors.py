@@ -22,6 +22,7 @@ from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
 from kiln.core.errors import KilnError
+from kiln.core.redaction import redact_text
 
 log = logging.getLogger("kiln.web")
 MISSING = "Missing data for required field."
@@ -121,7 +122,12 @@ def register_error_handlers(app: Flask) -> None:
     def kiln_error(exc: KilnError):  # type: ignore[no-untyped-def]
         if exc.status_code >= 500:
             log.error("%s: %s", exc.code, exc.message)
-        return jsonify(body(exc.code, exc.message, _jsonable(exc.details))), exc.status_code
+        # A message may quote what was sent (a source URL with its password): shown redacted.
+        response = jsonify(body(exc.code, redact_text(exc.message), _jsonable(exc.details)))
+        response.status_code = exc.status_code
+        if (retry_after := getattr(exc, "retry_after_s", None)) is not None:
+            response.headers["Retry-After"] = str(retry_after)  # 429 and 503 may say when
+        return response
 
     @app.errorhandler(Exception)
     def internal_error(exc: Exception):  # type: ignore[no-untyped-def]

@@ -18,6 +18,7 @@ from typing import Any
 from flask import jsonify
 from flask_smorest import Blueprint
 
+from kiln.core.redaction import redact
 from kiln.web.auth import SECURITY
 from kiln.web.common import kiln
 from kiln.web.schemas_scheduling import (
@@ -32,7 +33,8 @@ from kiln.web.schemas_scheduling import (
 blp = Blueprint("instances", __name__, description="The TaskInstance registry.")
 ID = "int(max=9223372036854775807)"
 
-# The views answer with the engine's dicts as they are (the schemas document them).
+# The views answer with the engine's dicts as they are (the schemas document them), with
+# secrets (credentials in an instance's url) as ***.
 
 
 @blp.post("/instances")
@@ -42,7 +44,7 @@ ID = "int(max=9223372036854775807)"
 @blp.doc(security=SECURITY)
 def register(data: dict[str, Any]):  # type: ignore[no-untyped-def]
     """Register an instance: 201 when new, 200 when its url is known (it came back)."""
-    answer = kiln().instances.register(data)
+    answer = redact(kiln().instances.register(data))
     return jsonify(answer), (201 if answer["created"] else 200)
 
 
@@ -69,5 +71,5 @@ def deregister(instance_id: int):  # type: ignore[no-untyped-def]
 @blp.response(200, InstanceListSchema)
 def list_instances():  # type: ignore[no-untyped-def]
     """Every registered instance with its load and whether it is live."""
-    items = kiln().instances.all()
+    items = redact(kiln().instances.all())
     return jsonify({"instances": items, "count": len(items)})

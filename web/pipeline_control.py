@@ -11,8 +11,9 @@ from typing import Any
 
 from flask_smorest import Blueprint
 
+from kiln.core.operations import UNFINISHED
 from kiln.web.common import MUTATING_DOC, idempotency_key, kiln, render_operation
-from kiln.web.errors import MissingField
+from kiln.web.errors import ErrorSchema, MissingField
 from kiln.web.schemas import (
     CloneSchema,
     HealthSchema,
@@ -23,6 +24,7 @@ from kiln.web.schemas import (
     OperationStatusQuerySchema,
     PipelineIdSchema,
 )
+from kiln.web.waits import wait_slot
 
 blp = Blueprint(
     "dispatcher",
@@ -122,10 +124,17 @@ def clone_pipeline(data):  # type: ignore[no-untyped-def]
 @blp.get("/operation-status/<string:ic_id>")
 @blp.arguments(OperationStatusQuerySchema, location="query")
 @blp.response(200, OperationSchema)
+@blp.alt_response(429, schema=ErrorSchema, description="too many waits at once; see Retry-After")
 def operation_status(query, ic_id: str):  # type: ignore[no-untyped-def]
     """An operation's state; with ``wait``, block until it is completed or failed (or the
-    wait is over)."""
-    return render_operation(kiln().operations.wait(ic_id, query.get("wait", 0.0)))
+    wait is over). Only ``KILN_MAX_WAITERS`` waits run at once per web process; another
+    one for an unfinished operation is answered 429 with ``Retry-After``."""
+    row = kiln().operations.get(ic_id)
+    wait_s = query.get("wait", 0.0)
+    if wait_s > 0 and row["status"] in UNFINISHED:
+        with wait_slot():
+            row = kiln().operations.wait(ic_id, wait_s)
+    return render_operation(row)
 
 
 @blp.get("/all-operations")

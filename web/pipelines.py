@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask_smorest import Blueprint
 
-from kiln.web.common import MUTATING_DOC, kiln, render_pipeline
+from kiln.web.common import MUTATING_DOC, kiln, render_context, render_pipeline
 from kiln.web.schemas import (
     ContextCreateSchema,
     ContextSchema,
@@ -29,21 +29,24 @@ ID = "int(max=9223372036854775807)"
 def create_context(data):  # type: ignore[no-untyped-def]
     """Create a context from ``shards`` (row lists), ``rows`` + ``num_shards``, or a
     ``source`` path/URL + ``num_shards``."""
-    return kiln().pipelines.create_context(
-        name=data["name"],
-        config=data["config"],
-        shards=data.get("shards"),
-        rows=data.get("rows"),
-        source=data.get("source"),
-        num_shards=data.get("num_shards"),
+    return render_context(
+        kiln().pipelines.create_context(
+            name=data["name"],
+            config=data["config"],
+            shards=data.get("shards"),
+            rows=data.get("rows"),
+            source=data.get("source"),
+            num_shards=data.get("num_shards"),
+        )
     )
 
 
 @blp.get(f"/contexts/<{ID}:context_id>")
 @blp.response(200, ContextSchema)
 def get_context(context_id: int):  # type: ignore[no-untyped-def]
-    """A context: its config, source and per-shard row counts (not the rows)."""
-    return kiln().pipelines.context(context_id)
+    """A context: its config (secrets as ``***``), source and per-shard row counts (not the
+    rows)."""
+    return render_context(kiln().pipelines.context(context_id))
 
 
 @blp.post("/pipelines")

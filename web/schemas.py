@@ -9,12 +9,15 @@ from typing import Any
 import marshmallow as ma
 from marshmallow import fields, validate
 
+from kiln.core.definitions import MAX_ATTEMPTS, PRIORITY_MAX, PRIORITY_MIN
 from kiln.core.operations import OPERATION_KINDS, OPERATION_STATES
-from kiln.core.pipelines import PIPELINE_STATES, PIPELINE_TYPES
+from kiln.core.pipelines import PIPELINE_STATES, PIPELINE_TYPES, RATE_LIMIT_MAX
 
 BIGINT_MAX = 2**63 - 1
 Id = {"strict": True, "validate": validate.Range(min=1, max=BIGINT_MAX)}
 WAIT_MAX_S = 30.0
+Priority = {"strict": True, "validate": validate.Range(min=PRIORITY_MIN, max=PRIORITY_MAX)}
+RateLimit = {"strict": True, "allow_none": True, "validate": validate.Range(1, RATE_LIMIT_MAX)}
 
 
 def unix(value: dt.datetime | None) -> float | None:
@@ -41,16 +44,19 @@ class TaskDefinitionSchema(ma.Schema):
     model_type = fields.String()
     params = fields.Raw(metadata={"description": "any JSON; may hold {{Task.result}} refs"})
     depends_on = fields.List(fields.String())
-    max_attempts = fields.Integer(strict=True)
-    timeout_s = fields.Float()
-    priority = fields.Integer(strict=True)
+    max_attempts = fields.Integer(strict=True, validate=validate.Range(min=1, max=MAX_ATTEMPTS))
+    timeout_s = fields.Float(
+        validate=validate.Range(min=0, min_inclusive=False),
+        metadata={"description": "seconds; at most KILN_MAX_TIMEOUT_S (default 7 days)"},
+    )
+    priority = fields.Integer(**Priority)
 
 
 class WorkflowDefinitionSchema(ma.Schema):
     name = fields.String(required=True)
     tasks = fields.List(fields.Nested(TaskDefinitionSchema), required=True)
     on_error = fields.String(validate=validate.OneOf(["stop", "continue"]))
-    priority = fields.Integer(strict=True)
+    priority = fields.Integer(**Priority)
 
 
 class WorkflowListQuerySchema(ma.Schema):
@@ -131,7 +137,11 @@ class ContextCreateSchema(ma.Schema):
         validate=validate.Length(min=1, max=2000),
         metadata={"description": "path or URL of a JSON array / JSON-lines file (workers read it)"},
     )
-    num_shards = fields.Integer(strict=True, validate=validate.Range(min=1, max=10_000))
+    num_shards = fields.Integer(
+        strict=True,
+        validate=validate.Range(min=1),
+        metadata={"description": "at most KILN_MAX_CONTEXT_SHARDS (default 10,000); more: 413"},
+    )
 
 
 class ShardSizeSchema(ma.Schema):
@@ -170,8 +180,8 @@ class PipelineConfigSchema(ma.Schema):
     client_config = fields.Dict(
         allow_none=True, metadata={"description": "openai: base_url, api_key (never returned)"}
     )
-    rpm_limit = fields.Integer(strict=True, allow_none=True, validate=validate.Range(min=1))
-    tpm_limit = fields.Integer(strict=True, allow_none=True, validate=validate.Range(min=1))
+    rpm_limit = fields.Integer(**RateLimit)
+    tpm_limit = fields.Integer(**RateLimit)
 
 
 class PipelineCreateSchema(PipelineConfigSchema):

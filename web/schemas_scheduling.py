@@ -26,9 +26,11 @@ from flask import request
 from marshmallow import fields, validate
 
 from kiln.app.instances import REPORTED_STATES
+from kiln.app.scheduler import QUANTUM_MAX_MICROS
 from kiln.core.errors import InvalidPolicy, InvalidPredictRequest
 from kiln.core.scheduling import POLICY_NAMES
 from kiln.core.scheduling.placement import STRATEGIES
+from kiln.core.scheduling.policies import POLICIES
 from kiln.web.errors import BadRequest
 
 UNKNOWN = "Unknown field."
@@ -236,12 +238,21 @@ class ModelListSchema(_Open):
 # --- scheduler (seed 001) -------------------------------------------------------------
 
 
+def _params_doc() -> str:
+    """Each policy's tuning parameters with their ranges, from the policies themselves."""
+    lines = [
+        f"{name}: " + (", ".join(f"{k} ({p.describe()})" for k, p in cls.PARAMS.items()) or "none")
+        for name, cls in POLICIES.items()
+    ]
+    return "the policy's tuning parameters, merged into the stored ones; " + "; ".join(lines)
+
+
 class PolicyRequestSchema(_ObjectBody):
     policy = fields.String(required=True, validate=validate.OneOf(POLICY_NAMES))
-    params = fields.Dict(
-        allow_none=True, metadata={"description": "the policy's tuning parameters"}
+    params = fields.Dict(allow_none=True, metadata={"description": _params_doc()})
+    quantum_micros = fields.Integer(
+        strict=True, allow_none=True, validate=validate.Range(min=1, max=QUANTUM_MAX_MICROS)
     )
-    quantum_micros = fields.Integer(strict=True, allow_none=True, validate=validate.Range(min=1))
     placement = fields.String(allow_none=True, validate=validate.OneOf(STRATEGIES))
 
     def handle_error(self, error: ma.ValidationError, data: Any, **kwargs: Any) -> None:
@@ -283,6 +294,10 @@ class SchedulerStatsSchema(_Open):
     running = fields.Integer()
     available_policies = fields.List(fields.String())
     updated_at = fields.String(metadata={"format": "date-time"})
+    params_error = fields.String(
+        allow_none=True,
+        metadata={"description": "why the stored params are ignored (the defaults run)"},
+    )
 
 
 class _Digits(fields.Integer):

@@ -5,9 +5,9 @@ Every page renders complete HTML, so it is usable without JavaScript. Its changi
 an element with ``data-live``: ``ui_static/kiln.js`` re-fetches that URL (the page's own URL
 with ``fragment=1``, which renders only that part) every couple of seconds and patches the DOM
 in place. Actions (stop, resume, clone, delete, cancel, policy) are ``fetch`` calls to the
-public API — ``/dispatcher/...``, ``/workflows/<id>/...``, ``PUT /scheduler/policy`` — with
-``Authorization: Bearer`` from the token the operator pasted once (kept in localStorage),
-so they obey ``KILN_API_TOKEN`` exactly like any other client.
+public API — ``/dispatcher/...``, ``/workflows/<id>/...``, ``PUT /scheduler/policy`` —
+signed in by the login cookie (``kiln.web.ui_login``) and carrying the page's CSRF token, so
+they obey the tokens' scopes exactly like any other client (``kiln.web.auth``).
 """
 
 from __future__ import annotations
@@ -16,14 +16,15 @@ import datetime as dt
 import time
 from typing import Any
 
-from flask import Blueprint, current_app, redirect, render_template, request, url_for
+from flask import Blueprint, redirect, render_template, request, url_for
 
 from kiln.core.errors import NotFound
 from kiln.core.operations import OPERATION_KINDS, OPERATION_STATES
 from kiln.core.pipelines import PIPELINE_STATES
+from kiln.core.redaction import redact
 from kiln.core.states import TaskStatus, WorkflowStatus
 from kiln.web import ui_graph
-from kiln.web.common import kiln, render_operation, render_pipeline
+from kiln.web.common import kiln, render_operation, render_pipeline, render_workflow
 
 bp = Blueprint(
     "ui",
@@ -95,7 +96,6 @@ def elapsed(start: Any, end: Any, now: float) -> float | None:
 @bp.context_processor
 def _globals() -> dict[str, Any]:
     return {
-        "token_required": bool(current_app.config.get("KILN_API_TOKEN")),
         "elapsed": elapsed,
         "silent_after_s": SILENT_AFTER_S,
         "nav": [
@@ -145,7 +145,7 @@ def runs() -> Any:
     return _page(
         "ui/runs.html",
         "ui/_runs.html",
-        runs=rows,
+        runs=[render_workflow(r) for r in rows],
         task_counts=counts,
         by_status=by_status,
         status=status,
@@ -156,10 +156,10 @@ def runs() -> Any:
     )
 
 
-@bp.get("/runs/<int:workflow_id>")
+@bp.get("/runs/<int(max=9223372036854775807):workflow_id>")
 def run(workflow_id: int) -> Any:
     k = kiln()
-    data = k.workflow(workflow_id)
+    data = render_workflow(k.workflow(workflow_id))
     pipeline_id = k.monitor.pipeline_of_workflow(workflow_id)
     now = time.time()
     every = data["tasks"]
@@ -200,7 +200,7 @@ def pipelines_page() -> Any:
     rows = [
         render_pipeline(p) for p in kiln().pipelines.list(status=status or None, limit=PAGE_SIZE)
     ]
-    last_ops = kiln().monitor.last_operations([p["id"] for p in rows])
+    last_ops = redact(kiln().monitor.last_operations([p["id"] for p in rows]))
     for p in rows:
         p["actions"] = [a for a, ok in PIPELINE_ACTIONS.items() if p["status"] in ok]
         config = p.get("model_config") or {}
@@ -250,7 +250,7 @@ def instances_page() -> Any:
     return _page(
         "ui/instances.html",
         "ui/_instances.html",
-        instances=items,
+        instances=redact(items),
         processes=procs,
         now=now.timestamp(),
     )

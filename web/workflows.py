@@ -6,7 +6,7 @@ from __future__ import annotations
 from flask import request
 from flask_smorest import Blueprint
 
-from kiln.web.common import MUTATING_DOC, idempotency_key, kiln
+from kiln.web.common import MUTATING_DOC, idempotency_key, kiln, render_workflow
 from kiln.web.pipeline_control import record
 from kiln.web.schemas import (
     OperationCreatedSchema,
@@ -38,8 +38,8 @@ def submit(data):  # type: ignore[no-untyped-def]
 
 def _summary(workflow_id: int) -> dict:
     run = kiln().run(workflow_id)
-    return {k: run[k] for k in ("id", "name", "status", "error", "created_at", "started_at",
-                                "finished_at")}  # fmt: skip
+    return render_workflow({k: run[k] for k in ("id", "name", "status", "error", "created_at",
+                                                "started_at", "finished_at")})  # fmt: skip
 
 
 @blp.get("/workflows")
@@ -47,14 +47,15 @@ def _summary(workflow_id: int) -> dict:
 @blp.response(200, WorkflowListSchema)
 def list_workflows(query):  # type: ignore[no-untyped-def]
     """Runs, newest first; filter by status, page with ``before_id``."""
-    return {"workflows": kiln().workflows(**query)}
+    return {"workflows": [render_workflow(w) for w in kiln().workflows(**query)]}
 
 
 @blp.get(f"/workflows/<{ID}:workflow_id>")
 @blp.response(200, WorkflowDetailSchema)
 def get_workflow(workflow_id: int):  # type: ignore[no-untyped-def]
-    """A run with every task's state, attempts (history), timings, result or error."""
-    return kiln().workflow(workflow_id)
+    """A run with every task's state, attempts (history), timings, result or error;
+    secrets in params and results are shown as ``***``."""
+    return render_workflow(kiln().workflow(workflow_id))
 
 
 def _operation(operation: str, workflow_id: int) -> dict:

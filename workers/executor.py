@@ -123,7 +123,8 @@ def run_one(kiln: Kiln, task: ClaimedTask) -> Outcome:
     if task.handler is None:
         return failed(f"task {task.name!r} has no handler", retryable=False)
     try:
-        fn = resolve_handler(task.handler)
+        # Also refuses rows written before handlers were checked against the allowlist.
+        fn = resolve_handler(task.handler, kiln.settings.handler_modules)
     except UnknownHandler as exc:
         return failed(exc.message, retryable=False)
     ctx = TaskContext(

@@ -6,7 +6,8 @@ worker registers it when it starts (:func:`register_shard_handler`). It loads th
 configuration and the shard's rows and runs them:
 
 * ``python``: calls ``model_config["handler"]`` (a registered name or
-  ``package.module:function``) with the keyword arguments it accepts among ``rows``,
+  ``package.module:function`` in an allowed module, see :mod:`kiln.core.handlers`) with the
+  keyword arguments it accepts among ``rows``,
   ``model_config``, ``context_config`` and ``shard_index``; its return value (JSON) is the
   shard's ``outputs``.
 * ``vllm``: enqueues each row on the TaskInstance at ``model_config["instance_url"]`` (else
@@ -17,6 +18,9 @@ configuration and the shard's rows and runs them:
 * ``openai``: calls ``/v1/chat/completions`` of ``client_config["base_url"]`` per row with
   ``model_config`` as the request parameters, keeping within ``rpm_limit``/``tpm_limit``
   (one rate-limited client per pipeline and worker process, shared by its shards).
+
+A context's ``source`` is read only if :func:`~kiln.core.sources.check_source` allows it,
+and only up to ``KILN_SOURCE_MAX_BYTES``.
 
 The result is ``{shard_index, samples, outputs}``; ``samples`` adds up to the pipeline's
 ``total_samples_processed``. Row *j*'s prompt is the row itself when it is a string, else its
@@ -29,15 +33,15 @@ import inspect
 import json
 import os
 import threading
-from pathlib import Path
 from typing import Any
 
 import requests
 
 from kiln.app.runtime import Kiln
-from kiln.core.errors import KilnError
+from kiln.core.errors import InvalidDefinition, KilnError, PermanentFailure
 from kiln.core.handlers import register, resolve_handler
 from kiln.core.pipelines import LEGACY_SHARD_HANDLERS, SHARD_HANDLER, split_rows
+from kiln.core.sources import check_source
 from kiln.core.task_context import current_task
 
 RESULT_TIMEOUT_S = float(os.environ.get("KILN_SHARD_RESULT_TIMEOUT_S", "600"))
@@ -62,23 +66,54 @@ def register_shard_handler(kiln: Kiln) -> None:
 
 
 def execute_shard(kiln: Kiln, pipeline_id: int, shard_index: int) -> dict[str, Any]:
-    """Run one shard; the result is ``{shard_index, samples, outputs}``."""
+    """Run one shard; the result is ``{shard_index, samples, outputs}``. A handler or a
+    source this deployment does not allow fails the shard for good."""
+    settings = kiln.settings
     job = kiln.pipelines.shard_job(pipeline_id, shard_index)
     rows = job["rows"]
-    if rows is None:
-        rows = split_rows(read_source(job["source"]), job["num_shards"])[shard_index]
+    try:
+        if rows is None:
+            text = read_source(job["source"], settings.source_dirs, settings.source_max_bytes)
+            rows = split_rows(parse_rows(text), job["num_shards"])[shard_index]
+        if job["pipeline_type"] == "python":
+            # Rows written before handlers were checked against the allowlist meet it here.
+            handler = job["model_config"]["handler"]
+            job = {**job, "fn": resolve_handler(handler, settings.handler_modules)}
+    except InvalidDefinition as exc:
+        raise PermanentFailure(exc.message) from exc
     outputs = RUNNERS[job["pipeline_type"]](job, rows)
     return {"shard_index": shard_index, "samples": len(rows), "outputs": outputs}
 
 
-def read_source(source: str) -> list[Any]:
-    """Rows of a JSON array or JSON-lines file, from a path or an http(s) URL."""
-    if source.startswith(("http://", "https://")):
-        response = requests.get(source, timeout=60)
+def read_source(source: str, dirs: tuple[str, ...], max_bytes: int) -> str:
+    """The text at a source (:func:`~kiln.core.sources.check_source` decides which are
+    allowed), read only up to ``max_bytes``: a larger one raises PermanentFailure."""
+    path = check_source(source, dirs)
+    too_large = PermanentFailure(
+        f"source {source!r} is larger than {max_bytes} bytes (KILN_SOURCE_MAX_BYTES)"
+    )
+    if path is not None:
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise too_large
+        return data.decode()
+    with requests.get(source, timeout=60, stream=True) as response:
         response.raise_for_status()
-        text = response.text
-    else:
-        text = Path(source.removeprefix("file://")).read_text()
+        length = response.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > max_bytes:
+            raise too_large
+        chunks, size = [], 0
+        for chunk in response.iter_content(64 * 1024):
+            size += len(chunk)
+            if size > max_bytes:  # the length header may be absent or wrong
+                raise too_large
+            chunks.append(chunk)
+    return b"".join(chunks).decode()  # JSON is UTF-8
+
+
+def parse_rows(text: str) -> list[Any]:
+    """Rows of a JSON array (or a single JSON value) or of JSON lines."""
     try:
         data = json.loads(text)
     except ValueError:
@@ -104,7 +139,7 @@ def _progress(done: int, total: int) -> None:
 
 
 def run_python(job: dict[str, Any], rows: list[Any]) -> Any:
-    fn = resolve_handler(job["model_config"]["handler"])
+    fn = job["fn"]  # resolved by execute_shard
     offered = {
         "rows": rows,
         "model_config": {k: v for k, v in job["model_config"].items() if k != "handler"},

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import ctypes
+import math
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -25,9 +26,14 @@ class TimedOut(Exception):  # noqa: N818
 
 
 def call_with_timeout(fn: Callable[[], Any], seconds: float | None) -> Any:
-    """Return ``fn()``, re-raising its exception; raise :class:`TimedOut` after ``seconds``."""
+    """Return ``fn()``, re-raising its exception; raise :class:`TimedOut` after ``seconds``.
+    A limit past what a timer can wait (``threading.TIMEOUT_MAX``, or not finite) waits that
+    long instead of raising ``OverflowError``."""
     if not seconds:
         return fn()
+    # Rows stored before timeout_s was bounded may hold 1e10, inf or nan.
+    if not math.isfinite(seconds) or seconds > threading.TIMEOUT_MAX:
+        seconds = threading.TIMEOUT_MAX
     box: dict[str, Any] = {}
     ctx = contextvars.copy_context()
 

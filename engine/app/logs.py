@@ -18,6 +18,10 @@ Each JSON line has ``timestamp`` (UTC, ISO 8601), ``level``, ``logger``, ``messa
 Any other ``extra`` field is written too, as JSON (``str()`` for what JSON cannot hold); an
 exception is written as ``exception`` (the formatted traceback) — logs are for operators, the
 API never shows tracebacks.
+
+Secrets never reach a line: :class:`RedactFilter` passes the message, its arguments, extra
+fields and tracebacks through :mod:`kiln.core.redaction` (``api_key=***``,
+``https://user:***@host``), as the API does with what it shows.
 """
 
 from __future__ import annotations
@@ -30,8 +34,10 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, TextIO
+
+from kiln.core.redaction import REDACTED, is_secret_key, redact, redact_text
 
 ID_FIELDS = (
     "workflow_id",
@@ -103,6 +109,35 @@ class ContextFilter(logging.Filter):
         return True
 
 
+class RedactFilter(logging.Filter):
+    """Replaces the secrets in a record (its message and arguments, extra fields, traceback)
+    with ``***`` before any formatter sees it."""
+
+    _plain = logging.Formatter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, Mapping):
+            record.args = redact(dict(args))
+        elif args:
+            record.args = tuple(redact(a) if isinstance(a, dict | list) else a for a in args)
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a bad format string: the handler reports it
+            return True
+        record.msg, record.args = redact_text(message), None
+        for key, value in list(record.__dict__.items()):
+            if key not in _STANDARD and not key.startswith("_"):
+                record.__dict__[key] = REDACTED if is_secret_key(key) else redact(value)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self._plain.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact_text(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact_text(record.stack_info)
+        return True
+
+
 def _jsonable(value: Any) -> Any:
     try:
         json.dumps(value)
@@ -132,7 +167,7 @@ class JsonFormatter(logging.Formatter):
             if key not in _STANDARD and not key.startswith("_"):
                 out[key] = _jsonable(value)
         if record.exc_info:
-            out["exception"] = self.formatException(record.exc_info)
+            out["exception"] = record.exc_text or self.formatException(record.exc_info)
         elif record.stack_info:
             out["stack"] = record.stack_info
         return json.dumps(out, default=str, ensure_ascii=False)
@@ -178,6 +213,7 @@ def setup_logging(kind: str = "cli", *, stream: TextIO | None = None) -> logging
         JsonFormatter(process) if _format_name(stream) == "json" else TextFormatter()
     )
     handler.addFilter(ContextFilter())
+    handler.addFilter(RedactFilter())
     root = logging.getLogger()
     for old in [h for h in root.handlers if h.get_name() == HANDLER_NAME]:
         root.removeHandler(old)

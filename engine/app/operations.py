@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from kiln.app.database import Database
 from kiln.core.errors import OperationNotFound
+from kiln.core.idempotency import IdempotencyKey, scoped
 from kiln.core.operations import UNFINISHED
 from kiln.store import operations as ops
 from kiln.store import pipelines as pl
@@ -32,10 +33,18 @@ class Operations:
         *,
         pipeline_id: int | None = None,
         workflow_id: int | None = None,
-        idempotency_key: str | None = None,
+        idempotency_key: str | IdempotencyKey | None = None,
     ) -> tuple[dict[str, Any], bool]:
         """Record a ``pending`` operation and wake the controllers; return ``(row,
-        created)``. A key already used returns its operation unchanged, ``created=False``."""
+        created)``. A key already used on the same request returns its operation unchanged,
+        ``created=False``; on another request it raises IdempotencyKeyReused. A plain string
+        key is scoped to the operation and its target."""
+        key = scoped(
+            idempotency_key,
+            f"operation {operation}",
+            path={"pipeline_id": pipeline_id, "workflow_id": workflow_id},
+            body=request_data,
+        )
         return self._kiln.txn(
             lambda c: ops.create_operation_txn(
                 c,
@@ -43,7 +52,7 @@ class Operations:
                 request_data=request_data,
                 pipeline_id=pipeline_id,
                 workflow_id=workflow_id,
-                idempotency_key=idempotency_key,
+                idempotency_key=key,
             )
         )
 
@@ -53,10 +62,16 @@ class Operations:
         pipeline_id: int,
         request_data: dict[str, Any],
         *,
-        idempotency_key: str | None = None,
+        idempotency_key: str | IdempotencyKey | None = None,
     ) -> tuple[dict[str, Any], bool]:
         """:meth:`create` for an existing pipeline (and its backing workflow); raises
         PipelineNotFound. Whether ``operation`` is legal is decided when it is applied."""
+        key = scoped(
+            idempotency_key,
+            f"operation {operation}",
+            path={"pipeline_id": pipeline_id},
+            body=request_data,
+        )
 
         def write(c: sa.Connection) -> tuple[dict[str, Any], bool]:
             workflow_id = pl.pipeline_target(c, pipeline_id)
@@ -66,7 +81,7 @@ class Operations:
                 request_data=request_data,
                 pipeline_id=pipeline_id,
                 workflow_id=workflow_id,
-                idempotency_key=idempotency_key,
+                idempotency_key=key,
             )
 
         return self._kiln.txn(write)

@@ -8,13 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 from kiln.app.database import Database
 from kiln.core.errors import ContextNotFound
-from kiln.core.handlers import resolve_handler
+from kiln.core.handlers import check_handler
 from kiln.core.pipelines import (
     PipelineConfig,
     merge_overrides,
     shards_from_request,
     validate_config,
 )
+from kiln.core.sources import check_source
 from kiln.store import pipeline_contexts as cx
 from kiln.store import pipelines as pl
 
@@ -22,11 +23,11 @@ if TYPE_CHECKING:
     import sqlalchemy as sa
 
 
-def _check_handler(config: PipelineConfig) -> None:
-    """A python pipeline's handler must resolve here, so a typo is a 422 and not N failed
-    shards."""
+def _check_handler(config: PipelineConfig, allowed: tuple[str, ...]) -> None:
+    """A python pipeline's handler must be runnable (:func:`check_handler`), so a typo or a
+    module the deployment does not allow is a 422 and not N failed shards."""
     if config.pipeline_type == "python":
-        resolve_handler(config.model_config["handler"])
+        check_handler(config.model_config["handler"], allowed)
 
 
 class Pipelines:
@@ -48,10 +49,18 @@ class Pipelines:
         """Store a context given exactly one of ``shards`` (the rows of each shard),
         ``rows`` (split into ``num_shards``) or ``source`` (a path or URL the workers read,
         with ``num_shards``); return it as :meth:`context` shows it. Raises
-        InvalidDefinition for any other combination."""
+        InvalidDefinition for any other combination or a ``source`` outside
+        :func:`~kiln.core.sources.check_source`'s rules, LimitExceeded for more shards than
+        ``settings.max_context_shards``."""
         inline, count = shards_from_request(
-            shards=shards, rows=rows, source=source, num_shards=num_shards
+            shards=shards,
+            rows=rows,
+            source=source,
+            num_shards=num_shards,
+            max_shards=self._kiln.settings.max_context_shards,
         )
+        if source:
+            check_source(source, self._kiln.settings.source_dirs)
         return self._kiln.txn(
             lambda c: cx.get_context(
                 c,
@@ -72,7 +81,7 @@ class Pipelines:
         backing workflow on ``context_id``; its first shard is ready at once. Returns the
         pipeline as :meth:`get` shows it."""
         config = validate_config(data)
-        _check_handler(config)
+        _check_handler(config, self._kiln.settings.handler_modules)
         return self._kiln.txn(
             lambda c: pl.get_pipeline(c, pl.create_pipeline_txn(c, config, context_id=context_id))
         )
@@ -123,7 +132,7 @@ class Pipelines:
             return config, merged["context_id"]
 
         config, context_id = self._kiln.read(read)
-        _check_handler(config)
+        _check_handler(config, self._kiln.settings.handler_modules)
         return context_id
 
     # --- controllers and workers ------------------------------------------------------

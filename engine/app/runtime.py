@@ -17,8 +17,11 @@ from kiln.app.operations import Operations
 from kiln.app.pipelines import Pipelines
 from kiln.app.predictor import PredictorAPI
 from kiln.app.scheduler import SchedulerAPI
+from kiln.core import handlers
 from kiln.core.config import Settings
 from kiln.core.definitions import Workflow, WorkflowSpec, parse_definition
+from kiln.core.idempotency import SUBMIT_SCOPE, IdempotencyKey, scoped
+from kiln.core.limits import check_count
 from kiln.store import dispatch, recovery
 from kiln.store import tasks as task_ops
 from kiln.store import workflows as wf_ops
@@ -94,11 +97,14 @@ class Kiln:
         self,
         definition: dict[str, Any] | WorkflowSpec | Workflow,
         *,
-        idempotency_key: str | None = None,
+        idempotency_key: str | IdempotencyKey | None = None,
         check_handlers: bool = True,
     ) -> int:
         """Validate and store a workflow run; return its id. Nothing is written when the
-        definition is invalid (:class:`~kiln.core.errors.InvalidDefinition`)."""
+        definition is invalid (:class:`~kiln.core.errors.InvalidDefinition`), larger than
+        ``settings.max_workflow_tasks`` or nested deeper than ``settings.max_json_depth``
+        (:class:`~kiln.core.errors.LimitExceeded`). With ``idempotency_key`` used before: the
+        same definition returns that run, another raises IdempotencyKeyReused."""
         return self.submit_with_status(
             definition, idempotency_key=idempotency_key, check_handlers=check_handlers
         )[0]
@@ -107,21 +113,37 @@ class Kiln:
         self,
         definition: dict[str, Any] | WorkflowSpec | Workflow,
         *,
-        idempotency_key: str | None = None,
+        idempotency_key: str | IdempotencyKey | None = None,
         check_handlers: bool = True,
     ) -> tuple[int, bool]:
+        limits = self.settings
         if isinstance(definition, Workflow):
-            spec = definition.spec()
-        elif isinstance(definition, WorkflowSpec):
+            definition = definition.to_definition()
+        if isinstance(definition, WorkflowSpec):
+            check_count(
+                "tasks", len(definition.tasks), limits.max_workflow_tasks, "KILN_MAX_WORKFLOW_TASKS"
+            )
             spec = definition
         else:
-            spec = parse_definition(definition)
+            spec = parse_definition(
+                definition,
+                max_tasks=limits.max_workflow_tasks,
+                max_depth=limits.max_json_depth,
+                max_timeout_s=limits.max_timeout_s,
+            )
         if check_handlers:
-            wf_ops.check_handlers(spec)
+            handlers.check_handlers(
+                (t.handler for t in spec.tasks if t.handler), self.settings.handler_modules
+            )
 
+        key = scoped(
+            idempotency_key,
+            SUBMIT_SCOPE,
+            body=definition if isinstance(definition, dict) else spec.to_dict(),
+        )
         lease_s = self.settings.dispatch_timeout_s if self.sender is not None else None
         wf_id, created, dispatched = self.txn(
-            lambda c: submit_run_txn(c, spec, idempotency_key=idempotency_key, lease_s=lease_s),
+            lambda c: submit_run_txn(c, spec, idempotency_key=key, lease_s=lease_s),
             single=True,  # on PostgreSQL one statement (insert_run in kiln/store/queries.sql)
         )
         self._send(dispatched)

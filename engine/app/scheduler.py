@@ -28,7 +28,7 @@ import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,12 +41,14 @@ from kiln.core.scheduling import (
     POLICY_NAMES,
     STRATEGIES,
     InstanceLoad,
+    InvalidPolicyParams,
     QueuedItem,
     Scheduler,
     SchedulerState,
     UnknownPolicy,
-    make_policy,
+    check_policy_params,
     place,
+    policy_or_defaults,
 )
 from kiln.core.states import TaskStatus
 from kiln.store import instances as instance_store
@@ -64,6 +66,7 @@ __all__ = [
     "DEFAULT_PLACEMENT",
     "DEFAULT_POLICY",
     "InvalidPolicy",
+    "QUANTUM_MAX_MICROS",
     "PolicyChange",
     "SchedulerAPI",
     "SchedulerService",
@@ -71,6 +74,7 @@ __all__ = [
     "load_txn",
     "place_task_txn",
     "schedule_next",
+    "scheduler_of",
     "set_policy_txn",
     "stats",
 ]
@@ -78,6 +82,50 @@ __all__ = [
 log = logging.getLogger("kiln.scheduler")
 # Policies whose record_finish uses actual run times (vruntime, round-robin quantum).
 LEARNS_FROM_RUN_TIMES = frozenset({"Fair", "RoundRobin"})
+QUANTUM_MAX_MICROS = 86_400_000_000  # a day: a longer turn is no rotation at all
+Warn = Callable[[str], None]
+
+
+class WarnOnce:
+    """Logs each distinct problem once: the controller reads the stored policy on every
+    pass, and a bad stored value would otherwise repeat the same warning for good."""
+
+    def __init__(self, limit: int = 1000) -> None:
+        self._seen: set[str] = set()
+        self._limit = limit
+        self._lock = threading.Lock()
+
+    def __call__(self, message: str) -> None:
+        with self._lock:
+            if message in self._seen:
+                return
+            if len(self._seen) >= self._limit:
+                self._seen.clear()
+            self._seen.add(message)
+        log.warning("%s", message)
+
+
+def _bad_params(stored: StoredScheduler, error: InvalidPolicyParams) -> str:
+    value = repr(stored.params.get(error.policy))
+    value = value if len(value) <= 200 else value[:197] + "..."
+    return f"stored {error.policy} params {value} are invalid ({error}); using its defaults"
+
+
+def scheduler_of(
+    stored: StoredScheduler, state: SchedulerState | None = None, *, warn: Warn = log.warning
+) -> Scheduler:
+    """The stored policy with its stored params. Unusable ones (stored before they were
+    checked, or by hand) give way to the defaults and a warning: no reader of the stored
+    row may fail on it."""
+    state = stored.state if state is None else state
+    try:
+        scheduler = Scheduler(stored.policy, state, stored.params)
+    except UnknownPolicy:
+        warn(f"stored scheduling policy {stored.policy!r} is unknown; using {DEFAULT_POLICY}")
+        scheduler = Scheduler(DEFAULT_POLICY, state, stored.params)
+    if scheduler.params_error is not None:
+        warn(_bad_params(stored, scheduler.params_error))
+    return scheduler
 
 
 def set_policy_txn(
@@ -88,8 +136,9 @@ def set_policy_txn(
     quantum_micros: Any = None,
     placement: Any = None,
 ) -> StoredScheduler:
-    """Switch the ordering policy (exact names only) and optionally its tuning, the
-    round-robin quantum and the placement strategy. The state and counters survive."""
+    """Switch the ordering policy (exact names only) and optionally its tuning (merged into
+    the stored one; each value checked against the policy's ``PARAMS``), the round-robin
+    quantum and the placement strategy. The state and counters survive."""
     if not isinstance(policy, str) or policy not in POLICY_NAMES:
         raise InvalidPolicy(
             f"Invalid policy {policy!r}. Must be one of {', '.join(POLICY_NAMES)}",
@@ -98,16 +147,28 @@ def set_policy_txn(
     if params is not None and not isinstance(params, dict):
         raise InvalidPolicy("params must be an object of the policy's tuning parameters")
     stored = load_txn(conn, lock=True)
-    merged = {**stored.params.get(policy, {}), **(params or {})}
+    previous = stored.params.get(policy, {})
+    # Invalid stored tuning (written before it was checked) is dropped, not merged: it
+    # would otherwise refuse every later change that does not override it.
+    _, previous_error = policy_or_defaults(policy, previous)
+    merged = {**(previous if previous_error is None else {}), **(params or {})}
     try:
-        make_policy(policy, **merged)
-    except TypeError as exc:
-        raise InvalidPolicy(f"bad parameters for {policy}: {exc}", params=merged) from None
+        check_policy_params(policy, merged)
+    except InvalidPolicyParams as exc:
+        raise InvalidPolicy(
+            f"Invalid params for {policy}: {exc.field} {exc.problem}",
+            field=f"params.{exc.field}",
+        ) from None
     if quantum_micros is not None:
-        if isinstance(quantum_micros, bool) or not isinstance(quantum_micros, int):
-            raise InvalidPolicy("quantum_micros must be a positive integer")
-        if quantum_micros <= 0:
-            raise InvalidPolicy("quantum_micros must be a positive integer")
+        if (
+            isinstance(quantum_micros, bool)
+            or not isinstance(quantum_micros, int)
+            or not 1 <= quantum_micros <= QUANTUM_MAX_MICROS
+        ):
+            raise InvalidPolicy(
+                f"quantum_micros must be an integer between 1 and {QUANTUM_MAX_MICROS}",
+                field="quantum_micros",
+            )
         stored.state.quantum_micros = quantum_micros
     if placement is not None and placement not in STRATEGIES:
         raise InvalidPolicy(
@@ -150,9 +211,15 @@ class SchedulerService:
     ``sync`` (a hook) persists state and learns from finished tasks."""
 
     def __init__(
-        self, kiln: Any, *, policy_refresh_s: float = 0.2, persist_every_s: float = 0.5
+        self,
+        kiln: Any,
+        *,
+        policy_refresh_s: float = 0.2,
+        persist_every_s: float = 0.5,
+        warn: Warn | None = None,
     ) -> None:
         self.kiln = kiln
+        self._warn = warn or WarnOnce()
         self.policy_refresh_s = policy_refresh_s
         self._lock = threading.Lock()
         self._loaded_at = -1e9
@@ -171,8 +238,13 @@ class SchedulerService:
         self.scheduler.params = stored.params
         try:
             self.scheduler.set_policy(stored.policy)
-        except (UnknownPolicy, TypeError):
-            log.error("stored policy %r is unusable; keeping %s", stored.policy, self.scheduler)
+        except UnknownPolicy:
+            self._warn(
+                f"stored scheduling policy {stored.policy!r} is unknown; "
+                f"keeping {self.scheduler.policy_name}"
+            )
+        if self.scheduler.params_error is not None:
+            self._warn(_bad_params(stored, self.scheduler.params_error))
         # Counters and quanta written by the API (or another controller) win over ours only
         # when we have nothing unsaved.
         if not self._dirty:
@@ -320,12 +392,13 @@ def learn_speed_txn(
 # --- the API's side ---------------------------------------------------------------------
 
 
-def stats(conn: sa.Connection) -> dict[str, Any]:
+def stats(conn: sa.Connection, *, warn: Warn = log.warning) -> dict[str, Any]:
     """Seed 001's stats (``total_scheduled, context_switches, preemptions, active,
-    active_processes, policy, quantum_micros``) plus Kiln's queue figures."""
+    active_processes, policy, quantum_micros``) plus Kiln's queue figures; ``params_error``
+    says why stored params are ignored (the policy then runs with its defaults)."""
     stored = load_txn(conn)
     counts = state_store.active_counts(conn)
-    scheduler = Scheduler(stored.policy, stored.state, stored.params)
+    scheduler = scheduler_of(stored, warn=warn)
     out = scheduler.stats(active=sum(counts.values()))
     out.update(
         {
@@ -336,17 +409,18 @@ def stats(conn: sa.Connection) -> dict[str, Any]:
             "running": counts.get(TaskStatus.RUNNING, 0),
             "available_policies": list(POLICY_NAMES),
             "updated_at": stored.updated_at.isoformat(),
+            "params_error": str(scheduler.params_error) if scheduler.params_error else None,
         }
     )
     return out
 
 
-def schedule_next(conn: sa.Connection, *, limit: int = 10) -> dict[str, Any]:
+def schedule_next(
+    conn: sa.Connection, *, limit: int = 10, warn: Warn = log.warning
+) -> dict[str, Any]:
     """Dry run: what would be dispatched next, in order, and why. Changes nothing."""
     stored = load_txn(conn)
-    scheduler = Scheduler(stored.policy, SchedulerState.from_dict(stored.state.to_dict()))
-    scheduler.params = stored.params
-    scheduler.set_policy(stored.policy)
+    scheduler = scheduler_of(stored, SchedulerState.from_dict(stored.state.to_dict()), warn=warn)
     rows = state_store.queued_rows(conn, limit=2000)
     by_id = {item_of(r).id: r for r in rows}
     decisions = scheduler.explain([item_of(r) for r in rows], time.time(), limit=limit)
@@ -368,7 +442,7 @@ def schedule_next(conn: sa.Connection, *, limit: int = 10) -> dict[str, Any]:
     ]
     body: dict[str, Any] = {
         "success": True,
-        "policy": stored.policy,
+        "policy": scheduler.policy_name,
         "next_task_id": queue[0]["task_id"] if queue else None,
         "next": queue[0] if queue else None,
         "queue": queue,
@@ -396,6 +470,7 @@ class SchedulerAPI:
         self._kiln = kiln
         self._service: SchedulerService | None = None
         self._service_lock = threading.Lock()
+        self._warn = WarnOnce()
 
     def get(self) -> StoredScheduler:
         """The stored policy, its tuning, the placement strategy and the counters."""
@@ -422,18 +497,18 @@ class SchedulerAPI:
         return self._kiln.txn(change)
 
     def stats(self) -> dict[str, Any]:
-        return self._kiln.read(stats)
+        return self._kiln.read(lambda c: stats(c, warn=self._warn))
 
     def schedule_next(self, limit: int = 10) -> dict[str, Any]:
         """Dry run: what would be dispatched next, in order, and why. Changes nothing."""
-        return self._kiln.read(lambda c: schedule_next(c, limit=limit))
+        return self._kiln.read(lambda c: schedule_next(c, limit=limit, warn=self._warn))
 
     @property
     def service(self) -> SchedulerService:
         """This process's scheduler service for this database (shared by order and sync)."""
         with self._service_lock:
             if self._service is None:
-                self._service = SchedulerService(self._kiln)
+                self._service = SchedulerService(self._kiln, warn=self._warn)
             return self._service
 
     def order(self, candidates: list[Any]) -> list[Any]:

@@ -8,6 +8,7 @@ from typing import Any
 from rich.table import Table
 
 from kiln.cli.common import aware
+from kiln.core.redaction import redact
 
 STATE_STYLE = {
     "succeeded": "green",
@@ -38,6 +39,7 @@ def _short(value: Any, width: int = 48) -> str:
 
 
 def run_table(run: dict[str, Any]) -> Table:
+    run = redact(run)
     style = STATE_STYLE.get(run["status"], "")
     table = Table(title=f"workflow {run['id']} · {run['name']} · [{style}]{run['status']}[/]")
     for col in ("task", "state", "attempts", "duration", "progress", "result / error"):
@@ -60,4 +62,5 @@ def run_table(run: dict[str, Any]) -> Table:
 
 
 def as_json(run: dict[str, Any]) -> str:
-    return json.dumps(run, default=str, indent=2)
+    """The run as JSON, secrets in params and results shown as ``***``."""
+    return json.dumps(redact(run), default=str, indent=2)

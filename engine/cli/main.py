@@ -55,6 +55,32 @@ def db() -> None:
     """Database schema commands."""
 
 
+@main.group()
+def token() -> None:
+    """API tokens (see docs/security.md)."""
+
+
+@token.command("hash")
+@click.option("--scopes", default="", help="Print a KILN_API_TOKENS entry with these scopes, "
+              "e.g. read,write.")  # fmt: skip
+def token_hash(scopes: str) -> None:
+    """Print the sha256 of the token read from stdin (one line), the form KILN_API_TOKENS
+    names tokens by: `kiln token hash --scopes read < token.txt`."""
+    from kiln.core.access import hash_token, parse_tokens
+
+    value = sys.stdin.readline().strip()
+    if not value:
+        fail("no token on stdin")
+    entry = hash_token(value)
+    if scopes:
+        entry += f":{scopes}"
+        try:
+            parse_tokens(entry)
+        except ValueError as exc:
+            fail(str(exc))
+    click.echo(entry)
+
+
 @db.command("upgrade")
 @click.option("--json", "as_json", is_flag=True, help="Print {database, revision} as JSON.")
 def db_upgrade(as_json: bool) -> None:

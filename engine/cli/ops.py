@@ -79,7 +79,7 @@ def _when(value: Any) -> str:
 def snapshot(kiln: Any, workflow_id: int) -> dict[str, Any]:
     """A run's progress: counts by state, the fraction finished, running tasks' own progress
     and, when the run backs a pipeline, the pipeline's shard progress."""
-    run = kiln.workflow(workflow_id)
+    run = redact(kiln.workflow(workflow_id))
     by_state: dict[str, int] = {}
     for t in run["tasks"]:
         by_state[t["status"]] = by_state.get(t["status"], 0) + 1
@@ -246,11 +246,7 @@ def ops(
     page, total = make_kiln().operations.list(
         status=status, pipeline_id=pipeline_id, workflow_id=workflow_id, limit=limit
     )
-    page = [
-        {**op, "request_data": redact(op.get("request_data") or {}),
-         "result": redact(op.get("result"))}
-        for op in page
-    ]  # fmt: skip
+    page = [redact({**op, "request_data": op.get("request_data") or {}}) for op in page]
     if as_json:
         click.echo(_dumps({"operations": page, "total": total}, indent=2))
         return
@@ -281,7 +277,7 @@ def ops(
 @click.option("--json", "as_json", is_flag=True, help="Print {instances, count} as JSON.")
 def instances(as_json: bool) -> None:
     """List registered TaskInstances with their load and heartbeat age."""
-    rows = make_kiln().instances.all()
+    rows = redact(make_kiln().instances.all())
     if as_json:
         click.echo(_dumps({"instances": rows, "count": len(rows)}, indent=2))
         return
@@ -320,11 +316,7 @@ def instances(as_json: bool) -> None:
 def pipelines(status: str | None, limit: int, as_json: bool) -> None:
     """List pipelines with their shard progress, newest first."""
     rows = make_kiln().pipelines.list(status=status, limit=limit)
-    rows = [
-        {**p, "status": str(p["status"]), "client_config": redact(p.get("client_config")),
-         "model_config": redact(p.get("model_config"))}
-        for p in rows
-    ]  # fmt: skip
+    rows = [redact({**p, "status": str(p["status"])}) for p in rows]
     if as_json:
         click.echo(_dumps({"pipelines": rows, "count": len(rows)}, indent=2))
         return

@@ -6,6 +6,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kiln.core.definitions import DEFAULT_MAX_TIMEOUT_S
+from kiln.core.limits import (
+    DEFAULT_MAX_CONTEXT_SHARDS,
+    DEFAULT_MAX_JSON_DEPTH,
+    DEFAULT_MAX_WORKFLOW_TASKS,
+)
+
 DEFAULT_SQLITE_PATH = Path("kiln.db")
 
 
@@ -21,6 +28,11 @@ def _float(name: str, default: float) -> float:
 
 def _int(name: str, default: int) -> int:
     return int(_float(name, default))
+
+
+def _names(name: str) -> tuple[str, ...]:
+    """A comma-separated list, blanks dropped."""
+    return tuple(n.strip() for n in os.environ.get(name, "").split(",") if n.strip())
 
 
 @dataclass(frozen=True)
@@ -39,7 +51,20 @@ class Settings:
     retry_base_s: float = 1.0  # first retry backoff; doubles per attempt, with jitter
     retry_max_s: float = 300.0
     queue_name: str = "kiln"
-    api_token: str = ""
+    api_token: str = ""  # plaintext, every scope (kept for single-token deployments)
+    api_tokens: str = ""  # "<sha256 hex>:read,write;<sha256 hex>:admin" (kiln.core.access)
+    metrics_token: str = ""  # plaintext; /metrics also accepts it
+    proxy_hops: int = 0  # reverse proxies in front of the web app whose X-Forwarded-* count
+    # Modules whose functions may run as handlers by import path (with their submodules),
+    # besides @task-registered ones: KILN_IMPORTS plus KILN_HANDLER_MODULES.
+    handler_modules: tuple[str, ...] = ()
+    source_dirs: tuple[str, ...] = ()  # where a context's local `source` may be; none: refused
+    source_max_bytes: int = 64 * 1024 * 1024  # a context source larger than this fails
+    max_workflow_tasks: int = DEFAULT_MAX_WORKFLOW_TASKS  # more: 413 limit_exceeded
+    max_context_shards: int = DEFAULT_MAX_CONTEXT_SHARDS  # more: 413 limit_exceeded
+    max_json_depth: int = DEFAULT_MAX_JSON_DEPTH  # request bodies and definitions; deeper: 413
+    max_timeout_s: float = DEFAULT_MAX_TIMEOUT_S  # a task's timeout_s; more: 422
+    max_waiters: int = 2  # long polls (?wait=) at once per web process; more: 429
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -58,6 +83,17 @@ class Settings:
             retry_max_s=_float("KILN_RETRY_MAX_S", 300.0),
             queue_name=env.get("KILN_QUEUE", "kiln"),
             api_token=env.get("KILN_API_TOKEN", ""),
+            api_tokens=env.get("KILN_API_TOKENS", ""),
+            metrics_token=env.get("KILN_METRICS_TOKEN", ""),
+            proxy_hops=_int("KILN_PROXY_HOPS", 0),
+            handler_modules=_names("KILN_IMPORTS") + _names("KILN_HANDLER_MODULES"),
+            source_dirs=_names("KILN_SOURCE_DIRS"),
+            source_max_bytes=_int("KILN_SOURCE_MAX_BYTES", 64 * 1024 * 1024),
+            max_workflow_tasks=_int("KILN_MAX_WORKFLOW_TASKS", DEFAULT_MAX_WORKFLOW_TASKS),
+            max_context_shards=_int("KILN_MAX_CONTEXT_SHARDS", DEFAULT_MAX_CONTEXT_SHARDS),
+            max_json_depth=_int("KILN_MAX_JSON_DEPTH", DEFAULT_MAX_JSON_DEPTH),
+            max_timeout_s=_float("KILN_MAX_TIMEOUT_S", DEFAULT_MAX_TIMEOUT_S),
+            max_waiters=_int("KILN_MAX_WAITERS", 2),
         )
 
     @property

@@ -11,6 +11,12 @@ from typing import Any
 
 from kiln.core.errors import InvalidDefinition
 from kiln.core.handlers import handler_name
+from kiln.core.limits import (
+    DEFAULT_MAX_JSON_DEPTH,
+    DEFAULT_MAX_WORKFLOW_TASKS,
+    check_count,
+    check_json_value,
+)
 from kiln.core.templating import find_references
 
 TASK_FIELDS = {
@@ -18,8 +24,9 @@ TASK_FIELDS = {
     "priority",
 }  # fmt: skip
 WORKFLOW_FIELDS = {"name", "tasks", "on_error", "priority"}
-MAX_TASKS = 100_000
 MAX_ATTEMPTS = 100
+PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
+DEFAULT_MAX_TIMEOUT_S = 7 * 24 * 3600.0  # KILN_MAX_TIMEOUT_S
 
 
 @dataclass(frozen=True)
@@ -76,15 +83,27 @@ def _int(value: Any, where: str, lo: int, hi: int) -> int:
     return value
 
 
-def parse_definition(data: Any) -> WorkflowSpec:
+def parse_definition(
+    data: Any,
+    *,
+    max_tasks: int = DEFAULT_MAX_WORKFLOW_TASKS,
+    max_depth: int = DEFAULT_MAX_JSON_DEPTH,
+    max_timeout_s: float = DEFAULT_MAX_TIMEOUT_S,
+) -> WorkflowSpec:
     """Validate a JSON workflow definition; raise :class:`InvalidDefinition` naming the field.
 
     Checks everything that can be known before running: field names and types, duplicate and
     unknown task names, cycles, and that every ``{{Task.result}}`` reference names a task
-    upstream of the one using it.
+    upstream of the one using it. Time and memory are linear in the definition's size (see
+    :func:`validate_graph`). More than ``max_tasks`` tasks raise
+    :class:`~kiln.core.errors.LimitExceeded` before anything else is checked, and so do
+    params nested deeper than ``max_depth``; an integer outside 64 bits or a non-finite float
+    in params raises :class:`~kiln.core.errors.InvalidValue`.
     """
     if not isinstance(data, dict):
         raise _fail("a workflow definition must be a JSON object")
+    if isinstance(data.get("tasks"), list):
+        check_count("tasks", len(data["tasks"]), max_tasks, "KILN_MAX_WORKFLOW_TASKS")
     unknown = sorted(set(data) - WORKFLOW_FIELDS)
     if unknown:
         raise _fail(f"unknown field {unknown[0]!r}", field=unknown[0])
@@ -94,19 +113,21 @@ def parse_definition(data: Any) -> WorkflowSpec:
     on_error = data.get("on_error", "stop")
     if on_error not in ("stop", "continue"):
         raise _fail("'on_error' must be 'stop' or 'continue'", field="on_error")
-    priority = _int(data.get("priority", 0), "priority", -1000, 1000)
+    priority = _int(data.get("priority", 0), "priority", PRIORITY_MIN, PRIORITY_MAX)
     raw_tasks = data.get("tasks")
     if not isinstance(raw_tasks, list) or not raw_tasks:
         raise _fail("'tasks' must be a non-empty list", field="tasks")
-    if len(raw_tasks) > MAX_TASKS:
-        raise _fail(f"a workflow may have at most {MAX_TASKS} tasks", field="tasks")
-    specs = tuple(_parse_task(raw, i) for i, raw in enumerate(raw_tasks))
+    # Before anything recurses into params; the other fields are checked for type and range.
+    for i, raw in enumerate(raw_tasks):
+        if isinstance(raw, dict) and "params" in raw:
+            check_json_value(raw["params"], max_depth=max_depth, where=f"tasks[{i}].params")
+    specs = tuple(_parse_task(raw, i, max_timeout_s) for i, raw in enumerate(raw_tasks))
     spec = WorkflowSpec(name=name.strip(), tasks=specs, on_error=on_error, priority=priority)
     validate_graph(spec)
     return spec
 
 
-def _parse_task(raw: Any, index: int) -> TaskSpec:
+def _parse_task(raw: Any, index: int, max_timeout_s: float) -> TaskSpec:
     where = f"tasks[{index}]"
     if not isinstance(raw, dict):
         raise _fail(f"{where} must be an object", field=where)
@@ -136,10 +157,17 @@ def _parse_task(raw: Any, index: int) -> TaskSpec:
             f"task {name!r}: depends_on must be a list of task names", field=f"{where}.depends_on"
         )
     timeout = raw.get("timeout_s")
+    # Bounded: a worker waits on a timer, and a timer past TIMEOUT_MAX raises OverflowError.
     if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not 0 < timeout <= max_timeout_s
     ):
-        raise _fail(f"task {name!r}: timeout_s must be a positive number", field="timeout_s")
+        raise _fail(
+            f"task {name!r}: timeout_s must be a number of seconds above 0 and at most "
+            f"{max_timeout_s:g} (KILN_MAX_TIMEOUT_S)",
+            field=f"{where}.timeout_s",
+        )
     return TaskSpec(
         name=name,
         handler=handler.strip() if handler else None,
@@ -148,12 +176,17 @@ def _parse_task(raw: Any, index: int) -> TaskSpec:
         depends_on=tuple(d.strip() for d in depends_on),
         max_attempts=_int(raw.get("max_attempts", 3), f"{where}.max_attempts", 1, MAX_ATTEMPTS),
         timeout_s=float(timeout) if timeout is not None else None,
-        priority=_int(raw.get("priority", 0), f"{where}.priority", -1000, 1000),
+        priority=_int(raw.get("priority", 0), f"{where}.priority", PRIORITY_MIN, PRIORITY_MAX),
     )
 
 
 def validate_graph(spec: WorkflowSpec) -> list[str]:
-    """Check names, edges, cycles and references; return the task names in topological order."""
+    """Check names, edges, cycles and references; return the task names in topological order.
+
+    Linear in tasks + edges, except for references to a task that is not a direct dependency:
+    those cost one pass over the graph per :data:`_REACH_CHUNK` distinct referenced tasks,
+    with memory bounded by tasks x ``_REACH_CHUNK`` bits (see :func:`_check_upstream`).
+    """
     names: dict[str, TaskSpec] = {}
     for t in spec.tasks:
         if t.name in names:
@@ -166,20 +199,49 @@ def validate_graph(spec: WorkflowSpec) -> list[str]:
             if dep == t.name:
                 raise _fail(f"task {t.name!r} depends on itself", task=t.name)
     order = _topological_order(spec.tasks)
-    ancestors: dict[str, set[str]] = {}
+    # References to a direct dependency are upstream by definition; only the others need a
+    # reachability check.
+    indirect: dict[str, list[str]] = {}
     for name in order:
         t = names[name]
-        ancestors[name] = set(t.depends_on).union(*(ancestors[d] for d in t.depends_on))
         for ref in sorted(find_references(t.params)):
             if ref not in names:
                 raise _fail(f"task {name!r} references unknown task {ref!r}", task=name)
-            if ref not in ancestors[name]:
-                raise _fail(
-                    f"task {name!r} references {ref!r}, which is not upstream of it "
-                    f"(add {ref!r} to its depends_on)",
-                    task=name,
-                )
+            if ref not in t.depends_on:
+                indirect.setdefault(name, []).append(ref)
+    if indirect:
+        _check_upstream(order, names, indirect)
     return order
+
+
+# Referenced tasks tracked per pass: each task then holds at most this many bits.
+_REACH_CHUNK = 2048
+
+
+def _check_upstream(
+    order: list[str], names: dict[str, TaskSpec], indirect: dict[str, list[str]]
+) -> None:
+    """Raise unless each ``indirect[task]`` names only ancestors of ``task``.
+
+    Keeping every task's full ancestor set is quadratic (a 10,000-task chain held 50 million
+    entries). Instead, one pass in topological order gives each task a bitmask of the
+    *referenced* tasks at or above it, for up to ``_REACH_CHUNK`` of them at a time."""
+    targets = sorted({ref for refs in indirect.values() for ref in refs})
+    for start in range(0, len(targets), _REACH_CHUNK):
+        bit = {ref: 1 << i for i, ref in enumerate(targets[start : start + _REACH_CHUNK])}
+        reach: dict[str, int] = {}
+        for name in order:
+            above = 0
+            for dep in names[name].depends_on:
+                above |= reach[dep]
+            reach[name] = above | bit.get(name, 0)
+            for ref in indirect.get(name, ()):
+                if ref in bit and not above & bit[ref]:
+                    raise _fail(
+                        f"task {name!r} references {ref!r}, which is not upstream of it "
+                        f"(add {ref!r} to its depends_on)",
+                        task=name,
+                    )
 
 
 def _topological_order(tasks: Iterable[TaskSpec]) -> list[str]:

@@ -31,6 +31,10 @@ class UnknownHandler(InvalidDefinition):
     """The task's handler cannot be found."""
 
 
+class HandlerNotAllowed(UnknownHandler):
+    """The task's handler is outside the modules this deployment allows."""
+
+
 class NotFound(KilnError):
     """No such object."""
 
@@ -71,6 +75,18 @@ class DatabaseUnavailable(KilnError):
 
 class InvalidValue(KilnError):
     """The database refused a value (a NUL character, a number out of range)."""
+
+    status_code = 422
+
+
+class LimitExceeded(KilnError):
+    """The request is larger than a configured limit allows (tasks, shards, JSON nesting)."""
+
+    status_code = 413
+
+
+class IdempotencyKeyReused(KilnError):
+    """This Idempotency-Key was already used for a different request on this route."""
 
     status_code = 422
 

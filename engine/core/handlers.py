@@ -1,16 +1,27 @@
-"""Task handlers: functions registered with :func:`task`, or named by import path."""
+"""Task handlers: functions registered with :func:`task`, or named by import path.
+
+A handler is runnable only if it is registered (its name, or the import path of a registered
+function), or if its import path is in a module the deployment allows: those listed in
+``KILN_IMPORTS`` or ``KILN_HANDLER_MODULES`` (a name allows the module and its submodules),
+and Kiln's own :data:`BUILTIN_MODULES`. Anything else, ``subprocess:getoutput`` say, is
+refused before any import: a request never makes a process import a module.
+"""
 
 from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterable
 from typing import Any, overload
 
-from kiln.core.errors import UnknownHandler
+from kiln.core.errors import HandlerNotAllowed, UnknownHandler
 
 Handler = Callable[..., Any]
 _registry: dict[str, Handler] = {}
+_by_path: dict[str, Handler] = {}  # the import path of each registered function
+# Modules shipped in the kiln package whose functions are handlers.
+BUILTIN_MODULES = ("kiln.workers.demo", "kiln.workers.bench_handlers")
 
 
 @overload
@@ -32,6 +43,7 @@ def task(fn: Handler | None = None, *, name: str | None = None) -> Any:
         if existing is not None and existing is not f and _path(existing) != _path(f):
             raise ValueError(f"handler name {key!r} is already registered to {_path(existing)}")
         _registry[key] = f
+        _by_path[_path(f)] = f
         f.kiln_handler_name = key  # type: ignore[attr-defined]
         return f
 
@@ -43,6 +55,7 @@ def register(name: str, fn: Handler, *, aliases: tuple[str, ...] = ()) -> None:
     that rows written by older releases still hold). Registering again replaces it."""
     for key in (name, *aliases):
         _registry[key] = fn
+    _by_path[_path(fn)] = fn
 
 
 def _path(f: Handler) -> str:
@@ -63,16 +76,87 @@ def load_imports() -> None:
         importlib.import_module(module)
 
 
-def resolve_handler(name: str) -> Handler:
-    """The function for a registered name or a ``package.module:function`` path."""
-    if name in _registry:
-        return _registry[name]
+def module_allowed(module: str, allowed: Iterable[str]) -> bool:
+    """``module`` is one of ``allowed`` (or :data:`BUILTIN_MODULES`), or inside one."""
+    return any(
+        module == m or module.startswith(m + ".")
+        for m in (*BUILTIN_MODULES, *(a.strip() for a in allowed))
+        if m
+    )
+
+
+def check_handler(name: str, allowed: Iterable[str]) -> None:
+    """Raise unless ``name`` is runnable (see the module docstring) given the ``allowed``
+    modules: :class:`UnknownHandler` for a name that is neither registered nor a path,
+    :class:`HandlerNotAllowed` for a path outside the allowed modules. Imports nothing: a
+    path into an allowed module is checked further only when that module is loaded already
+    (the ``KILN_IMPORTS`` modules are), so a typo there is caught here too."""
+    if name in _registry or name in _by_path:
+        return
+    allowed = tuple(allowed)
     if ":" not in name:
         raise UnknownHandler(
-            f"handler {name!r} is not registered (register it with @engine.task and list its "
-            "module in KILN_IMPORTS, or name it as 'package.module:function')",
+            f"handler {name!r} is not registered (register it with @kiln.task in a module "
+            "listed in KILN_IMPORTS, or name it as 'package.module:function' in a module "
+            "listed in KILN_IMPORTS or KILN_HANDLER_MODULES)",
             handler=name,
         )
+    module_name, _, attr = name.partition(":")
+    if not module_allowed(module_name, allowed):
+        raise HandlerNotAllowed(
+            f"handler {name!r} is not allowed: module {module_name!r} is not listed in "
+            f"KILN_IMPORTS or KILN_HANDLER_MODULES; add {module_name!r} to KILN_IMPORTS "
+            "(every Kiln process imports it at start) or to KILN_HANDLER_MODULES",
+            handler=name,
+        )
+    module = sys.modules.get(module_name)
+    if module is not None and getattr(module.__spec__, "_initializing", False):
+        # Another thread is still running the module's body, so its functions may not exist
+        # yet: importing it again waits for that import to finish.
+        module = importlib.import_module(module_name)
+    if module is not None:
+        _attribute(module, name, attr, allowed)
+
+
+def check_handlers(names: Iterable[str], allowed: Iterable[str]) -> None:
+    """:func:`check_handler` for each distinct one of ``names``."""
+    allowed = tuple(allowed)
+    for name in dict.fromkeys(names):  # in order, each once
+        check_handler(name, allowed)
+
+
+def _attribute(module: Any, name: str, attr: str, allowed: Iterable[str]) -> Handler:
+    target: Any = module
+    for part in attr.split("."):
+        # Dunders lead out of the module (__globals__, __builtins__): never a handler.
+        target = None if part.startswith("__") else getattr(target, part, None)
+        if target is None:
+            raise UnknownHandler(
+                f"handler {name!r}: module {module.__name__!r} has no attribute {attr!r}",
+                handler=name,
+            )
+    if not callable(target):
+        raise UnknownHandler(f"handler {name!r} is not callable", handler=name)
+    # An allowed module's namespace also holds what it imported (``subprocess.run``):
+    # only functions defined in an allowed module count.
+    defined_in = getattr(target, "__module__", None)
+    if not isinstance(defined_in, str) or not module_allowed(defined_in, allowed):
+        raise HandlerNotAllowed(
+            f"handler {name!r} is not allowed: it is defined in {defined_in!r}, not in "
+            f"module {module.__name__!r}",
+            handler=name,
+        )
+    return target
+
+
+def resolve_handler(name: str, allowed: Iterable[str]) -> Handler:
+    """The function for a runnable ``name`` (:func:`check_handler`), importing its module
+    if it is an allowed one not loaded yet."""
+    registered = _registry.get(name) or _by_path.get(name)
+    if registered is not None:
+        return registered
+    allowed = tuple(allowed)
+    check_handler(name, allowed)
     module_name, _, attr = name.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -80,14 +164,4 @@ def resolve_handler(name: str) -> Handler:
         raise UnknownHandler(
             f"handler {name!r}: cannot import module {module_name!r} ({exc})", handler=name
         ) from exc
-    target: Any = module
-    for part in attr.split("."):
-        target = getattr(target, part, None)
-        if target is None:
-            raise UnknownHandler(
-                f"handler {name!r}: module {module_name!r} has no attribute {attr!r}",
-                handler=name,
-            )
-    if not callable(target):
-        raise UnknownHandler(f"handler {name!r} is not callable", handler=name)
-    return target
+    return _attribute(module, name, attr, allowed)

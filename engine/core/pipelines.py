@@ -7,7 +7,9 @@ import enum
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
+from kiln.core.definitions import TaskSpec, WorkflowSpec
 from kiln.core.errors import InvalidDefinition
+from kiln.core.limits import DEFAULT_MAX_CONTEXT_SHARDS, check_count
 from kiln.core.states import WorkflowStatus
 
 PIPELINE_TYPES = ("vllm", "openai", "python")
@@ -19,7 +21,7 @@ LEGACY_SHARD_HANDLERS = (
     "kiln.workers.pipeline_shards:run_shard",
 )
 SHARD_MAX_ATTEMPTS = 3
-MAX_SHARDS = 10_000
+RATE_LIMIT_MAX = 2**31 - 1  # rpm_limit / tpm_limit are INTEGER columns
 
 
 class PipelineStatus(enum.StrEnum):
@@ -108,6 +110,26 @@ def shard_index_of(task_name: str) -> int:
     return int(task_name.rsplit("-", 1)[1])
 
 
+def shard_workflow(pipeline_id: int, name: str, num_shards: int) -> WorkflowSpec:
+    """The backing workflow of a pipeline: one task per shard, each depending on the one
+    before. Built as a spec directly: it is valid by construction, so it skips
+    ``parse_definition`` and costs one small object per shard."""
+    return WorkflowSpec(
+        name=f"pipeline {pipeline_id}: {name}",
+        on_error="stop",
+        tasks=tuple(
+            TaskSpec(
+                name=shard_task_name(i),
+                handler=SHARD_HANDLER,
+                params={"pipeline_id": pipeline_id, "shard_index": i},
+                depends_on=(shard_task_name(i - 1),) if i else (),
+                max_attempts=SHARD_MAX_ATTEMPTS,
+            )
+            for i in range(num_shards)
+        ),
+    )
+
+
 # --- configuration --------------------------------------------------------------------
 
 CONFIG_FIELDS = (
@@ -160,8 +182,12 @@ def validate_config(data: dict[str, Any]) -> PipelineConfig:
             raise InvalidDefinition(f"{key} must be an object", field=key)
     for key in ("rpm_limit", "tpm_limit"):
         v = data.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise InvalidDefinition(f"{key} must be a positive integer", field=key)
+        if v is not None and (
+            isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= RATE_LIMIT_MAX
+        ):
+            raise InvalidDefinition(
+                f"{key} must be an integer between 1 and {RATE_LIMIT_MAX}", field=key
+            )
     if ptype == "python" and not _non_empty_str(model_config.get("handler")):
         raise InvalidDefinition(
             "a python pipeline needs model_config.handler (a registered handler name or "
@@ -225,10 +251,12 @@ def shards_from_request(
     rows: list[Any] | None,
     source: str | None,
     num_shards: int | None,
+    max_shards: int = DEFAULT_MAX_CONTEXT_SHARDS,
 ) -> tuple[list[list[Any]] | None, int]:
     """Decide the shards of a new context from the three accepted forms: explicit
     ``shards``; ``rows`` split into ``num_shards``; or a ``source`` with ``num_shards``.
-    Returns ``(inline shards or None for a source, num_shards)``."""
+    Returns ``(inline shards or None for a source, num_shards)``. More than ``max_shards``
+    raises :class:`~kiln.core.errors.LimitExceeded` before anything is split."""
     given = [name for name, v in (("shards", shards), ("rows", rows), ("source", source)) if v]
     if len(given) != 1:
         raise InvalidDefinition(
@@ -242,13 +270,13 @@ def shards_from_request(
                 f"num_shards is {num_shards} but {len(shards)} shards were given",
                 field="num_shards",
             )
-        if len(shards) > MAX_SHARDS:
-            raise InvalidDefinition(f"at most {MAX_SHARDS} shards", field="shards")
+        check_count("shards", len(shards), max_shards, "KILN_MAX_CONTEXT_SHARDS")
         return shards, len(shards)
     if num_shards is None:
         raise InvalidDefinition(f"num_shards is required with '{given[0]}'", field="num_shards")
-    if not 1 <= num_shards <= MAX_SHARDS:
-        raise InvalidDefinition(f"num_shards must be 1..{MAX_SHARDS}", field="num_shards")
+    if num_shards < 1:
+        raise InvalidDefinition("num_shards must be at least 1", field="num_shards")
+    check_count("shards", num_shards, max_shards, "KILN_MAX_CONTEXT_SHARDS")
     if rows is not None and given == ["rows"]:
         return split_rows(rows, num_shards), num_shards
     return None, num_shards

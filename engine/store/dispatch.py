@@ -25,7 +25,7 @@ from kiln.store.schema import tasks
 
 # A message re-sent this many times without any worker claiming it is quarantined: its
 # payload cannot be processed (or no worker consumes the queue), and retrying forever would
-# hide that.
+# hide that. Re-sends wait for a live worker (``recover_txn``), so an outage does not count.
 MAX_DISPATCHES = 20
 
 

@@ -34,7 +34,10 @@ from kiln.store.db import aware, utcnow
 from kiln.store.schema import instance_capabilities, instances, tasks
 
 REPORTED_STATES = ("running", "stopped", "draining", "offline")
-_KILN_TASK_ID = re.compile(r"^kiln-(\d+)-(\d+)$")
+# Bounded so the ids fit the BIGINT task id and INTEGER attempt columns; a longer one is no
+# task of Kiln's.
+_KILN_TASK_ID = re.compile(r"^kiln-(\d{1,18})-(\d{1,9})$")
+INT32_MAX = 2**31 - 1
 
 
 def instance_task_id(task_id: int, attempt: int) -> str:
@@ -58,8 +61,10 @@ def _count(body: dict[str, Any], key: str, default: int | None, minimum: int = 0
     value = body.get(key, default)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InvalidInstanceRequest(f"{key} must be an integer >= {minimum}", field=key)
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= INT32_MAX:
+        raise InvalidInstanceRequest(
+            f"{key} must be an integer between {minimum} and {INT32_MAX}", field=key
+        )
     return value
 
 

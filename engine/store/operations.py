@@ -22,6 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from kiln.core.errors import KilnError, OperationNotFound
+from kiln.core.idempotency import IdempotencyKey, check_replay
 from kiln.core.operations import UNFINISHED, OperationStatus
 from kiln.core.pipelines import merge_overrides, validate_config
 from kiln.store import pipelines as pl
@@ -43,10 +44,11 @@ def create_operation_txn(
     request_data: dict[str, Any],
     pipeline_id: int | None = None,
     workflow_id: int | None = None,
-    idempotency_key: str | None = None,
+    idempotency_key: IdempotencyKey | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Insert a ``pending`` operation and wake the controllers; return ``(row, created)``.
-    A key already used returns that operation unchanged with ``created=False``."""
+    A key already used on the same request returns that operation unchanged with
+    ``created=False``; used on a different request, IdempotencyKeyReused is raised."""
     values = {
         "ic_id": uuid.uuid4().hex,
         "operation": operation,
@@ -54,7 +56,8 @@ def create_operation_txn(
         "pipeline_id": pipeline_id,
         "workflow_id": workflow_id,
         "request_data": request_data,
-        "idempotency_key": idempotency_key,
+        "idempotency_key": idempotency_key.stored if idempotency_key else None,
+        "idempotency_fingerprint": idempotency_key.fingerprint if idempotency_key else None,
         "created_at": utcnow(),
     }
     ic_id = conn.execute(
@@ -62,11 +65,17 @@ def create_operation_txn(
         .values(values)
         .returning(operations.c.ic_id)
     ).scalar()
-    if ic_id is None:
-        existing = conn.execute(
-            sa.select(operations).where(operations.c.idempotency_key == idempotency_key)
-        ).mappings()
-        return dict(existing.one()), False
+    if ic_id is None:  # one guarded insert: of two racing requests, one row
+        assert idempotency_key is not None
+        existing = dict(
+            conn.execute(
+                sa.select(operations).where(operations.c.idempotency_key == idempotency_key.stored)
+            )
+            .mappings()
+            .one()
+        )
+        check_replay(idempotency_key, existing["idempotency_fingerprint"])
+        return existing, False
     notify_ready(conn)
     return get_operation(conn, ic_id), True
 

@@ -18,7 +18,6 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from kiln.core.definitions import parse_definition
 from kiln.core.errors import (
     ContextNotFound,
     IllegalTransition,
@@ -27,13 +26,11 @@ from kiln.core.errors import (
 )
 from kiln.core.pipelines import (
     FROM_WORKFLOW,
-    SHARD_HANDLER,
-    SHARD_MAX_ATTEMPTS,
     PipelineConfig,
     PipelineStatus,
     derive_status,
     shard_index_of,
-    shard_task_name,
+    shard_workflow,
 )
 from kiln.core.states import WORKFLOW_TERMINAL
 from kiln.store.db import utcnow
@@ -89,23 +86,7 @@ def create_pipeline_txn(
         )
         .returning(pipelines.c.id)
     ).scalar_one()
-    spec = parse_definition(
-        {
-            "name": f"pipeline {pipeline_id}: {config.name}",
-            "on_error": "stop",
-            "tasks": [
-                {
-                    "name": shard_task_name(i),
-                    "handler": SHARD_HANDLER,
-                    "params": {"pipeline_id": pipeline_id, "shard_index": i},
-                    "depends_on": [shard_task_name(i - 1)] if i else [],
-                    "max_attempts": SHARD_MAX_ATTEMPTS,
-                }
-                for i in range(num_shards)
-            ],
-        }
-    )
-    workflow_id, _ = submit_workflow_txn(conn, spec)
+    workflow_id, _ = submit_workflow_txn(conn, shard_workflow(pipeline_id, config.name, num_shards))
     conn.execute(
         pipelines.update().where(pipelines.c.id == pipeline_id).values(workflow_id=workflow_id)
     )

@@ -102,6 +102,7 @@ class PostgresStatements(Statements):
                 "priority": run["priority"],
                 "definition": run["definition"],
                 "idempotency_key": run["idempotency_key"],
+                "idempotency_fingerprint": run["idempotency_fingerprint"],
                 "now": now,
                 "tasks": [
                     {k: v for k, v in r.items() if k not in ("created_at", "ready_at")}

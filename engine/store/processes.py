@@ -61,6 +61,15 @@ def live_processes(conn: sa.Connection, kind: str, *, stale_after_s: float) -> l
     return [r for r in rows if aware(r.heartbeat_at).timestamp() >= cutoff]
 
 
+def last_worker_heartbeat(conn: sa.Connection) -> dt.datetime | None:
+    """When a worker process last proved it was alive (its latest heartbeat, whether it has
+    stopped since or not); ``None`` if no worker ever registered."""
+    seen = conn.execute(
+        sa.select(sa.func.max(processes.c.heartbeat_at)).where(processes.c.kind == "worker")
+    ).scalar()
+    return aware(seen)
+
+
 def recent_processes(conn: sa.Connection, *, horizon_s: float) -> list[dict[str, Any]]:
     """Processes that did not say they stopped and heartbeated within ``horizon_s``, by kind
     then start time (one killed without a chance to say so stays listed until then)."""

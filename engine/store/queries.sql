@@ -32,7 +32,8 @@ SELECT NOT EXISTS (
 -- name: insert_run
 -- A run, its tasks and its edges in one statement. The tasks come as one JSON array (so one
 -- statement serves any number of them); the edges name their tasks, joined to the ids the
--- task insert returns. On an idempotency-key conflict nothing is inserted.
+-- task insert returns. On an idempotency-key conflict nothing is inserted (two racing
+-- submissions with one key make one run; the loser's caller reads the winner's row).
 --
 -- With :lease set and the queue idle, the run's "direct" tasks (handler tasks with no
 -- dependencies) are leased in the same statement: written 'queued' with that lease, the run
@@ -47,9 +48,9 @@ WITH lease AS (
     WHERE CAST(:lease AS timestamptz) IS NOT NULL AND ({queue_is_idle})
 ), w AS (
     INSERT INTO workflows (name, status, on_error, priority, definition, idempotency_key,
-                           created_at, started_at)
+                           idempotency_fingerprint, created_at, started_at)
     SELECT :name, CASE WHEN lease.until IS NULL THEN 'pending' ELSE 'running' END,
-           :on_error, :priority, :definition, :idempotency_key, :now,
+           :on_error, :priority, :definition, :idempotency_key, :idempotency_fingerprint, :now,
            CASE WHEN lease.until IS NOT NULL THEN CAST(:now AS timestamptz) END
     FROM (SELECT 1) AS one LEFT JOIN lease ON true
     ON CONFLICT (idempotency_key) DO NOTHING

@@ -16,6 +16,7 @@ from kiln.core.execution import ClaimedTask, Dispatch, Outcome, Recovery
 from kiln.core.states import TaskStatus
 from kiln.store.db import utcnow
 from kiln.store.dispatch import MAX_DISPATCHES
+from kiln.store.processes import last_worker_heartbeat
 from kiln.store.schema import tasks
 from kiln.store.tasks import fail_attempt_txn, propagate_failure_txn
 from kiln.store.workflows import settle_workflows_txn
@@ -84,10 +85,24 @@ def recover_txn(
     * running, lease expired (the worker died or hung): the attempt is recorded as ``lost``
       and the task retries, or fails once ``max_attempts`` claims have been made;
     * queued, lease expired (the message was lost): the same attempt is re-sent, unless it
-      has been sent ``MAX_DISPATCHES`` times already, then it is quarantined as failed.
+      has been sent ``MAX_DISPATCHES`` times already, then it is quarantined as failed. Only
+      once a worker has heartbeated since the last send, though: while no worker is alive the
+      task keeps waiting, neither re-sent nor counted, so an outage quarantines nothing and
+      the first worker back gets it re-sent.
     """
     now = utcnow()
     out = Recovery()
+    # The lease of a send ends dispatch_timeout_s after it, so "sent before a worker's last
+    # heartbeat" is this bound on the lease.
+    seen = last_worker_heartbeat(conn)
+    queued_due = (
+        sa.and_(
+            tasks.c.status == TaskStatus.QUEUED,
+            tasks.c.lease_expires_at < seen + dt.timedelta(seconds=dispatch_timeout_s),
+        )
+        if seen is not None
+        else sa.false()
+    )
     expired = conn.execute(
         sa.select(
             tasks.c.id,
@@ -101,7 +116,7 @@ def recover_txn(
             tasks.c.started_at,
         )
         .where(
-            tasks.c.status.in_([TaskStatus.QUEUED, TaskStatus.RUNNING]),
+            sa.or_(tasks.c.status == TaskStatus.RUNNING, queued_due),
             tasks.c.lease_expires_at < now,
         )
         .order_by(tasks.c.lease_expires_at)
@@ -140,8 +155,8 @@ def recover_txn(
                 touched.add(row.workflow_id)
         elif row.dispatch_count >= MAX_DISPATCHES:
             error = (
-                f"quarantined: sent {row.dispatch_count} times and never claimed by a worker "
-                "(undeliverable or undecodable message, or no worker consumes its queue)"
+                f"quarantined: sent {row.dispatch_count} times and never claimed by a live "
+                "worker (undeliverable or undecodable message, or no worker consumes its queue)"
             )
             changed = conn.execute(
                 tasks.update()

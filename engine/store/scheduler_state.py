@@ -61,7 +61,8 @@ def load_txn(conn: sa.Connection, *, lock: bool = False) -> StoredScheduler:
     known = set(SchedulerState().to_dict())
     return StoredScheduler(
         policy=row["policy"],
-        params=dict(row["params"] or {}),
+        # Anything but an object (written by hand) reads as no tuning, not as a crash.
+        params=dict(row["params"]) if isinstance(row["params"], dict) else {},
         placement=row["placement"],
         state=SchedulerState.from_dict({k: v for k, v in state.items() if k in known}),
         placement_turn=turn,

@@ -54,7 +54,14 @@ workflows = sa.Table(
         "idempotency_key",
         sa.Text,
         unique=True,
-        comment="a retried submission with the same key returns this run instead of a new one",
+        comment="'<route> <client key>' (e.g. 'POST /workflows k1'): a retried submission "
+        "with the same key returns this run instead of a new one",
+    ),
+    sa.Column(
+        "idempotency_fingerprint",
+        sa.Text,
+        comment="sha256 of the first request with idempotency_key (route, path, body); the "
+        "same key with another request is refused",
     ),
     sa.Column("error", sa.Text),
     sa.Column("created_at", Timestamp, nullable=False),
@@ -388,7 +395,14 @@ operations = sa.Table(
         "idempotency_key",
         sa.Text,
         unique=True,
-        comment="a retried request with the same key returns this operation",
+        comment="'<route> <client key>' (e.g. 'POST /dispatcher/stop-pipeline k1'): a retried "
+        "request with the same key returns this operation",
+    ),
+    sa.Column(
+        "idempotency_fingerprint",
+        sa.Text,
+        comment="sha256 of the first request with idempotency_key (route, path, body); the "
+        "same key with another request is refused",
     ),
     sa.Column("claimed_by", sa.Text, comment="the controller process that processed it"),
     sa.Column("created_at", Timestamp, nullable=False),

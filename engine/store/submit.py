@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from kiln.core.definitions import WorkflowSpec
 from kiln.core.execution import Dispatch
+from kiln.core.idempotency import IdempotencyKey
 from kiln.core.states import TaskStatus
 from kiln.store.db import utcnow
 from kiln.store.dispatch import DIRECT_DISPATCH_MAX_QUEUED
@@ -25,7 +26,7 @@ def submit_run_txn(
     conn: sa.Connection,
     spec: WorkflowSpec,
     *,
-    idempotency_key: str | None = None,
+    idempotency_key: IdempotencyKey | None = None,
     lease_s: float | None = None,
 ) -> tuple[int, bool, list[Dispatch]]:
     """Store ``spec`` as a new run; return ``(workflow_id, created, dispatches)``.

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from kiln.core.definitions import WorkflowSpec
 from kiln.core.errors import IllegalTransition, WorkflowNotFound
-from kiln.core.handlers import resolve_handler
+from kiln.core.idempotency import IdempotencyKey, check_replay
 from kiln.core.states import (
     TASK_ACTIVE,
     WORKFLOW_TRANSITIONS,
@@ -28,18 +28,11 @@ from kiln.store.dialects import notify_ready, statements
 from kiln.store.schema import task_attempts, task_dependencies, tasks, workflows
 
 
-def check_handlers(spec: WorkflowSpec) -> None:
-    """Raise :class:`UnknownHandler` if a task's handler cannot be found from this process."""
-    for t in spec.tasks:
-        if t.handler:
-            resolve_handler(t.handler)
-
-
 def submit_workflow_txn(
     conn: sa.Connection,
     spec: WorkflowSpec,
     *,
-    idempotency_key: str | None = None,
+    idempotency_key: IdempotencyKey | None = None,
     notify: bool = True,
 ) -> tuple[int, bool]:
     wf_id, created, _ = insert_workflow_txn(
@@ -57,7 +50,7 @@ def direct_names(spec: WorkflowSpec) -> list[str]:
 
 
 def _run_rows(
-    spec: WorkflowSpec, idempotency_key: str | None, now: dt.datetime
+    spec: WorkflowSpec, idempotency_key: IdempotencyKey | None, now: dt.datetime
 ) -> tuple[dict[str, Any], list[dict[str, Any]], list[tuple[str, str]]]:
     """The workflow row, the task rows (each with ``direct``, see :func:`direct_names`) and
     the edges ``(task, dependency)`` that store ``spec``."""
@@ -67,7 +60,8 @@ def _run_rows(
         "on_error": spec.on_error,
         "priority": spec.priority,
         "definition": spec.to_dict(),
-        "idempotency_key": idempotency_key,
+        "idempotency_key": idempotency_key.stored if idempotency_key else None,
+        "idempotency_fingerprint": idempotency_key.fingerprint if idempotency_key else None,
         "created_at": now,
     }
     direct = set(direct_names(spec))
@@ -96,15 +90,16 @@ def insert_workflow_txn(
     conn: sa.Connection,
     spec: WorkflowSpec,
     *,
-    idempotency_key: str | None = None,
+    idempotency_key: IdempotencyKey | None = None,
     notify: bool = True,
     lease: tuple[dt.datetime, int] | None = None,
 ) -> tuple[int, bool, dict[str, tuple[int, str]]]:
     """Write the run, its tasks and edges; return ``(workflow_id, created, {task name: (id,
     status)})``.
 
-    With an idempotency key already used, nothing is written and the existing run's id is
-    returned with ``created=False`` (and ``{}``). ``lease=(until, max_queued)``: if the queue
+    With an idempotency key already used on the same request, nothing is written and the
+    existing run's id is returned with ``created=False`` (and ``{}``); used on a different
+    request, IdempotencyKeyReused is raised. ``lease=(until, max_queued)``: if the queue
     is idle (fewer than ``max_queued`` tasks sent and not claimed, nothing else dispatchable),
     the :func:`direct_names` tasks are written ``queued`` with that lease, for the caller to
     send (``kiln.store.submit``); otherwise, with ``notify``, controllers are woken.
@@ -115,10 +110,14 @@ def insert_workflow_txn(
         conn, values, rows, edges, now=now, notify=notify, lease=lease
     )
     if wf_id is None:  # the idempotency key was used already
+        assert idempotency_key is not None
         existing = conn.execute(
-            sa.select(workflows.c.id).where(workflows.c.idempotency_key == idempotency_key)
-        ).scalar_one()
-        return existing, False, {}
+            sa.select(workflows.c.id, workflows.c.idempotency_fingerprint).where(
+                workflows.c.idempotency_key == idempotency_key.stored
+            )
+        ).one()
+        check_replay(idempotency_key, existing.idempotency_fingerprint)
+        return existing.id, False, {}
     return wf_id, True, by_name
 
 

@@ -6,9 +6,10 @@ caller's or a fresh uuid, so a retry cannot run the task twice) are retried with
 exponential backoff and jitter on connection errors, timeouts and 5xx answers.
 ``/models/start`` and ``/models/stop`` are not idempotent and are tried once.
 
-:class:`OpenAICompatClient` calls ``/v1/chat/completions`` and ``/v1/completions``,
-keeps client-side token buckets for the rpm/tpm limits so it rarely triggers a 429, and
-on a 429 waits as long as the ``retry-after``/``x-ratelimit-reset-*`` headers say.
+:class:`OpenAICompatClient` calls ``/v1/chat/completions`` and ``/v1/completions`` (its
+``base_url`` may end in ``/v1`` or not, as OpenAI's own SDKs write it), keeps client-side
+token buckets for the rpm/tpm limits so it rarely triggers a 429, and on a 429 waits as long
+as the ``retry-after``/``x-ratelimit-reset-*`` headers say.
 
 All failures are :class:`TaskInstanceError` subclasses; each class's docstring is its
 default message, and every instance carries ``status_code``, ``code`` and ``details``.
@@ -342,7 +343,10 @@ class OpenAICompatClient:
         backoff_max: float = 8.0,
         session: requests.Session | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        root = base_url.rstrip("/")
+        # OpenAI's SDKs take the base URL with /v1 (https://api.openai.com/v1); people also
+        # write the bare host. Both name the same API root.
+        self.base_url = root if root.endswith("/v1") else root + "/v1"
         self.timeout = timeout
         self.max_retries = max_retries
         self._backoff = _Backoff(backoff, backoff_max)
@@ -376,7 +380,7 @@ class OpenAICompatClient:
         if max_tokens is not None:
             body["max_tokens"] = max_tokens
         cost = count_chat_tokens(messages) + (max_tokens or 256)
-        return self._call("/v1/chat/completions", body, cost)
+        return self._call("/chat/completions", body, cost)
 
     def completions(
         self, model: str, prompt: str, max_tokens: int | None = None, **params: Any
@@ -386,7 +390,7 @@ class OpenAICompatClient:
         if max_tokens is not None:
             body["max_tokens"] = max_tokens
         cost = count_tokens(prompt) + (max_tokens or 16)
-        return self._call("/v1/completions", body, cost)
+        return self._call("/completions", body, cost)
 
     # ------------------------------------------------------------------ internals
     def _acquire(self, tokens: int) -> None:

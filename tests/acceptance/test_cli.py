@@ -65,10 +65,11 @@ def test_kiln_run_exits_zero_only_when_the_workflow_succeeded(tmp_path):
             }
         )
     )
-    ok = kiln("run", str(good), "--json", cwd=tmp_path)
+    env = {"KILN_IMPORTS": "tests.handlers"}  # the deployment allows the handlers' module
+    ok = kiln("run", str(good), "--json", cwd=tmp_path, env=env)
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["tasks"][0]["result"] == 3
-    failed = kiln("run", str(bad), cwd=tmp_path)
+    failed = kiln("run", str(bad), cwd=tmp_path, env=env)
     assert failed.returncode == 1
     assert "failed" in failed.stdout
 

@@ -54,7 +54,7 @@ class Deployment:
             return False
 
     def get(self, path: str) -> Any:
-        r = requests.get(self.base + path, timeout=10)
+        r = requests.get(self.base + path, headers=self.headers, timeout=10)
         assert r.status_code == 200, (path, r.status_code, r.text)
         return r.json()
 
@@ -122,6 +122,23 @@ def same_page(driver) -> bool:
 
 def mark_page(driver) -> None:
     driver.execute_script("window.kilnTestMarker = true")
+
+
+def sign_in(driver, kiln: Deployment, page: str) -> None:
+    """Open ``page``; with a token configured that lands on the sign-in form, which a wrong
+    token does not pass and the right one does, by a cookie scripts cannot read."""
+    driver.delete_all_cookies()
+    driver.get(kiln.base + page)
+    assert driver.title.startswith("Sign in"), driver.title
+    driver.find_element(By.ID, "login-token").send_keys("wrong")
+    driver.find_element(By.CSS_SELECTOR, "#login-form button[type=submit]").click()
+    wait_for(lambda: "not one this Kiln accepts" in text(driver, "#login-error"), 10)
+    driver.find_element(By.ID, "login-token").send_keys(TOKEN)
+    driver.find_element(By.CSS_SELECTOR, "#login-form button[type=submit]").click()
+    wait_for(lambda: driver.current_url == kiln.base + page, 10, what=f"back on {page}")
+    cookie = driver.get_cookie("kiln_token")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert driver.execute_script("return document.cookie").find("kiln_token") == -1
 
 
 # --- the pages as HTML (no browser) -------------------------------------------------------------
@@ -220,20 +237,10 @@ def test_stop_on_a_running_pipeline_shows_it_stopped_without_a_reload(cluster, b
         what="a first shard",
     )  # fmt: skip
 
-    browser.get(kiln.base + "/ui/pipelines")
+    sign_in(browser, kiln, "/ui/pipelines")
     assert browser.title.startswith("Pipelines")
     assert attr(browser, row, "data-status") == "ongoing"
     mark_page(browser)
-
-    # Without the token the server refuses, and the page says what to do.
-    click(browser, f"{row} button[data-describe^='stop']")
-    wait_for(lambda: "401" in text(browser, ".message.error"), 10, what="the 401 message")
-    assert "KILN_API_TOKEN" in text(browser, ".message.error")
-    assert kiln.get(f"/pipelines/{running['id']}")["status"] == "ongoing"
-
-    browser.find_element(By.ID, "token-input").send_keys(TOKEN)
-    browser.find_element(By.CSS_SELECTOR, "#token-form button[type=submit]").click()
-    wait_for(lambda: text(browser, "#token-state") == "token saved", 5, what="token saved")
 
     click(browser, f"{row} button[data-describe^='stop']")
     wait_for(
@@ -389,7 +396,7 @@ def test_instances_and_the_scheduler_policy_selector(cluster, browser, artefacts
     with InstanceProcess(
         ["--model-type", "llama-8b", "--kiln-url", kiln.base, "--max-concurrency", "4"], env=env
     ):
-        browser.get(kiln.base + "/ui/instances")
+        sign_in(browser, kiln, "/ui/instances")
         wait_for(
             lambda: attr(browser, "#instances-table tbody tr", "data-live-instance") == "yes", 20,
             what="the instance listed as live",
@@ -405,8 +412,6 @@ def test_instances_and_the_scheduler_policy_selector(cluster, browser, artefacts
     before = kiln.get("/scheduler/stats")["policy"]
     assert text(browser, "#current-policy") == before
     target = next(p for p in ("ShortestPredicted", "Fair") if p != before)
-    browser.find_element(By.ID, "token-input").send_keys(TOKEN)
-    browser.find_element(By.CSS_SELECTOR, "#token-form button[type=submit]").click()
     Select(browser.find_element(By.ID, "policy-select")).select_by_value(target)
     browser.find_element(By.CSS_SELECTOR, "#policy-form button[type=submit]").click()
     wait_for(lambda: text(browser, "#current-policy") == target, 10, what="the new policy")

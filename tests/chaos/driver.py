@@ -2,10 +2,12 @@
 of workflows, and faults injected meanwhile; then invariants checked straight from the database.
 
     python -m tests.chaos.driver --seconds 600        # longer on demand
+    python -m tests.chaos.driver --seconds 300 --worker-outage 60
 
 Faults: SIGKILL a random worker, SIGKILL a controller, SIGKILL a TaskInstance, crash-restart
-PostgreSQL, restart (empty) or flush Redis. Every killed process is started again after a
-short pause, as a supervisor would.
+PostgreSQL, restart (empty) or flush Redis, and once per run a worker outage (every worker
+stopped or SIGKILLed, started again after ``--worker-outage`` seconds). Every killed process is
+started again after a short pause, as a supervisor would.
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ FAULTS = (
     "restart_postgres",
     "restart_redis",
     "flush_redis",
+    "worker_outage",
 )
+ONCE = ("worker_outage",)  # long: once per run leaves time for the others
 MODEL_TYPE = "chaos-llm"
 
 
@@ -53,6 +57,7 @@ class Summary:
     outcomes: dict[str, int] = field(default_factory=dict)
     pipelines: int = 0
     operations: dict[str, int] = field(default_factory=dict)
+    quarantined: int = 0
     violations: list[str] = field(default_factory=list)
 
     def render(self) -> str:
@@ -65,6 +70,7 @@ class Summary:
             + ", ".join(f"{k}={v}" for k, v in sorted(self.faults.items())),
             "  recoveries observed: "
             + ", ".join(f"{k}={v}" for k, v in sorted(self.recoveries.items())),
+            f"  tasks quarantined:   {self.quarantined}",
             f"  invariant violations: {len(self.violations)}",
         ]
         lines += [f"    - {v}" for v in self.violations]
@@ -155,6 +161,8 @@ class Chaos:
         seed: int,
         workdir: Path,
         fault_every: tuple[float, float] = (3.0, 7.0),
+        worker_outage_s: float = 60.0,
+        dispatch_timeout_s: float = 4.0,
     ):
         self.seconds, self.rng, self.workdir, self.fault_every = (
             seconds,
@@ -162,6 +170,8 @@ class Chaos:
             workdir,
             fault_every,
         )
+        self.worker_outage_s = worker_outage_s
+        self.dispatch_timeout_s = dispatch_timeout_s
         self.summary = Summary()
         self.workflow_ids: list[int] = []
         self.pipeline_ids: list[int] = []
@@ -182,7 +192,7 @@ class Chaos:
             "KILN_BROKER_URL": self.redis.url,
             "KILN_IMPORTS": "tests.handlers",
             "KILN_LEASE_S": "3",
-            "KILN_DISPATCH_TIMEOUT_S": "4",
+            "KILN_DISPATCH_TIMEOUT_S": str(self.dispatch_timeout_s),
             "KILN_RETRY_BASE_S": "0.1",
             "KILN_RETRY_MAX_S": "1",
             "KILN_CONTROLLER_POLL_S": "0.2",
@@ -363,6 +373,9 @@ class Chaos:
             victim = self.rng.choice(self.procs["controller"])
         elif kind == "kill_instance":
             victim = self.rng.choice(self.procs["instance"])
+        elif kind == "worker_outage":
+            self.worker_outage()
+            victim = None
         elif kind == "restart_postgres":
             self.pg.restart()
             victim = None
@@ -378,6 +391,19 @@ class Chaos:
             victim.start()
         self.summary.faults[kind] += 1
 
+    def worker_outage(self) -> None:
+        """Every worker down for ``worker_outage_s`` while work keeps arriving: stopped
+        cleanly (they deregister) or SIGKILLed (their heartbeats just stop), at random."""
+        workers = self.procs["worker"]
+        for p in workers:
+            if self.rng.random() < 0.5:
+                p.stop()
+            else:
+                p.kill()
+        time.sleep(self.worker_outage_s)
+        for p in workers:
+            p.start()
+
     # --- the run --------------------------------------------------------------------------
 
     def run(self) -> Summary:
@@ -392,7 +418,8 @@ class Chaos:
             while time.monotonic() - started < self.seconds:
                 time.sleep(self.rng.uniform(*self.fault_every))
                 self.revive_the_dead()
-                self.inject(kinds[i % len(kinds)] if i < len(kinds) else self.rng.choice(FAULTS))
+                again = [k for k in FAULTS if k not in ONCE]
+                self.inject(kinds[i] if i < len(kinds) else self.rng.choice(again))
                 i += 1
             self.stop_submitting.set()
             submitter.join(timeout=120)
@@ -480,6 +507,11 @@ class Chaos:
                 "OR NOT EXISTS (SELECT 1 FROM task_attempts a WHERE a.task_id = t.id AND a.attempt = t.attempts AND a.outcome = 'succeeded'))"
             )
             v += [f"succeeded task {r.id} has no recorded result/attempt" for r in no_result]
+            # Quarantine is for messages no live worker can process; every chaos task is
+            # processable, so a quarantined one means an outage or fault was counted as poison.
+            quarantined = q("SELECT id, error FROM tasks WHERE error LIKE 'quarantined:%'")
+            v += [f"task {r.id} was quarantined: {r.error}" for r in quarantined]
+            self.summary.quarantined = len(quarantined)
             tables = {
                 r[0] for r in q("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
             }
@@ -536,16 +568,39 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--seconds", type=float, default=180)
+    ap.add_argument("--seconds", "--duration", type=float, default=180)
+    ap.add_argument(
+        "--worker-outage", type=float, default=60, help="seconds every worker is down, once"
+    )
+    ap.add_argument(
+        "--dispatch-timeout",
+        type=float,
+        default=4,
+        help="KILN_DISPATCH_TIMEOUT_S; an outage past 20 of them quarantined work before",
+    )
     ap.add_argument("--seed", type=int, default=int(time.time()))
     ap.add_argument("--workdir", type=Path, default=None)
     opts = ap.parse_args()
     workdir = opts.workdir or Path(f"/tmp/kiln-chaos-{os.getpid()}")
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"seed {opts.seed}; logs in {workdir}", flush=True)
-    summary = Chaos(opts.seconds, opts.seed, workdir).run()
+    summary = Chaos(
+        opts.seconds,
+        opts.seed,
+        workdir,
+        worker_outage_s=opts.worker_outage,
+        dispatch_timeout_s=opts.dispatch_timeout,
+    ).run()
     print(summary.render())
-    print(json.dumps({"violations": len(summary.violations)}))
+    print(
+        json.dumps(
+            {
+                "violations": len(summary.violations),
+                "quarantined": summary.quarantined,
+                "faults": dict(summary.faults),
+            }
+        )
+    )
     raise SystemExit(1 if summary.violations else 0)
 
 

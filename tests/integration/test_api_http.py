@@ -115,7 +115,9 @@ def test_a_body_over_the_limit_is_refused_with_413(pg_kiln, monkeypatch):
     assert r.get_json()["error"] == "request_entity_too_large"
 
 
-def test_mutating_endpoints_need_the_bearer_token_when_it_is_set(pg_kiln, monkeypatch):
+def test_every_endpoint_but_the_open_ones_needs_the_bearer_token_when_it_is_set(
+    pg_kiln, monkeypatch
+):
     monkeypatch.setenv("KILN_API_TOKEN", "s3cret")
     client = create_app(pg_kiln).test_client()
     body = {"name": "c", "shards": [[1]]}
@@ -127,7 +129,9 @@ def test_mutating_endpoints_need_the_bearer_token_when_it_is_set(pg_kiln, monkey
     )
     ok = client.post("/contexts", json=body, headers={"Authorization": "Bearer s3cret"})
     assert ok.status_code == 201
-    assert client.get(f"/contexts/{ok.get_json()['id']}").status_code == 200  # reads stay open
+    url = f"/contexts/{ok.get_json()['id']}"
+    assert client.get(url).status_code == 401  # reads too (docs/security.md)
+    assert client.get(url, headers={"Authorization": "Bearer s3cret"}).status_code == 200
     assert client.get("/dispatcher/health-check").status_code == 200
 
 
@@ -183,11 +187,10 @@ def test_contexts_accept_shards_rows_or_a_source(client):
     assert [s["num_rows"] for s in explicit["shards"]] == [2, 1]
     split = client.post("/contexts", json={"name": "s", "rows": list(range(7)), "num_shards": 3})
     assert [s["num_rows"] for s in split.get_json()["shards"]] == [3, 2, 2]
-    source = client.post(
-        "/contexts", json={"name": "f", "source": "/data/rows.jsonl", "num_shards": 4}
-    ).get_json()
+    url = "https://data.example.org/rows.jsonl"
+    source = client.post("/contexts", json={"name": "f", "source": url, "num_shards": 4}).get_json()
     assert (source["source"], source["num_shards"], source["num_rows"]) == (
-        "/data/rows.jsonl",
+        url,
         4,
         None,
     )

@@ -4,6 +4,7 @@ rate limits and an API key — the reference TaskInstance server plays both inst
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -35,7 +36,11 @@ def create(kiln, *, shards=None, source=None, num_shards=None, **config):
     return kiln.txn(lambda c: pl.create_pipeline_txn(c, cfg, context_id=context_id))
 
 
-def test_a_python_pipeline_reads_a_source_file_and_splits_it_into_shards(pg_kiln, tmp_path):
+def test_a_python_pipeline_reads_a_source_file_and_splits_it_into_shards(
+    pg_kiln, tmp_path, monkeypatch
+):
+    settings = dataclasses.replace(pg_kiln.settings, source_dirs=(str(tmp_path),))
+    monkeypatch.setattr(pg_kiln, "settings", settings)  # the deployment allows this directory
     source = tmp_path / "rows.jsonl"
     source.write_text("\n".join(json.dumps({"text": f"r{i}"}) for i in range(5)))
     pid = create(

@@ -48,7 +48,15 @@ def test_policy_names_are_exact_and_a_bad_one_is_a_400(pg_kiln):
             assert answer.status_code == 400, bad
             assert answer.json()["error"] == "invalid_policy"
             assert set(answer.json()) == {"error", "message", "details"}
-        assert requests.put(f"{api}/scheduler/policy", data="x", timeout=5).status_code == 400
+        not_json = requests.put(
+            f"{api}/scheduler/policy",
+            data="x",
+            headers={"Content-Type": "application/json"},
+            timeout=5,
+        )
+        assert not_json.status_code == 400
+        # A body not declared as JSON is refused before it is read (no cross-site forms).
+        assert requests.put(f"{api}/scheduler/policy", data="x", timeout=5).status_code == 415
         assert put_policy(api, "Fair", bogus=1).status_code == 400
         ok = put_policy(api, "RoundRobin")
         assert ok.status_code == 200

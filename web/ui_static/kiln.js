@@ -1,54 +1,21 @@
-// Kiln dashboard: live regions, actions with the API token, the operations tray.
+// Kiln dashboard: live regions, actions (signed in by cookie, with a CSRF token), the operations tray.
 // Plain browser JavaScript, no build step, no dependencies.
 (function () {
   "use strict";
 
-  const TOKEN_KEY = "kiln.apiToken";
   const POLL_MS = 2000;
   const OP_POLL_MS = 700;
 
-  // --- the API token ---------------------------------------------------------------------
+  // --- the session: a login cookie scripts cannot read, and this page's CSRF token ---------
 
-  function token() {
-    try { return window.localStorage.getItem(TOKEN_KEY) || ""; } catch (e) { return ""; }
+  function csrfToken() {
+    const meta = document.querySelector("meta[name=csrf-token]");
+    return meta ? meta.content : "";
   }
 
-  function showTokenState() {
-    const state = document.getElementById("token-state");
-    const forget = document.getElementById("token-forget");
-    const required = document.body.dataset.tokenRequired === "yes";
-    if (!state) return;
-    if (token()) {
-      state.textContent = "token saved";
-      state.className = "token-state ok";
-    } else if (required) {
-      state.textContent = "actions need a token";
-      state.className = "token-state missing";
-    } else {
-      state.textContent = "";
-      state.className = "token-state";
-    }
-    if (forget) forget.hidden = !token();
-  }
-
-  function setupTokenForm() {
-    const form = document.getElementById("token-form");
-    if (!form) return;
-    form.addEventListener("submit", function (event) {
-      event.preventDefault();
-      const input = document.getElementById("token-input");
-      const value = input.value.trim();
-      if (value) window.localStorage.setItem(TOKEN_KEY, value);
-      input.value = "";
-      showTokenState();
-      if (value) message("info", "API token saved in this browser; actions now send it.");
-    });
-    document.getElementById("token-forget").addEventListener("click", function () {
-      window.localStorage.removeItem(TOKEN_KEY);
-      showTokenState();
-      message("info", "API token forgotten.");
-    });
-    showTokenState();
+  function signIn() {
+    window.location.assign("/ui/login?next=" +
+      encodeURIComponent(window.location.pathname + window.location.search));
   }
 
   // --- messages ----------------------------------------------------------------------------
@@ -111,6 +78,7 @@
       cache: "no-store",
       credentials: "same-origin",
     });
+    if (response.status === 401) { signIn(); return; }
     if (!response.ok) throw new Error("HTTP " + response.status);
     const html = await response.text();
     if (html === lastHtml.get(region)) return;
@@ -152,12 +120,11 @@
     window.kilnRefresh = refreshAll;
   }
 
-  // --- actions: calls to the public API with the token ------------------------------------
+  // --- actions: calls to the public API, signed in by the cookie -----------------------------
 
   async function call(method, url, body) {
-    const headers = { Accept: "application/json" };
+    const headers = { Accept: "application/json", "X-CSRF-Token": csrfToken() };
     if (body !== undefined) headers["Content-Type"] = "application/json";
-    if (token()) headers.Authorization = "Bearer " + token();
     const response = await fetch(url, {
       method: method,
       headers: headers,
@@ -172,8 +139,7 @@
   function explain(result, what) {
     const status = result.response.status;
     if (status === 401) {
-      return (token() ? "The saved API token was refused (401)" : "This Kiln needs an API token (401)") +
-        ": paste the value of KILN_API_TOKEN into “API token” at the top right, press Save, then " +
+      return "This Kiln needs an API token (401): sign in (you are being taken there), then " +
         what + " again.";
     }
     const detail = result.data && (result.data.message || result.data.error);
@@ -189,6 +155,7 @@
       const result = await call(button.dataset.method || "POST", button.dataset.action, body);
       if (!result.response.ok) {
         message("error", explain(result, what));
+        if (result.response.status === 401) setTimeout(signIn, 1500);
         return;
       }
       // The operator got past whatever went wrong before: drop the old complaints.
@@ -265,7 +232,6 @@
   }
 
   document.addEventListener("DOMContentLoaded", function () {
-    setupTokenForm();
     setupActions();
     startPolling();
   });

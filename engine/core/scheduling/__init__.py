@@ -4,6 +4,7 @@ Pure code over plain data; the service persists :class:`SchedulerState` and the 
 """
 
 from kiln.core.scheduling.items import QueuedItem, SchedulerState, UnknownPolicy
+from kiln.core.scheduling.params import InvalidPolicyParams, Param
 from kiln.core.scheduling.placement import (
     STRATEGIES,
     InstanceLoad,
@@ -22,7 +23,9 @@ from kiln.core.scheduling.policies import (
     Priority,
     RoundRobin,
     ShortestPredicted,
+    check_policy_params,
     make_policy,
+    policy_or_defaults,
 )
 from kiln.core.scheduling.scheduler import Decision, Scheduler
 
@@ -33,7 +36,9 @@ __all__ = [
     "Decision",
     "Fair",
     "InstanceLoad",
+    "InvalidPolicyParams",
     "NoInstances",
+    "Param",
     "Policy",
     "Priority",
     "QueuedItem",
@@ -44,8 +49,10 @@ __all__ = [
     "UnknownPolicy",
     "UnknownStrategy",
     "add_work",
+    "check_policy_params",
     "finish_work",
     "make_policy",
     "place",
+    "policy_or_defaults",
     "remove_work",
 ]

@@ -15,12 +15,13 @@ from __future__ import annotations
 import abc
 import bisect
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from kiln.core.prediction.estimate import estimate, quantile_value
 from kiln.core.scheduling.items import QueuedItem, SchedulerState, UnknownPolicy
+from kiln.core.scheduling.params import InvalidPolicyParams, Param, check_params
 
 _MICROS = 1_000_000
 
@@ -29,6 +30,8 @@ class Policy(abc.ABC):
     """Base class; ``record_start`` keeps the counters every policy reports."""
 
     name: ClassVar[str] = ""
+    # The tuning parameters the constructor takes, with their types and ranges.
+    PARAMS: ClassVar[Mapping[str, Param]] = {}
 
     @abc.abstractmethod
     def order(
@@ -112,6 +115,7 @@ class Priority(_KeyedPolicy):
     """
 
     name: ClassVar[str] = "Priority"
+    PARAMS: ClassVar[Mapping[str, Param]] = {"aging_per_minute": Param(0, 1e6)}
     aging_per_minute: float = 1.0
 
     def effective(self, item: QueuedItem, now: float) -> float:
@@ -141,6 +145,11 @@ class Fair(_KeyedPolicy):
     """
 
     name: ClassVar[str] = "Fair"
+    PARAMS: ClassVar[Mapping[str, Param]] = {
+        # Below 1 would invert priorities; 10 ** 40 (the priority clamp) still fits a float.
+        "priority_base": Param(1, 10),
+        "prune_every": Param(1, 10**9, integer=True),
+    }
     priority_base: float = 1.25
     prune_every: int = 1024
 
@@ -283,6 +292,14 @@ class ShortestPredicted(_KeyedPolicy):
     """
 
     name: ClassVar[str] = "ShortestPredicted"
+    PARAMS: ClassVar[Mapping[str, Param]] = {
+        "aging": Param(0, 1e6),
+        "spread_penalty": Param(0, 1e3),
+        "quantile": Param(0, 1, nullable=True),
+        "starvation_limit": Param(0, 1e9, nullable=True),
+        "backlog_factor": Param(0, 1e6, nullable=True),
+        "backlog_aging": Param(0, 1e6),
+    }
     aging: float = 0.005
     spread_penalty: float = 0.0
     quantile: float | None = None
@@ -367,13 +384,35 @@ POLICIES: dict[str, type[Policy]] = {
 POLICY_NAMES: tuple[str, ...] = tuple(POLICIES)
 
 
+def policy_class(name: Any) -> type[Policy]:
+    """The policy class called exactly ``name``; :class:`UnknownPolicy` for any other."""
+    try:
+        return POLICIES[name]
+    except (KeyError, TypeError):
+        raise UnknownPolicy(name, POLICY_NAMES) from None
+
+
+def check_policy_params(name: str, params: Any) -> dict[str, Any]:
+    """``params`` when they are valid tuning parameters of policy ``name``: raises
+    :class:`UnknownPolicy` or :class:`InvalidPolicyParams` (both ``ValueError``)."""
+    return check_params(name, policy_class(name).PARAMS, params)
+
+
 def make_policy(name: str, **params: Any) -> Policy:
     """The policy called exactly ``name`` with the given tuning parameters.
 
-    Raises :class:`UnknownPolicy` (a ``ValueError``) for any other name.
+    Raises :class:`UnknownPolicy` (a ``ValueError``) for any other name and
+    :class:`InvalidPolicyParams` (a ``ValueError``) for parameters of the wrong type or range.
     """
+    return policy_class(name)(**check_policy_params(name, params))
+
+
+def policy_or_defaults(name: str, params: Any) -> tuple[Policy, InvalidPolicyParams | None]:
+    """The policy ``name`` with stored ``params``, or with its defaults when they are invalid
+    (written before they were checked, or by hand): the error comes back so the caller can
+    say so. Raises :class:`UnknownPolicy` for an unknown name."""
+    cls = policy_class(name)
     try:
-        cls = POLICIES[name]
-    except (KeyError, TypeError):
-        raise UnknownPolicy(name, POLICY_NAMES) from None
-    return cls(**params)
+        return cls(**check_params(name, cls.PARAMS, params)), None
+    except InvalidPolicyParams as exc:
+        return cls(), exc

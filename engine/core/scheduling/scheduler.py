@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from kiln.core.scheduling.items import QueuedItem, SchedulerState
-from kiln.core.scheduling.policies import Policy, make_policy
+from kiln.core.scheduling.params import InvalidPolicyParams
+from kiln.core.scheduling.policies import Policy, make_policy, policy_or_defaults
 
 
 @dataclass(frozen=True)
@@ -33,21 +34,35 @@ class Scheduler:
         params: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         """``params`` maps policy names to their tuning parameters, used whenever that policy
-        is selected (e.g. ``{"ShortestPredicted": {"aging": 0.02}}``)."""
-        self.params = dict(params or {})
+        is selected (e.g. ``{"ShortestPredicted": {"aging": 0.02}}``). Invalid ones (stored
+        before they were checked) give way to the policy's defaults, and ``params_error``
+        says why."""
+        self.params = dict(params or {}) if isinstance(params, dict) else {}
         self.state = state if state is not None else SchedulerState()
-        self.policy: Policy = make_policy(policy, **self.params.get(policy, {}))
+        self.params_error: InvalidPolicyParams | None = None
+        self.policy: Policy = self._with_stored_params(policy)
+
+    def _with_stored_params(self, name: str) -> Policy:
+        policy, self.params_error = policy_or_defaults(name, self.params.get(name, {}))
+        return policy
 
     @property
     def policy_name(self) -> str:
         return self.policy.name
 
     def set_policy(self, name: str, **params: Any) -> None:
-        """Switch policy; raises ``UnknownPolicy`` (the current policy stays) for a bad name."""
-        merged = {**self.params.get(name, {}), **params}
+        """Switch policy; raises ``UnknownPolicy`` for a bad name and ``InvalidPolicyParams``
+        for bad ``params`` (the current policy stays). Without ``params`` the policy takes
+        its stored ones, or its defaults when those are invalid (see ``params_error``)."""
+        if not params:
+            self.policy = self._with_stored_params(name)
+            return
+        stored = self.params.get(name, {})
+        _, stored_error = policy_or_defaults(name, stored)
+        merged = {**(stored if stored_error is None else {}), **params}
         self.policy = make_policy(name, **merged)
-        if params:
-            self.params[name] = merged
+        self.params[name] = merged
+        self.params_error = None
 
     def order(self, items: Sequence[QueuedItem], now: float) -> list[QueuedItem]:
         return self.policy.order(items, now, self.state)
