@@ -133,6 +133,17 @@ tasks = sa.Table(
     sa.Column("progress", sa.Float, comment="0..1 as last reported by the running handler"),
     sa.Column("progress_message", sa.Text),
     sa.Column("waiting_reason", sa.Text, comment="why a ready task is not being dispatched"),
+    sa.Column(
+        "queue",
+        sa.Text,
+        comment="worker pool that runs the task (kiln worker --queues); NULL: the default pool",
+    ),
+    sa.Column(
+        "retry",
+        Json,
+        comment="the task's own retry policy (backoff_s, max_backoff_s, jitter, on); "
+        "NULL: the deployment's defaults",
+    ),
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Column(
         "ready_at",
