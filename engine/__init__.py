@@ -5,16 +5,30 @@ subpackages (``kiln.core``, ``kiln.store``, ``kiln.app``...) is internal.
 """
 
 from kiln.app.runtime import Kiln
+from kiln.client import Client
 from kiln.core.definitions import Workflow, parse_definition
-from kiln.core.errors import InvalidDefinition, KilnError, PermanentFailure
+from kiln.core.errors import (
+    InvalidDefinition,
+    KilnError,
+    PermanentFailure,
+    RunCancelled,
+    RunFailed,
+    TaskCancelled,
+)
 from kiln.core.handlers import task
+from kiln.core.runs import RunHandle
 from kiln.core.task_context import current_task, report_progress
 
 __all__ = [
+    "Client",
     "InvalidDefinition",
     "Kiln",
     "KilnError",
     "PermanentFailure",
+    "RunCancelled",
+    "RunFailed",
+    "RunHandle",
+    "TaskCancelled",
     "Workflow",
     "current_task",
     "parse_definition",

@@ -8,7 +8,8 @@ by attempt and status). So the broker gets none of Dramatiq's retry or time-limi
 Two paths:
 
 * **Messages** (:meth:`Transport.send`): what the controller dispatches, in policy order, as
-  ``kiln_run_tasks`` messages on the queue. Sent by actor name, so the sender needs no actor.
+  ``kiln_run_tasks`` messages on each task's queue (its worker pool; ``Dispatch.queue``, None
+  for the default queue). Sent by actor name, so the sender needs no actor.
 * **Direct wake-ups** (:meth:`Transport.send_now`, the ``Kiln.sender`` of processes that reach
   the broker): work leased while the queue is idle skips Dramatiq's consumer, which polls
   Redis and backs off while idle. Its pairs are pushed onto one Redis list per queue that every
@@ -55,6 +56,14 @@ def list_key(queue: str) -> str:
     return f"kiln:direct:{queue}"
 
 
+def by_queue(dispatches: Sequence[Dispatch], default: str) -> dict[str, list[Dispatch]]:
+    """``dispatches`` grouped by the queue their tasks run on, keeping their order."""
+    groups: dict[str, list[Dispatch]] = {}
+    for d in dispatches:
+        groups.setdefault(d.queue or default, []).append(d)
+    return groups
+
+
 def payloads(dispatches: Sequence[Dispatch], batch: int) -> list[list[list[int]]]:
     """``[[task_id, attempt], ...]`` lists of at most ``batch`` tasks; a task that must run
     alone gets a list of its own."""
@@ -69,28 +78,38 @@ class Pusher:
 
     def __init__(self, url: str, queue: str, expire_s: float) -> None:
         self._client = redis.Redis.from_url(url)
-        self._key = list_key(queue)
+        self._queue = queue
         self._expire_s = max(1, int(expire_s))
 
     def push(self, dispatches: Sequence[Dispatch], batch: int) -> None:
-        """One list item per payload (:func:`payloads`), pushed with the list's expiry in one
-        round trip."""
-        items = payloads(dispatches, batch)
-        if not items:
-            return
+        """One list item per payload (:func:`payloads`) on its queue's list, pushed with the
+        lists' expiry in one round trip."""
         pipe = self._client.pipeline(transaction=False)
-        pipe.rpush(self._key, *(json.dumps(i) for i in items))
-        pipe.expire(self._key, self._expire_s)
-        pipe.execute()
+        for queue, group in by_queue(dispatches, self._queue).items():
+            key = list_key(queue)
+            pipe.rpush(key, *(json.dumps(i) for i in payloads(group, batch)))
+            pipe.expire(key, self._expire_s)
+        if len(pipe):
+            pipe.execute()
 
 
 class Transport:
-    """Where one process sends work: a broker and queue, and on Redis a :class:`Pusher`."""
+    """Where one process sends work: a broker and its default queue, and on Redis a
+    :class:`Pusher`. ``one_queue``: send every task to ``queue`` whatever its own (the embedded
+    runtime's workers serve every queue)."""
 
-    def __init__(self, broker: dramatiq.Broker, queue: str, pusher: Pusher | None = None) -> None:
+    def __init__(
+        self,
+        broker: dramatiq.Broker,
+        queue: str,
+        pusher: Pusher | None = None,
+        *,
+        one_queue: bool = False,
+    ) -> None:
         self.broker = broker
         self.queue = queue
         self.pusher = pusher
+        self.one_queue = one_queue
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Transport:
@@ -101,14 +120,17 @@ class Transport:
         return cls(build_broker(settings), settings.queue_name, pusher)
 
     def send(self, dispatches: Sequence[Dispatch], batch: int) -> None:
-        """Send ``dispatches`` as ``kiln_run_tasks`` messages of at most ``batch`` tasks."""
-        for items in payloads(dispatches, batch):
-            self.broker.enqueue(
-                dramatiq.Message(
-                    queue_name=self.queue, actor_name=RUN_TASKS, args=(items,), kwargs={},
-                    options={},
-                )
-            )  # fmt: skip
+        """Send ``dispatches`` as ``kiln_run_tasks`` messages of at most ``batch`` tasks, each
+        on its tasks' queue."""
+        groups = {self.queue: list(dispatches)} if self.one_queue else None
+        for queue, group in (groups or by_queue(dispatches, self.queue)).items():
+            for items in payloads(group, batch):
+                self.broker.enqueue(
+                    dramatiq.Message(
+                        queue_name=queue, actor_name=RUN_TASKS, args=(items,), kwargs={},
+                        options={},
+                    )
+                )  # fmt: skip
 
     def send_now(self, dispatches: Sequence[Dispatch]) -> None:
         """Send what was leased while the queue is idle straight to the workers, in batches

@@ -3,6 +3,7 @@ their import path, exactly as a user's own handlers would be."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -69,6 +70,88 @@ def progress(steps: int = 4, delay: float = 0.2) -> str:
         current_task().report_progress((i + 1) / steps, f"step {i + 1}")
         time.sleep(delay)
     return "done"
+
+
+# --- async handlers, and handlers that watch for cancellation ----------------------------
+# What a handler saw, by the ``key`` its test passes (the embedded runtime runs handlers in
+# the test's own process): "started", then "cancelled" or "TaskCancelled" when it stopped.
+SEEN: dict[str, list[str]] = {}
+
+
+def _seen(key: str, what: str) -> None:
+    SEEN.setdefault(key, []).append(what)
+
+
+@task(name="async_sleep")
+async def async_sleep(seconds: float, value: object = None) -> object:
+    await asyncio.sleep(seconds)
+    return value
+
+
+@task(name="async_fail_until")
+async def async_fail_until(succeed_on: int) -> dict:
+    """Fails on every attempt before ``succeed_on``."""
+    await asyncio.sleep(0)
+    attempt = current_task().attempt
+    if attempt < succeed_on:
+        raise RuntimeError(f"failing attempt {attempt}")
+    return {"attempt": attempt}
+
+
+@task(name="async_progress")
+async def async_progress(steps: int = 4, delay: float = 0.2) -> str:
+    for i in range(steps):
+        current_task().report_progress((i + 1) / steps, f"step {i + 1}")
+        await asyncio.sleep(delay)
+    return "done"
+
+
+@task(name="report_until_cancelled")
+def report_until_cancelled(key: str) -> str:
+    """Reports progress until that raises :class:`kiln.TaskCancelled` (never on its own)."""
+    _seen(key, "started")
+    try:
+        while True:
+            current_task().report_progress(0.5, "working")
+            time.sleep(0.02)
+    except Exception as exc:
+        _seen(key, type(exc).__name__)
+        raise
+
+
+@task(name="poll_cancelled")
+def poll_cancelled(key: str) -> str:
+    """Loops until ``current_task().cancelled``, then returns (a result refused as stale)."""
+    _seen(key, "started")
+    while not current_task().cancelled:
+        time.sleep(0.02)
+    _seen(key, "cancelled")
+    return "stopped"
+
+
+@task(name="async_report_until_cancelled")
+async def async_report_until_cancelled(key: str) -> str:
+    """Awaits forever; records the coroutine's cancellation."""
+    _seen(key, "started")
+    try:
+        while True:
+            await asyncio.sleep(0.02)
+    except asyncio.CancelledError:
+        _seen(key, "cancelled" if current_task().cancelled else "CancelledError")
+        raise
+
+
+@task(name="async_poll_cancelled")
+async def async_poll_cancelled(key: str) -> str:
+    """Awaits until ``current_task().cancelled``; shielded, so it sees the flag itself."""
+    _seen(key, "started")
+    try:
+        while not current_task().cancelled:
+            await asyncio.sleep(0.02)
+    except asyncio.CancelledError:
+        pass
+    _seen(key, "cancelled" if current_task().cancelled else "CancelledError")
+    return "stopped"
 
 
 def not_registered(x: int) -> int:

@@ -45,11 +45,23 @@ class TaskDefinitionSchema(ma.Schema):
     params = fields.Raw(metadata={"description": "any JSON; may hold {{Task.result}} refs"})
     depends_on = fields.List(fields.String())
     max_attempts = fields.Integer(strict=True, validate=validate.Range(min=1, max=MAX_ATTEMPTS))
+    retry = fields.Dict(
+        metadata={
+            "description": "retry policy: {max_attempts, backoff_s, max_backoff_s, jitter (0..1), "
+            "on: ['module:ExceptionName', ...]}; unset keys use the deployment's defaults"
+        }
+    )
     timeout_s = fields.Float(
         validate=validate.Range(min=0, min_inclusive=False),
         metadata={"description": "seconds; at most KILN_MAX_TIMEOUT_S (default 7 days)"},
     )
     priority = fields.Integer(**Priority)
+    queue = fields.String(
+        validate=validate.Regexp(r"^[a-z0-9_-]{1,64}$"),
+        metadata={
+            "description": "the worker pool (`kiln worker --queues`); default queue if unset"
+        },
+    )
 
 
 class WorkflowDefinitionSchema(ma.Schema):
@@ -57,6 +69,14 @@ class WorkflowDefinitionSchema(ma.Schema):
     tasks = fields.List(fields.Nested(TaskDefinitionSchema), required=True)
     on_error = fields.String(validate=validate.OneOf(["stop", "continue"]))
     priority = fields.Integer(**Priority)
+
+
+class WorkflowWaitQuerySchema(ma.Schema):
+    wait = fields.Float(
+        validate=validate.Range(min=0, max=WAIT_MAX_S),
+        metadata={"description": f"block up to this many seconds (max {WAIT_MAX_S:g}) "
+                  "until the run is succeeded, failed or cancelled"},
+    )  # fmt: skip
 
 
 class WorkflowListQuerySchema(ma.Schema):
@@ -89,7 +109,10 @@ class TaskSchema(ma.Schema):
     attempts = fields.Integer()
     max_attempts = fields.Integer()
     timeout_s = fields.Float(allow_none=True)
+    retry = fields.Dict(allow_none=True, metadata={"description": "the task's own retry policy"})
     priority = fields.Integer()
+    queue = fields.String(allow_none=True)
+    waiting_reason = fields.String(allow_none=True)
     result = fields.Raw(allow_none=True)
     error = fields.String(allow_none=True)
     progress = fields.Float(allow_none=True)

@@ -6,7 +6,9 @@ from __future__ import annotations
 from flask import request
 from flask_smorest import Blueprint
 
+from kiln.core.states import WORKFLOW_TERMINAL
 from kiln.web.common import MUTATING_DOC, idempotency_key, kiln, render_workflow
+from kiln.web.errors import ErrorSchema
 from kiln.web.pipeline_control import record
 from kiln.web.schemas import (
     OperationCreatedSchema,
@@ -15,7 +17,9 @@ from kiln.web.schemas import (
     WorkflowListQuerySchema,
     WorkflowListSchema,
     WorkflowSchema,
+    WorkflowWaitQuerySchema,
 )
+from kiln.web.waits import wait_slot
 
 blp = Blueprint("workflows", __name__, description="Workflow runs (DAGs of tasks).")
 ID = "int(max=9223372036854775807)"
@@ -51,11 +55,20 @@ def list_workflows(query):  # type: ignore[no-untyped-def]
 
 
 @blp.get(f"/workflows/<{ID}:workflow_id>")
+@blp.arguments(WorkflowWaitQuerySchema, location="query")
 @blp.response(200, WorkflowDetailSchema)
-def get_workflow(workflow_id: int):  # type: ignore[no-untyped-def]
+@blp.alt_response(429, schema=ErrorSchema, description="too many waits at once; see Retry-After")
+def get_workflow(query, workflow_id: int):  # type: ignore[no-untyped-def]
     """A run with every task's state, attempts (history), timings, result or error;
-    secrets in params and results are shown as ``***``."""
-    return render_workflow(kiln().workflow(workflow_id))
+    secrets in params and results are shown as ``***``. With ``wait``, block until the run
+    is succeeded, failed or cancelled (or the wait is over); waits share the per-process
+    ``KILN_MAX_WAITERS`` cap (429 with ``Retry-After`` when full)."""
+    run = kiln().workflow(workflow_id)
+    wait_s = query.get("wait", 0.0)
+    if wait_s > 0 and run["status"] not in WORKFLOW_TERMINAL:
+        with wait_slot():
+            run = kiln().wait(workflow_id, wait_s)
+    return render_workflow(run)
 
 
 def _operation(operation: str, workflow_id: int) -> dict:

@@ -39,9 +39,12 @@ class DirectWakeups(dramatiq.Middleware):
     """Sizes the process's execution slots to its worker threads and, on Redis, starts as
     many listeners on the queue's direct wake-up list (``kiln.workers.direct``)."""
 
-    def __init__(self, kiln: Kiln, lifecycle: WorkerLifecycle) -> None:
+    def __init__(
+        self, kiln: Kiln, lifecycle: WorkerLifecycle, queues: list[str] | None = None
+    ) -> None:
         self._kiln = kiln
         self._lifecycle = lifecycle
+        self._queues = queues or [kiln.settings.queue_name]
         self._listeners: DirectListeners | None = None
 
     def _run(self, items: list[tuple[int, int]]) -> None:
@@ -64,7 +67,7 @@ class DirectWakeups(dramatiq.Middleware):
         if settings.embedded_broker:
             return  # in-process: everything goes through the stub broker
         self._listeners = DirectListeners(
-            settings.broker_url, settings.queue_name, threads, self._run, decode
+            settings.broker_url, self._queues, threads, self._run, decode
         )
         self._listeners.start()
 
@@ -74,13 +77,19 @@ class DirectWakeups(dramatiq.Middleware):
             self._listeners = None
 
 
-def build_actors(broker: dramatiq.Broker, kiln: Kiln) -> dramatiq.Actor:
-    """Declare ``kiln_run_tasks`` on ``broker`` (on ``kiln``'s queue), with the middleware
-    that registers the worker, keeps its leases alive and listens for direct wake-ups."""
+def build_actors(
+    broker: dramatiq.Broker, kiln: Kiln, queues: list[str] | None = None
+) -> dramatiq.Actor:
+    """Declare ``kiln_run_tasks`` on ``broker`` (on ``kiln``'s queue) and ``queues`` besides
+    (a worker pool, ``kiln worker --queues``; None: every queue, which the embedded runtime's
+    one-queue transport sends everything to), with the middleware that registers the worker,
+    keeps its leases alive and listens for direct wake-ups."""
     register_shard_handler(kiln)
-    lifecycle = WorkerLifecycle(kiln)
+    lifecycle = WorkerLifecycle(kiln, queues)
     broker.add_middleware(lifecycle)
-    broker.add_middleware(DirectWakeups(kiln, lifecycle))
+    broker.add_middleware(DirectWakeups(kiln, lifecycle, queues))
+    for queue in queues or ():
+        broker.declare_queue(queue)
 
     @dramatiq.actor(actor_name=RUN_TASKS, queue_name=kiln.settings.queue_name, broker=broker)
     def run_tasks(items: object) -> None:

@@ -15,6 +15,7 @@ from kiln import transport
 from kiln.app.control import OUTAGES
 from kiln.app.runtime import Kiln
 from kiln.core.execution import Dispatch
+from kiln.core.pools import served_queues
 from kiln.transport import DEFAULT_CONCURRENCY
 
 log = logging.getLogger("kiln.controller")
@@ -36,7 +37,10 @@ class Controller:
         hooks: Iterable[Hook] = (),
         order: Callable[[list[Any]], list[Any]] | None = None,
         recovery_interval_s: float | None = None,
+        every_queue: bool = False,
     ) -> None:
+        """``every_queue``: the workers consume every queue (the embedded runtime's), so no
+        task waits for a worker of its pool."""
         self.kiln = kiln
         self.settings = kiln.settings
         self._send = send
@@ -50,19 +54,32 @@ class Controller:
         self._queued = 0  # tasks sent but not yet claimed, as the last pass counted them
         self._last_hooks = 0.0
         self._concurrency = (0.0, DEFAULT_CONCURRENCY)
+        self._every_queue = every_queue
+        self._queues: frozenset[str] | None = None if every_queue else frozenset()
         self.process_id = kiln.monitor.new_process_id("controller")
         self.stats = {"dispatched": 0, "resent": 0, "lost": 0, "quarantined": 0}
 
     # --- one pass ---------------------------------------------------------------------
 
     def worker_concurrency(self) -> int:
-        """Total threads of live workers (cached for 2 s); sizes the batches."""
+        """Total threads of live workers (cached for 2 s); sizes the batches. The same read
+        learns which queues live workers consume (:meth:`served_queues`)."""
         at, value = self._concurrency
         if time.monotonic() - at > 2.0:
             rows = self.kiln.monitor.live_processes("worker", stale_after_s=self.settings.lease_s)
             value = sum(r.concurrency for r in rows) or DEFAULT_CONCURRENCY
             self._concurrency = (time.monotonic(), value)
+            if not self._every_queue:
+                self._queues = served_queues((r.info for r in rows), self.settings.queue_name)
+            if self._queues is not None:
+                self.kiln.note_unserved_queues(self._queues)
         return value
+
+    def served_queues(self) -> frozenset[str] | None:
+        """The named queues live workers consume (None: all), as of :meth:`worker_concurrency`;
+        tasks of the others wait, saying so."""
+        self.worker_concurrency()
+        return self._queues
 
     def send(self, dispatches: Sequence[Dispatch]) -> None:
         if not dispatches:
@@ -121,7 +138,7 @@ class Controller:
         room = self.settings.dispatch_window - self._queued
         while room > 0:
             want = min(room, 1000)
-            batch = self.kiln.dispatch(want, order=self.order)
+            batch = self.kiln.dispatch(want, order=self.order, queues=self.served_queues())
             self.send(batch)
             dispatched += len(batch)
             room -= len(batch)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import redis
 
@@ -39,19 +39,19 @@ slots = Slots()
 
 
 class DirectListeners:
-    """``threads`` daemon threads, each ``BLPOP``-ing the queue's wake-up list and running
-    what it pops with ``run`` inside one of the process's ``slots``."""
+    """``threads`` daemon threads, each ``BLPOP``-ing the wake-up lists of ``queues`` and
+    running what it pops with ``run`` inside one of the process's ``slots``."""
 
     def __init__(
         self,
         url: str,
-        queue: str,
+        queues: Sequence[str],
         threads: int,
         run: Callable[[list[tuple[int, int]]], None],
         decode: Callable[[object], list[tuple[int, int]] | None],
     ) -> None:
         self._url = url
-        self._key = list_key(queue)
+        self._keys = [list_key(q) for q in queues]
         self._run = run
         self._decode = decode
         self._stop = threading.Event()
@@ -72,7 +72,7 @@ class DirectListeners:
         failing = False
         while not self._stop.is_set():
             try:
-                popped = client.blpop([self._key], timeout=BLPOP_TIMEOUT_S)
+                popped = client.blpop(self._keys, timeout=BLPOP_TIMEOUT_S)
                 if failing:
                     log.warning("direct wake-ups: Redis reachable again")
                     failing = False

@@ -26,11 +26,11 @@ class EmbeddedRuntime:
         # ``kiln.sender`` send reaches this runtime's worker threads.
         self.broker = transport.build_broker(kiln.settings)
         build_actors(self.broker, kiln)
-        transport.use(transport.Transport(self.broker, kiln.settings.queue_name))
+        transport.use(transport.Transport(self.broker, kiln.settings.queue_name, one_queue=True))
         kiln.sender = kiln.sender or transport.send_now
         self.kiln = kiln
         self.worker = dramatiq.Worker(self.broker, worker_threads=threads, worker_timeout=100)
-        self.controller = Controller(kiln, hooks=hooks, order=order)
+        self.controller = Controller(kiln, hooks=hooks, order=order, every_queue=True)
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self.controller.run, args=(self._stop,), name="kiln-controller", daemon=True

@@ -4,17 +4,25 @@ limits and progress), and record outcomes in as few transactions as the batch al
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import json
 import logging
 import threading
 import time
-import traceback
 
 from kiln.app.runtime import Kiln
-from kiln.core.errors import DatabaseUnavailable, PermanentFailure, UnknownHandler
+from kiln.core.errors import (
+    DatabaseUnavailable,
+    PermanentFailure,
+    TaskCancelled,
+    UnknownHandler,
+)
 from kiln.core.execution import ClaimedTask, Outcome
+from kiln.core.failures import full_traceback, summary
 from kiln.core.handlers import resolve_handler
-from kiln.core.task_context import TaskContext, reset_current, set_current
+from kiln.core.retry import retries_on
+from kiln.core.task_context import Cancellation, TaskContext, reset_current, set_current
+from kiln.workers.coroutines import run_awaitable
 from kiln.workers.timeouts import TimedOut, call_with_timeout
 
 log = logging.getLogger("kiln.worker")
@@ -24,24 +32,38 @@ RECORD_PATIENCE_S = 30.0
 
 
 class HeldTasks:
-    """The ``(task_id, attempt)`` pairs this process is working on; only these have their
-    leases extended by the heartbeat, so a batch abandoned half-way is recovered."""
+    """The ``(task_id, attempt)`` pairs this process is working on, each with its cancel
+    flag. Only these have their leases extended by the heartbeat, so a batch abandoned
+    half-way is recovered; those the database says no longer run here are flagged."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._held: set[tuple[int, int]] = set()
+        self._held: dict[tuple[int, int], Cancellation] = {}
 
     def add(self, tasks: list[ClaimedTask]) -> None:
         with self._lock:
-            self._held.update((t.id, t.attempt) for t in tasks)
+            for t in tasks:
+                self._held.setdefault((t.id, t.attempt), Cancellation())
 
     def discard(self, tasks: list[ClaimedTask]) -> None:
         with self._lock:
-            self._held.difference_update((t.id, t.attempt) for t in tasks)
+            for t in tasks:
+                self._held.pop((t.id, t.attempt), None)
 
     def snapshot(self) -> list[tuple[int, int]]:
         with self._lock:
             return sorted(self._held)
+
+    def cancellation(self, task: ClaimedTask) -> Cancellation:
+        """The flag of a held task (a fresh one for a task not held)."""
+        with self._lock:
+            return self._held.get((task.id, task.attempt)) or Cancellation()
+
+    def cancel(self, pairs: list[tuple[int, int]], reason: str) -> None:
+        with self._lock:
+            flags = [self._held[p] for p in pairs if p in self._held]
+        for flag in flags:
+            flag.cancel(reason)
 
 
 held = HeldTasks()
@@ -127,6 +149,9 @@ def run_one(kiln: Kiln, task: ClaimedTask) -> Outcome:
         fn = resolve_handler(task.handler, kiln.settings.handler_modules)
     except UnknownHandler as exc:
         return failed(exc.message, retryable=False)
+    cancellation = held.cancellation(task)
+    if cancellation.is_set:  # cancelled while waiting its turn in the batch
+        return failed(f"task cancelled: {cancellation.reason}", retryable=False)
     ctx = TaskContext(
         task_id=task.id,
         workflow_id=task.workflow_id,
@@ -134,20 +159,31 @@ def run_one(kiln: Kiln, task: ClaimedTask) -> Outcome:
         attempt=task.attempt,
         max_attempts=task.max_attempts,
         _report=_progress_writer(kiln, task),
+        _cancellation=cancellation,
     )
     token = set_current(ctx)
     try:
         params = task.params
-        call = (lambda: fn(**params)) if isinstance(params, dict) else (lambda: fn(params))
-        result = call_with_timeout(call, task.timeout_s)
+
+        def call() -> object:
+            out = fn(**params) if isinstance(params, dict) else fn(params)
+            # An ``async def`` handler (or one returning an awaitable) runs on its own loop.
+            return run_awaitable(out, cancellation) if inspect.isawaitable(out) else out
+
+        result = call_with_timeout(
+            call, task.timeout_s, on_timeout=lambda: cancellation.cancel(_timeout(task))
+        )
     except TimedOut:
         return failed(_timeout(task), kind="timed_out")
+    except TaskCancelled as exc:  # the attempt is over (its result would be refused anyway)
+        return failed(exc.message, retryable=False)
     except PermanentFailure as exc:
         return failed(f"{exc.message}", retryable=False)
     except Exception as exc:  # noqa: BLE001 - a handler's failure is data, recorded on the task
-        tb = traceback.extract_tb(exc.__traceback__)
-        where = f" (at {tb[-1].filename}:{tb[-1].lineno})" if tb else ""
-        return failed(f"{type(exc).__name__}: {exc}{where}")
+        # Retried unless the task's policy names other exceptions ("on" needs the class).
+        outcome = failed(summary(exc), retryable=retries_on(exc, (task.retry or {}).get("on")))
+        outcome.traceback = full_traceback(exc)
+        return outcome
     finally:
         reset_current(token)
     try:

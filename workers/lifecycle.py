@@ -1,19 +1,26 @@
 """Dramatiq middleware that makes a worker process visible and keeps its leases alive:
 registration in ``processes``, a heartbeat thread extending the leases of every task this
-process is running, and a clean deregistration on shutdown."""
+process is running (and flagging those cancelled meanwhile), and a clean deregistration on
+shutdown."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import dramatiq
 
 from kiln.app.logs import pop_context, push_context
 from kiln.app.runtime import Kiln
+from kiln.core.pools import worker_info
 from kiln.workers.executor import held
 
 log = logging.getLogger("kiln.worker")
+# How often a worker running tasks asks which of them were cancelled (one small read per
+# process): a cancel reaches running handlers within about this long.
+CANCEL_POLL_S = 0.5
+LOST = "its run was cancelled, or another attempt took it over"
 _tokens = threading.local()  # per worker thread: the log context of the message it runs
 
 
@@ -25,8 +32,11 @@ def _task_ids(message) -> list[int]:  # type: ignore[no-untyped-def]
 
 
 class WorkerLifecycle(dramatiq.Middleware):
-    def __init__(self, kiln: Kiln) -> None:
+    def __init__(self, kiln: Kiln, queues: list[str] | None = None) -> None:
+        """``queues``: the ones this worker consumes, recorded in its ``processes`` row for the
+        controllers (None: every queue, the embedded runtime)."""
         self._kiln = kiln
+        self._queues = queues
         self._id: str | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -50,7 +60,9 @@ class WorkerLifecycle(dramatiq.Middleware):
             if self._id is None:
                 monitor = self._kiln.monitor
                 pid = monitor.new_process_id("worker")
-                monitor.register_process(pid, "worker", concurrency=self.concurrency)
+                monitor.register_process(
+                    pid, "worker", concurrency=self.concurrency, info=worker_info(self._queues)
+                )
                 self._id = pid
                 log.info(
                     "worker registered with %d threads; database reachable",
@@ -67,9 +79,14 @@ class WorkerLifecycle(dramatiq.Middleware):
         kiln = self._kiln
         interval = kiln.settings.lease_s / 3
         failing = False
-        while not self._stop.wait(interval):
+        next_beat = time.monotonic() + interval
+        while not self._stop.wait(min(CANCEL_POLL_S, interval)):
+            if time.monotonic() < next_beat:
+                self._poll_cancels()
+                continue
+            next_beat = time.monotonic() + interval
             try:
-                kiln.heartbeat_leases(self._id, held.snapshot())
+                held.cancel(kiln.heartbeat_leases(self._id, held.snapshot()), LOST)
                 kiln.monitor.heartbeat_process(self._id)
                 if failing:
                     log.warning("lease heartbeat works again; database reachable")
@@ -82,6 +99,17 @@ class WorkerLifecycle(dramatiq.Middleware):
                     exc_info=True,
                     extra={"process_id": self._id},
                 )
+
+    def _poll_cancels(self) -> None:
+        """Between heartbeats, flag the held tasks cancelled meanwhile: one read, made only
+        while this process runs tasks. A failure is left to the next heartbeat to report."""
+        pairs = held.snapshot()
+        if not pairs or self._id is None:
+            return
+        try:
+            held.cancel(self._kiln.lost_leases(self._id, pairs), LOST)
+        except Exception:  # noqa: BLE001
+            log.debug("cancel poll failed", exc_info=True)
 
     def before_process_message(self, broker, message):  # type: ignore[no-untyped-def]
         """Log lines while this message runs carry its task ids (one task: ``task_id``)."""

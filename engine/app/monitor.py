@@ -29,6 +29,7 @@ class LiveProcess:
     kind: str
     concurrency: int  # worker threads
     heartbeat_at: dt.datetime  # UTC
+    info: Any = None  # a worker's: the queues it consumes (``kiln.core.pools.worker_info``)
 
 
 class Monitor:
@@ -66,7 +67,9 @@ class Monitor:
         rows = self._kiln.read(
             lambda c: process_store.live_processes(c, kind, stale_after_s=stale_after_s)
         )
-        return [LiveProcess(r.id, r.kind, r.concurrency, aware(r.heartbeat_at)) for r in rows]
+        return [
+            LiveProcess(r.id, r.kind, r.concurrency, aware(r.heartbeat_at), r.info) for r in rows
+        ]
 
     # --- health -----------------------------------------------------------------------
 

@@ -5,7 +5,8 @@ failure between concurrent workers and controllers."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Collection, Iterable
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -22,6 +23,8 @@ from kiln.core.config import Settings
 from kiln.core.definitions import Workflow, WorkflowSpec, parse_definition
 from kiln.core.idempotency import SUBMIT_SCOPE, IdempotencyKey, scoped
 from kiln.core.limits import check_count
+from kiln.core.runs import RunHandle
+from kiln.core.states import WORKFLOW_TERMINAL
 from kiln.store import dispatch, recovery
 from kiln.store import tasks as task_ops
 from kiln.store import workflows as wf_ops
@@ -33,6 +36,7 @@ from kiln.store.submit import submit_run_txn
 
 log = logging.getLogger("kiln.runtime")
 T = TypeVar("T")
+WAIT_POLL_S = 0.2  # Kiln.wait: a modest poll of one row, not a tight loop
 
 
 class Kiln:
@@ -171,6 +175,26 @@ class Kiln:
     def workflows(self, **filters: Any) -> list[dict[str, Any]]:
         return self.read(lambda c: wf_ops.list_workflows(c, **filters))
 
+    def start(
+        self,
+        definition: dict[str, Any] | WorkflowSpec | Workflow,
+        *,
+        idempotency_key: str | IdempotencyKey | None = None,
+    ) -> RunHandle:
+        """:meth:`submit`, returning a handle to wait on (``.wait()``, ``.result()``)."""
+        return RunHandle(self, self.submit(definition, idempotency_key=idempotency_key))
+
+    def wait(self, workflow_id: int, timeout_s: float) -> dict[str, Any]:
+        """The run with its tasks once it is terminal, or as it is after ``timeout_s``; polls
+        the run's row every ``WAIT_POLL_S``."""
+        deadline = time.monotonic() + timeout_s
+        while self.run(workflow_id)["status"] not in WORKFLOW_TERMINAL:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            time.sleep(min(WAIT_POLL_S, left))
+        return self.workflow(workflow_id)
+
     def cancel(self, workflow_id: int) -> None:
         self.txn(lambda c: wf_ops.cancel_workflow_txn(c, workflow_id))
 
@@ -183,13 +207,27 @@ class Kiln:
     # --- execution (used by controllers and workers) ------------------------------------
 
     def dispatch(
-        self, limit: int, order: Callable[[list[Any]], list[Any]] | None = None
+        self,
+        limit: int,
+        order: Callable[[list[Any]], list[Any]] | None = None,
+        queues: Collection[str] | None = None,
     ) -> list[Dispatch]:
+        """Lease up to ``limit`` ready tasks; of named queues only those in ``queues`` (the
+        ones live workers consume; None: all)."""
         return self.txn(
             lambda c: dispatch.dispatch_ready_txn(
-                c, limit=limit, lease_s=self.settings.dispatch_timeout_s, order=order
+                c,
+                limit=limit,
+                lease_s=self.settings.dispatch_timeout_s,
+                order=order,
+                queues=queues,
             )
         )
+
+    def note_unserved_queues(self, queues: Collection[str]) -> int:
+        """Ready tasks of a queue not in ``queues`` (no live worker consumes it) say so in
+        ``waiting_reason``."""
+        return self.txn(lambda c: dispatch.note_unserved_queues_txn(c, queues))
 
     def queued_count(self) -> int:
         return self.read(dispatch.queued_count)
@@ -228,12 +266,19 @@ class Kiln:
             )
         )
 
-    def heartbeat_leases(self, worker_id: str, held: list[tuple[int, int]]) -> int:
+    def heartbeat_leases(
+        self, worker_id: str, held: list[tuple[int, int]]
+    ) -> list[tuple[int, int]]:
+        """Extend ``held`` leases; return the pairs whose handlers should stop."""
         return self.txn(
             lambda c: recovery.heartbeat_leases_txn(
                 c, worker_id, held, lease_s=self.settings.lease_s
             )
         )
+
+    def lost_leases(self, worker_id: str, held: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """The pairs of ``held`` no longer running under that attempt on ``worker_id``."""
+        return self.read(lambda c: recovery.lost_leases_txn(c, worker_id, held))
 
     def report_progress(
         self, task_id: int, attempt: int, fraction: float, message: str | None

@@ -61,6 +61,19 @@ def run_table(run: dict[str, Any]) -> Table:
     return table
 
 
+def last_errors(run: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(task name, error)`` for each task that failed or is retrying: the last failed
+    attempt's error, with the handler's traceback (redacted)."""
+    shown = []
+    for t in redact(run)["tasks"]:
+        if t["status"] not in ("failed", "retrying"):
+            continue
+        errors = [a["error"] for a in t.get("attempt_history", []) if a.get("error")]
+        if errors or t.get("error"):
+            shown.append((t["name"], errors[-1] if errors else t["error"]))
+    return shown
+
+
 def as_json(run: dict[str, Any]) -> str:
     """The run as JSON, secrets in params and results shown as ``***``."""
     return json.dumps(redact(run), default=str, indent=2)

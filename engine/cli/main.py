@@ -18,8 +18,9 @@ import click
 from kiln.app.control import DatabaseError
 from kiln.cli.common import console, fail, make_kiln
 from kiln.core.config import Settings
-from kiln.core.errors import KilnError
+from kiln.core.errors import InvalidDefinition, KilnError
 from kiln.core.handlers import load_imports
+from kiln.core.pools import parse_queues
 
 
 class KilnGroup(click.Group):
@@ -99,7 +100,13 @@ def db_upgrade(as_json: bool) -> None:
 @main.command()
 @click.option("--threads", default=8, show_default=True, help="Worker threads per process.")
 @click.option("--processes", default=1, show_default=True, help="Worker processes to start.")
-def worker(threads: int, processes: int) -> None:
+@click.option(
+    "--queues",
+    default=None,
+    help="Comma-separated worker pools to consume (tasks' `queue`); default: the default "
+    "queue (KILN_QUEUE) only.",
+)
+def worker(threads: int, processes: int, queues: str | None) -> None:
     """Run a worker: consume the broker and execute tasks."""
     settings = Settings.from_env()
     if settings.embedded_broker:
@@ -107,11 +114,13 @@ def worker(threads: int, processes: int) -> None:
             "`kiln worker` needs a shared broker: set KILN_BROKER_URL=redis://... "
             "(with the in-process default, `kiln run` and `kiln demo` run their own workers)"
         )
+    try:
+        pools = list(parse_queues(queues)) if queues is not None else [settings.queue_name]
+    except InvalidDefinition as exc:
+        fail(str(exc))
     if processes > 1:
-        _supervise(
-            [[sys.executable, "-m", "kiln.cli.main", "worker", "--threads", str(threads)]]
-            * processes
-        )
+        args = ["worker", "--threads", str(threads), "--queues", ",".join(pools)]
+        _supervise([[sys.executable, "-m", "kiln.cli.main", *args]] * processes)
         return
     import dramatiq
 
@@ -120,11 +129,11 @@ def worker(threads: int, processes: int) -> None:
     from kiln.workers.actors import build_actors
 
     broker = transport.current().broker
-    build_actors(broker, Kiln(settings, pool_size=16, sender=transport.send_now))
+    build_actors(broker, Kiln(settings, pool_size=16, sender=transport.send_now), pools)
     stop = threading.Event()
     w = dramatiq.Worker(
         broker,
-        queues={settings.queue_name},
+        queues=set(pools),
         worker_threads=threads,
         worker_timeout=max(1, settings.worker_poll_ms),
     )
@@ -132,7 +141,7 @@ def worker(threads: int, processes: int) -> None:
         signal.signal(sig, lambda *_: stop.set())
     w.start()
     logging.getLogger("kiln.worker").warning(
-        "worker pid %d started with %d threads", os.getpid(), threads
+        "worker pid %d started with %d threads on queues %s", os.getpid(), threads, pools
     )
     stop.wait()
     w.stop(timeout=30_000)
@@ -253,16 +262,22 @@ def run(target: str, as_json: bool) -> None:
 @main.command()
 @click.argument("run_id", type=int)
 @click.option("--json", "as_json", is_flag=True, help="Print the run as JSON.")
-def status(run_id: int, as_json: bool) -> None:
+@click.option(
+    "--traceback", "tracebacks", is_flag=True, help="Also print each failed task's last error."
+)
+def status(run_id: int, as_json: bool, tracebacks: bool) -> None:
     """Show a workflow run and its tasks."""
     from kiln.cli.display import as_json as run_json
-    from kiln.cli.display import run_table
+    from kiln.cli.display import last_errors, run_table
 
     run = make_kiln().workflow(run_id)
     if as_json:
         click.echo(run_json(run))
-    else:
-        console.print(run_table(run))
+        return
+    console.print(run_table(run))
+    for name, error in last_errors(run) if tracebacks else []:
+        console.rule(f"{name}: last attempt's error", style="red")
+        console.print(error, markup=False, highlight=False)
 
 
 @main.command()

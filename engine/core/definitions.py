@@ -17,11 +17,14 @@ from kiln.core.limits import (
     check_count,
     check_json_value,
 )
+from kiln.core.pools import QUEUE_NAME
+from kiln.core.retry import exception_name, parse_retry_policy
 from kiln.core.templating import find_references
 
 TASK_FIELDS = {
     "name", "handler", "model_type", "params", "depends_on", "max_attempts", "timeout_s",
-    "priority",
+    "priority", "retry",
+    "queue",
 }  # fmt: skip
 WORKFLOW_FIELDS = {"name", "tasks", "on_error", "priority"}
 MAX_ATTEMPTS = 100
@@ -39,6 +42,8 @@ class TaskSpec:
     max_attempts: int = 3
     timeout_s: float | None = None
     priority: int = 0
+    retry: dict[str, Any] | None = None  # backoff_s, max_backoff_s, jitter, on: kiln.core.retry
+    queue: str | None = None  # the worker pool that runs it; None: the default queue
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,8 @@ class WorkflowSpec:
                         "max_attempts": t.max_attempts,
                         "timeout_s": t.timeout_s,
                         "priority": t.priority,
+                        "retry": t.retry,
+                        "queue": t.queue,
                     }.items()
                     if v is not None
                 }
@@ -168,15 +175,29 @@ def _parse_task(raw: Any, index: int, max_timeout_s: float) -> TaskSpec:
             f"{max_timeout_s:g} (KILN_MAX_TIMEOUT_S)",
             field=f"{where}.timeout_s",
         )
+    max_attempts = _int(raw.get("max_attempts", 3), f"{where}.max_attempts", 1, MAX_ATTEMPTS)
+    retry = None
+    if raw.get("retry") is not None:
+        retry = parse_retry_policy(raw["retry"], f"{where}.retry", max_attempts_limit=MAX_ATTEMPTS)
+        # retry.max_attempts overrides the task's own; stored once, as the task's.
+        max_attempts = retry.pop("max_attempts", max_attempts)
+    queue = raw.get("queue")
+    if queue is not None and not (isinstance(queue, str) and QUEUE_NAME.fullmatch(queue)):
+        raise _fail(
+            f"task {name!r}: queue must be a name of 1 to 64 characters among a-z 0-9 _ -",
+            field=f"{where}.queue",
+        )
     return TaskSpec(
         name=name,
         handler=handler.strip() if handler else None,
         model_type=model_type.strip() if model_type else None,
         params=params,
         depends_on=tuple(d.strip() for d in depends_on),
-        max_attempts=_int(raw.get("max_attempts", 3), f"{where}.max_attempts", 1, MAX_ATTEMPTS),
+        max_attempts=max_attempts,
         timeout_s=float(timeout) if timeout is not None else None,
         priority=_int(raw.get("priority", 0), f"{where}.priority", PRIORITY_MIN, PRIORITY_MAX),
+        queue=queue,
+        retry=retry or None,
     )
 
 
@@ -307,6 +328,14 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _plain_retry(retry: Any) -> Any:
+    """``retry`` with exception classes in ``on`` written as ``module:QualName``."""
+    if not isinstance(retry, dict) or not isinstance(retry.get("on"), list | tuple):
+        return retry
+    on = [exception_name(n) if isinstance(n, type) else n for n in retry["on"]]
+    return {**retry, "on": on}
+
+
 class Workflow:
     """Build a workflow in Python; ``to_definition()`` gives the same JSON the API takes.
 
@@ -330,6 +359,8 @@ class Workflow:
         max_attempts: int = 3,
         timeout_s: float | None = None,
         priority: int = 0,
+        retry: dict[str, Any] | None = None,
+        queue: str | None = None,
     ) -> TaskNode:
         handler_ref = handler_name(handler) if handler is not None else None
         task_name = name or (handler_ref.rsplit(":", 1)[-1] if handler_ref else model_type)
@@ -348,6 +379,10 @@ class Workflow:
             entry["model_type"] = model_type
         if timeout_s is not None:
             entry["timeout_s"] = timeout_s
+        if retry is not None:
+            entry["retry"] = _plain_retry(retry)
+        if queue is not None:
+            entry["queue"] = queue
         self._tasks.append(entry)
         return TaskNode(task_name)
 

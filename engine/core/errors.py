@@ -103,6 +103,11 @@ class PermanentFailure(KilnError):
     """The task failed in a way retrying cannot fix."""
 
 
+class TaskCancelled(KilnError):
+    """The task was cancelled (its run was cancelled, it timed out, or another attempt took
+    it over); raised inside the handler at its next progress report."""
+
+
 class InvalidInstanceRequest(KilnError):
     """The instance request is invalid."""
 
@@ -123,3 +128,21 @@ class InvalidPredictRequest(KilnError):
     """The prediction request is invalid."""
 
     status_code = 400
+
+
+class RunFailed(KilnError):
+    """The workflow run failed."""
+
+    @property
+    def task(self) -> str | None:
+        """The failed task's name (None when the run failed without one)."""
+        return self.details.get("task")
+
+    @property
+    def error(self) -> str | None:
+        """The failed task's error."""
+        return self.details.get("error")
+
+
+class RunCancelled(KilnError):
+    """The workflow run was cancelled."""

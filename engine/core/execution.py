@@ -19,6 +19,7 @@ class Dispatch:
     # A model_type task waits on a TaskInstance for most of its run: it gets a message (and
     # so a worker thread) of its own instead of sharing a batch with others.
     alone: bool = False
+    queue: str | None = None  # the task's worker pool; None: the default queue
 
 
 @dataclass
@@ -33,6 +34,7 @@ class ClaimedTask:
     timeout_s: float | None
     max_attempts: int
     param_error: str | None = None
+    retry: dict[str, Any] | None = None  # the task's own policy; None: the deployment's
 
 
 @dataclass
@@ -47,6 +49,7 @@ class Outcome:
     error: str | None = None
     retryable: bool = True
     kind: str = "failed"  # failed | timed_out
+    traceback: str | None = None  # the handler's whole traceback, kept on the attempt
 
 
 @dataclass

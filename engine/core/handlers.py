@@ -10,6 +10,7 @@ refused before any import: a request never makes a process import a module.
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import sys
 from collections.abc import Callable, Iterable
@@ -34,10 +35,14 @@ def task(fn: Handler | None = None, *, name: str | None = None) -> Any:
     """Register ``fn`` as a task handler under ``name`` (default: the function's name).
 
     A handler receives the task's resolved params as keyword arguments (or as one positional
-    argument when params is not an object) and returns a JSON-serialisable result.
+    argument when params is not an object) and returns a JSON-serialisable result. It may be
+    an ``async def`` function; a generator (sync or async) or a non-callable is refused here.
     """
 
     def register(f: Handler) -> Handler:
+        problem = unrunnable(f)
+        if problem:
+            raise TypeError(f"cannot register {f!r} as a task handler: {problem}")
         key = name or f.__name__
         existing = _registry.get(key)
         if existing is not None and existing is not f and _path(existing) != _path(f):
@@ -56,6 +61,18 @@ def register(name: str, fn: Handler, *, aliases: tuple[str, ...] = ()) -> None:
     for key in (name, *aliases):
         _registry[key] = fn
     _by_path[_path(fn)] = fn
+
+
+def unrunnable(f: object) -> str | None:
+    """Why Kiln cannot run ``f`` as a handler, or None: it runs plain and ``async def``
+    functions (any callable), and stores what they return, which a generator never is."""
+    if not callable(f):
+        return "it is not callable"
+    if inspect.isasyncgenfunction(f):
+        return "it is an async generator function (return a list instead of yielding)"
+    if inspect.isgeneratorfunction(f):
+        return "it is a generator function (return a list instead of yielding)"
+    return None
 
 
 def _path(f: Handler) -> str:
@@ -135,8 +152,9 @@ def _attribute(module: Any, name: str, attr: str, allowed: Iterable[str]) -> Han
                 f"handler {name!r}: module {module.__name__!r} has no attribute {attr!r}",
                 handler=name,
             )
-    if not callable(target):
-        raise UnknownHandler(f"handler {name!r} is not callable", handler=name)
+    problem = unrunnable(target)
+    if problem:
+        raise UnknownHandler(f"handler {name!r} cannot run: {problem}", handler=name)
     # An allowed module's namespace also holds what it imported (``subprocess.run``):
     # only functions defined in an allowed module count.
     defined_in = getattr(target, "__module__", None)

@@ -11,7 +11,7 @@ Functions ending in ``_txn`` never commit.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -50,11 +50,18 @@ def dispatchable_tasks(*extra: sa.ColumnElement[Any]) -> sa.Select:
     )
 
 
-def dispatch_candidates_txn(conn: sa.Connection, *, limit: int, now: dt.datetime) -> list[Any]:
+def dispatch_candidates_txn(
+    conn: sa.Connection,
+    *,
+    limit: int,
+    now: dt.datetime,
+    queues: Collection[str] | None = None,
+) -> list[Any]:
     """Lock up to ``limit`` dispatchable tasks of runs that are not paused, best first by
     (priority, age). Other controllers skip the locked rows. A ``model_type`` task is a
     candidate only while a live instance serves it (the controller's ``note_unroutable``
-    hook says why the others wait)."""
+    hook says why the others wait); a task of a named queue only when ``queues`` (those live
+    workers consume; None: all) holds it (:func:`note_unserved_queues_txn`)."""
     q = (
         dispatchable_tasks(tasks.c.attempts)
         .where(
@@ -64,7 +71,25 @@ def dispatch_candidates_txn(conn: sa.Connection, *, limit: int, now: dt.datetime
         .limit(limit)
         .with_for_update(skip_locked=True, of=tasks)
     )
+    if queues is not None:
+        q = q.where(sa.or_(tasks.c.queue.is_(None), tasks.c.queue.in_(sorted(queues))))
     return list(conn.execute(q))
+
+
+def note_unserved_queues_txn(conn: sa.Connection, queues: Collection[str]) -> int:
+    """Say why dispatchable tasks of a queue no live worker consumes (not in ``queues``) are
+    not dispatched; leasing them clears it (``mark_queued``)."""
+    reason = sa.literal("no live worker consumes queue ", sa.Text) + tasks.c.queue
+    return conn.execute(
+        tasks.update()
+        .where(
+            tasks.c.status.in_(DISPATCHABLE),
+            tasks.c.queue.is_not(None),
+            tasks.c.queue.not_in(sorted(queues)),
+            tasks.c.waiting_reason.is_distinct_from(reason),
+        )
+        .values(waiting_reason=reason)
+    ).rowcount
 
 
 def mark_queued_txn(
@@ -76,7 +101,9 @@ def mark_queued_txn(
         return []
     rows = statements(conn).mark_queued(conn, task_ids, now=now, lease=lease_until)
     by_id = {
-        r.id: Dispatch(r.id, r.attempts + 1, r.workflow_id, alone=r.model_type is not None)
+        r.id: Dispatch(
+            r.id, r.attempts + 1, r.workflow_id, alone=r.model_type is not None, queue=r.queue
+        )
         for r in rows
     }
     return [by_id[i] for i in task_ids if i in by_id]
@@ -112,6 +139,7 @@ def dispatch_now_txn(
                 tasks.c.id.in_(list(task_ids)),
                 tasks.c.handler.is_not(None),
                 tasks.c.not_before.is_(None),
+                tasks.c.queue.is_(None),  # a named queue's wait for a controller
                 run_is_active(),
             )
         ).scalars()
@@ -126,11 +154,13 @@ def dispatch_ready_txn(
     limit: int,
     lease_s: float,
     order: Callable[[list[Any]], list[Any]] | None = None,
+    queues: Collection[str] | None = None,
 ) -> list[Dispatch]:
     """Lease up to ``limit`` ready tasks for dispatch, in the order ``order`` gives (default
-    priority then age). The caller commits, then sends one message per batch."""
+    priority then age), of named queues only those in ``queues`` (None: all). The caller
+    commits, then sends one message per batch."""
     now = utcnow()
-    candidates = dispatch_candidates_txn(conn, limit=limit, now=now)
+    candidates = dispatch_candidates_txn(conn, limit=limit, now=now, queues=queues)
     if order is not None:
         candidates = order(candidates)
     return mark_queued_txn(

@@ -9,7 +9,7 @@ WITH q AS (
     UPDATE tasks AS t SET status = 'queued', queued_at = :now, lease_expires_at = :lease,
            dispatch_count = t.dispatch_count + 1, not_before = NULL, waiting_reason = NULL
     WHERE t.id = ANY(CAST(:ids AS bigint[])) AND t.status IN ('ready', 'retrying')
-    RETURNING t.id, t.attempts, t.workflow_id, t.model_type
+    RETURNING t.id, t.attempts, t.workflow_id, t.model_type, t.queue
 ), run AS (
     UPDATE workflows AS w SET status = 'running', started_at = :now
     WHERE w.id IN (SELECT workflow_id FROM q) AND w.status = 'pending'
@@ -57,19 +57,19 @@ WITH lease AS (
     RETURNING id, status
 ), t AS (
     INSERT INTO tasks (workflow_id, name, handler, model_type, params, status, priority,
-                       max_attempts, timeout_s, deps_remaining, created_at, ready_at,
-                       queued_at, lease_expires_at, dispatch_count)
+                       max_attempts, timeout_s, retry, deps_remaining, created_at, ready_at,
+                       queued_at, lease_expires_at, dispatch_count, queue)
     SELECT w.id, r.name, r.handler, r.model_type, r.params,
            CASE WHEN r.direct AND lease.until IS NOT NULL THEN 'queued' ELSE r.status END,
-           r.priority, r.max_attempts, r.timeout_s, r.deps_remaining, :now,
+           r.priority, r.max_attempts, r.timeout_s, r.retry, r.deps_remaining, :now,
            CASE WHEN r.status = 'ready' THEN CAST(:now AS timestamptz) END,
            CASE WHEN r.direct AND lease.until IS NOT NULL THEN CAST(:now AS timestamptz) END,
            CASE WHEN r.direct THEN lease.until END,
-           CASE WHEN r.direct AND lease.until IS NOT NULL THEN 1 ELSE 0 END
+           CASE WHEN r.direct AND lease.until IS NOT NULL THEN 1 ELSE 0 END, r.queue
     FROM w LEFT JOIN lease ON true, jsonb_to_recordset(:tasks) AS r(
         name text, handler text, model_type text, params jsonb, status text,
-        priority integer, max_attempts integer, timeout_s double precision,
-        deps_remaining integer, direct boolean)
+        priority integer, max_attempts integer, timeout_s double precision, retry jsonb,
+        deps_remaining integer, direct boolean, queue text)
     RETURNING id, name, workflow_id, status
 ), e AS (
     INSERT INTO task_dependencies (task_id, depends_on_id)
@@ -106,7 +106,7 @@ WITH want AS (
     WHERE t.id = want.id AND t.attempts = want.prev AND t.status = 'queued'
       AND w.id = t.workflow_id AND w.status <> 'paused'
     RETURNING t.id, t.attempts, t.workflow_id, t.name, t.handler, t.model_type, t.params,
-              t.timeout_s, t.max_attempts
+              t.timeout_s, t.max_attempts, t.retry
 ), back AS (
     UPDATE tasks AS t SET status = 'ready', lease_expires_at = NULL, queued_at = NULL,
            ready_at = :now

@@ -24,23 +24,49 @@ from kiln.store.workflows import settle_workflows_txn
 
 def heartbeat_leases_txn(
     conn: sa.Connection, worker_id: str, held: Sequence[tuple[int, int]], *, lease_s: float
-) -> int:
-    """Extend the leases of the ``(task_id, attempt)`` pairs this worker is still working on.
+) -> list[tuple[int, int]]:
+    """Extend the leases of the ``(task_id, attempt)`` pairs this worker is still working on;
+    return the pairs no longer running under that attempt here (cancelled, finished, or
+    recovered and re-leased), whose handlers should stop.
 
     Only what the worker names is extended: a task whose batch was abandoned (say, the
     database went away while recording it) lets its lease run out and is recovered, even
     though its worker process is alive and heartbeating."""
     if not held:
-        return 0
-    return conn.execute(
+        return []
+    kept = conn.execute(
         tasks.update()
-        .where(
-            sa.tuple_(tasks.c.id, tasks.c.attempts).in_(list(held)),
-            tasks.c.lease_owner == worker_id,
-            tasks.c.status == TaskStatus.RUNNING,
-        )
+        .where(_held_here(worker_id, held))
         .values(lease_expires_at=utcnow() + dt.timedelta(seconds=lease_s))
-    ).rowcount
+        .returning(tasks.c.id, tasks.c.attempts)
+    ).all()
+    return _lost(held, kept)
+
+
+def lost_leases_txn(
+    conn: sa.Connection, worker_id: str, held: Sequence[tuple[int, int]]
+) -> list[tuple[int, int]]:
+    """The pairs of ``held`` no longer running under that attempt here: a read, cheap enough
+    for a worker to ask each second so a cancel reaches running handlers quickly."""
+    if not held:
+        return []
+    kept = conn.execute(
+        sa.select(tasks.c.id, tasks.c.attempts).where(_held_here(worker_id, held))
+    ).all()
+    return _lost(held, kept)
+
+
+def _held_here(worker_id: str, held: Sequence[tuple[int, int]]) -> sa.ColumnElement[bool]:
+    return sa.and_(
+        sa.tuple_(tasks.c.id, tasks.c.attempts).in_(list(held)),
+        tasks.c.lease_owner == worker_id,
+        tasks.c.status == TaskStatus.RUNNING,
+    )
+
+
+def _lost(held: Sequence[tuple[int, int]], kept: Sequence[sa.Row]) -> list[tuple[int, int]]:
+    still = {(r[0], r[1]) for r in kept}
+    return [pair for pair in held if pair not in still]
 
 
 def report_progress_txn(
@@ -114,6 +140,7 @@ def recover_txn(
             tasks.c.dispatch_count,
             tasks.c.lease_owner,
             tasks.c.started_at,
+            tasks.c.queue,
         )
         .where(
             sa.or_(tasks.c.status == TaskStatus.RUNNING, queued_due),
@@ -182,6 +209,8 @@ def recover_txn(
                     dispatch_count=tasks.c.dispatch_count + 1,
                 )
             )
-            out.resend.append(Dispatch(row.id, row.attempts + 1, row.workflow_id, alone=True))
+            out.resend.append(
+                Dispatch(row.id, row.attempts + 1, row.workflow_id, alone=True, queue=row.queue)
+            )
     settle_workflows_txn(conn, touched)
     return out

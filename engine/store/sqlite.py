@@ -34,7 +34,9 @@ class SqliteStatements(Statements):
                 not_before=None,
                 waiting_reason=None,
             )
-            .returning(tasks.c.id, tasks.c.attempts, tasks.c.workflow_id, tasks.c.model_type)
+            .returning(
+                tasks.c.id, tasks.c.attempts, tasks.c.workflow_id, tasks.c.model_type, tasks.c.queue
+            )
         ).all()
         run_ids = sorted({r.workflow_id for r in rows})
         if run_ids:
@@ -165,6 +167,7 @@ class SqliteStatements(Statements):
                 tasks.c.params,
                 tasks.c.timeout_s,
                 tasks.c.max_attempts,
+                tasks.c.retry,
             )
         ).all()
         if rows:

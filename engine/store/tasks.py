@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from kiln.core.execution import ClaimedTask, Outcome, RecordReport
-from kiln.core.retry import backoff_s
+from kiln.core.retry import DEFAULT_JITTER, backoff_s
 from kiln.core.states import TASK_NOT_STARTED, TaskStatus, WorkflowStatus
 from kiln.core.templating import ReferenceError_, find_references, resolve
 from kiln.store.db import utcnow
@@ -65,6 +65,7 @@ def claim_txn(
             params=r.params,
             timeout_s=r.timeout_s,
             max_attempts=r.max_attempts,
+            retry=r.retry,
         )
         for r in rows
     ]
@@ -176,7 +177,13 @@ def fail_attempt_txn(
         "started_at": o.started_at,
     }
     if retry:
-        wait = backoff_s(t.attempt, base_s=retry_base_s, max_s=retry_max_s)
+        policy = t.retry or {}
+        wait = backoff_s(
+            t.attempt,
+            base_s=policy.get("backoff_s", retry_base_s),
+            max_s=policy.get("max_backoff_s", max(retry_max_s, policy.get("backoff_s", 0))),
+            jitter=policy.get("jitter", DEFAULT_JITTER),
+        )
         values |= {
             "status": TaskStatus.RETRYING,
             "not_before": o.finished_at + dt.timedelta(seconds=wait),
@@ -201,7 +208,11 @@ def fail_attempt_txn(
             task_attempts.c.attempt == t.attempt,
             task_attempts.c.outcome == "running",
         )
-        .values(outcome=o.kind if changed else "stale", error=o.error, finished_at=o.finished_at)
+        .values(
+            outcome=o.kind if changed else "stale",
+            error=f"{o.error}\n\n{o.traceback}" if o.traceback else o.error,
+            finished_at=o.finished_at,
+        )
     )
     if changed is None:
         return False

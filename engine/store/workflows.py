@@ -43,8 +43,9 @@ def submit_workflow_txn(
 
 def direct_names(spec: WorkflowSpec) -> list[str]:
     """The tasks a submitter may lease and send itself on an idle queue: handler tasks with
-    no dependencies (``model_type`` tasks need placement), highest priority first."""
-    ready = [t for t in spec.tasks if not t.depends_on and t.handler]
+    no dependencies (``model_type`` tasks need placement; a named queue's need a live worker
+    of that pool, which the controller checks), highest priority first."""
+    ready = [t for t in spec.tasks if not t.depends_on and t.handler and t.queue is None]
     ready.sort(key=lambda t: -t.priority)
     return [t.name for t in ready]
 
@@ -75,10 +76,12 @@ def _run_rows(
             "priority": t.priority + spec.priority,
             "max_attempts": t.max_attempts,
             "timeout_s": t.timeout_s,
+            "retry": t.retry,
             "deps_remaining": len(set(t.depends_on)),
             "created_at": now,
             "ready_at": None if t.depends_on else now,
             "direct": t.name in direct,
+            "queue": t.queue,
         }
         for t in spec.tasks
     ]
