@@ -187,8 +187,10 @@ def test_killing_an_instance_requeues_its_tasks_and_the_workflow_still_succeeds(
             victim = wait_for(lambda: live_instance(api, doomed.url), what="first instance")
             cluster.controller()
             cluster.worker(threads=8)
+            # Long enough that all three overlap on the victim even when a loaded machine
+            # spreads their dispatch over seconds (at 1.5 s the first could end first).
             wf = pg_kiln.submit(
-                {"name": "survive", "tasks": [model_task(f"t{i}", "m", 1500) for i in range(3)]}
+                {"name": "survive", "tasks": [model_task(f"t{i}", "m", 8000) for i in range(3)]}
             )
 
             def running_on_victim() -> list[dict[str, Any]]:
