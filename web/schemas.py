@@ -9,6 +9,7 @@ from typing import Any
 import marshmallow as ma
 from marshmallow import fields, validate
 
+from kiln.core.clock import aware
 from kiln.core.definitions import MAX_ATTEMPTS, PRIORITY_MAX, PRIORITY_MIN
 from kiln.core.operations import OPERATION_KINDS, OPERATION_STATES
 from kiln.core.pipelines import PIPELINE_STATES, PIPELINE_TYPES, RATE_LIMIT_MAX
@@ -24,7 +25,7 @@ def unix(value: dt.datetime | None) -> float | None:
     """Unix seconds; a naive datetime (SQLite hands those back) is UTC, as Kiln stores."""
     if value is None:
         return None
-    return (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).timestamp()
+    return aware(value).timestamp()
 
 
 # --- shared ---------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import Any
 
 from flask import Blueprint, redirect, render_template, request, url_for
 
+from kiln.core.clock import aware
 from kiln.core.errors import NotFound
 from kiln.core.operations import OPERATION_KINDS, OPERATION_STATES
 from kiln.core.pipelines import PIPELINE_STATES
@@ -66,9 +67,7 @@ def _ts(value: Any) -> float | None:
         return None
     if isinstance(value, int | float):
         return float(value)
-    if value.tzinfo is None:  # SQLite hands back naive datetimes; Kiln stores UTC
-        value = value.replace(tzinfo=dt.UTC)
-    return value.timestamp()  # type: ignore[no-any-return]
+    return aware(value).timestamp()  # type: ignore[no-any-return]
 
 
 @bp.app_template_filter("when")

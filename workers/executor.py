@@ -3,7 +3,6 @@ limits and progress), and record outcomes in as few transactions as the batch al
 
 from __future__ import annotations
 
-import datetime as dt
 import inspect
 import json
 import logging
@@ -11,6 +10,7 @@ import threading
 import time
 
 from kiln.app.runtime import Kiln
+from kiln.core.clock import utcnow
 from kiln.core.errors import (
     DatabaseUnavailable,
     PermanentFailure,
@@ -105,10 +105,6 @@ def record(kiln: Kiln, outcomes: list[Outcome]) -> None:
             log.warning("database unavailable while recording %d results; retrying", len(outcomes))
             time.sleep(delay)
             delay = min(2.0, delay * 2)
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def _timeout(task: ClaimedTask) -> str:

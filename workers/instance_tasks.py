@@ -18,7 +18,6 @@ outcome is refused as stale.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import time
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 from kiln.app.instances import LiveInstance, instance_task_id
 from kiln.app.predictor import task_metadata
 from kiln.app.runtime import Kiln
+from kiln.core.clock import utcnow
 from kiln.core.execution import ClaimedTask, Outcome
 from kiln.taskinstance import (
     InstanceRejected,
@@ -47,10 +47,6 @@ def split_params(params: Any) -> tuple[Any, dict[str, Any]]:
     if isinstance(params, dict) and "input_data" in params:
         return params["input_data"], task_metadata(params)
     return params, task_metadata(params)
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def run_instance_task(kiln: Kiln, task: ClaimedTask, *, client_timeout_s: float = 5.0) -> Outcome:

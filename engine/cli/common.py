@@ -3,8 +3,7 @@
 
 from __future__ import annotations
 
-import datetime as dt
-from typing import NoReturn, overload
+from typing import NoReturn
 
 from rich.console import Console
 
@@ -24,18 +23,3 @@ def fail(message: str, code: int = 2) -> NoReturn:
     """Print ``error: message`` on stderr and exit with ``code`` (2: the caller's mistake)."""
     err_console.print(f"[red]error:[/] {message}")
     raise SystemExit(code)
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-@overload
-def aware(value: dt.datetime) -> dt.datetime: ...
-@overload
-def aware(value: None) -> None: ...
-def aware(value: dt.datetime | None) -> dt.datetime | None:
-    """SQLite hands back naive datetimes; Kiln stores UTC everywhere, so say so."""
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=dt.UTC)
-    return value

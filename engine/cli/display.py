@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.table import Table
 
-from kiln.cli.common import aware
+from kiln.core.clock import aware
 from kiln.core.redaction import redact
 
 STATE_STYLE = {

@@ -20,7 +20,8 @@ from rich.console import Console, Group
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
-from kiln.cli.common import aware, console, make_kiln, utcnow
+from kiln.cli.common import console, make_kiln
+from kiln.core.clock import aware, utcnow
 from kiln.core.redaction import redact
 from kiln.core.states import WORKFLOW_TERMINAL
 

@@ -5,20 +5,16 @@ the one translation of "cannot reach the database" driver errors. Per-database c
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 from collections.abc import Iterator
-from typing import overload
 
 import sqlalchemy as sa
 
+from kiln.core.clock import aware as aware  # the store modules import both from here
+from kiln.core.clock import utcnow as utcnow
 from kiln.core.errors import DatabaseUnavailable, InvalidValue
 
 # The LISTEN/NOTIFY channel controllers wait on (spelled the same in queries.sql).
 READY_CHANNEL = "kiln_ready"
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def normalize_url(url: str) -> str:
@@ -42,14 +38,3 @@ def translate_errors() -> Iterator[None]:
     except sa.exc.DataError as exc:
         reason = str(exc.orig).splitlines()[0] if exc.orig is not None else "invalid value"
         raise InvalidValue(f"the database refused a value: {reason}") from exc
-
-
-@overload
-def aware(value: dt.datetime) -> dt.datetime: ...
-@overload
-def aware(value: None) -> None: ...
-def aware(value: dt.datetime | None) -> dt.datetime | None:
-    """SQLite hands back naive datetimes; Kiln stores UTC everywhere, so say so."""
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=dt.UTC)
-    return value

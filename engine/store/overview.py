@@ -17,6 +17,7 @@ from kiln.store.schema import (
     tasks,
     workflows,
 )
+from kiln.store.workflows import list_workflows
 
 
 def ping(conn: sa.Connection) -> None:
@@ -64,20 +65,7 @@ def runs_page(
     """The newest runs matching the filters (``status`` and a case-insensitive substring of
     the name, each ignored when empty), their task counts by state, and how many runs are in
     each state overall."""
-    q = sa.select(
-        workflows.c.id,
-        workflows.c.name,
-        workflows.c.status,
-        workflows.c.error,
-        workflows.c.created_at,
-        workflows.c.started_at,
-        workflows.c.finished_at,
-    ).order_by(workflows.c.id.desc())
-    if status:
-        q = q.where(workflows.c.status == status)
-    if query:
-        q = q.where(sa.func.lower(workflows.c.name).contains(query.lower(), autoescape=True))
-    rows = [dict(r) for r in conn.execute(q.limit(limit)).mappings()]
+    rows = list_workflows(conn, status=status, name_contains=query, limit=limit)
     counts: dict[int, dict[str, int]] = {r["id"]: {} for r in rows}
     if rows:
         for wid, st, n in conn.execute(

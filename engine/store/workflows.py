@@ -265,8 +265,14 @@ def get_workflow(conn: sa.Connection, workflow_id: int) -> dict[str, Any]:
 
 
 def list_workflows(
-    conn: sa.Connection, *, status: str | None = None, limit: int = 50, before_id: int | None = None
+    conn: sa.Connection,
+    *,
+    status: str | None = None,
+    limit: int = 50,
+    before_id: int | None = None,
+    name_contains: str | None = None,
 ) -> list[dict[str, Any]]:
+    """The newest runs first; ``name_contains`` is a case-insensitive substring of the name."""
     q = sa.select(
         workflows.c.id,
         workflows.c.name,
@@ -280,4 +286,8 @@ def list_workflows(
         q = q.where(workflows.c.status == status)
     if before_id:
         q = q.where(workflows.c.id < before_id)
+    if name_contains:
+        q = q.where(
+            sa.func.lower(workflows.c.name).contains(name_contains.lower(), autoescape=True)
+        )
     return [dict(r) for r in conn.execute(q.limit(limit)).mappings()]
