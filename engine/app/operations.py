@@ -5,10 +5,10 @@ them (:meth:`Operations.apply_pending`). The SQL is in :mod:`kiln.store.operatio
 from __future__ import annotations
 
 import re
-import time
 from typing import TYPE_CHECKING, Any
 
 from kiln.app.database import Database
+from kiln.core.clock import poll_until
 from kiln.core.errors import OperationNotFound
 from kiln.core.idempotency import IdempotencyKey, scoped
 from kiln.core.operations import UNFINISHED
@@ -94,12 +94,9 @@ class Operations:
 
     def wait(self, ic_id: str, timeout_s: float) -> dict[str, Any]:
         """The operation once it is completed or failed, or as it is after ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            row = self.get(ic_id)
-            if row["status"] not in UNFINISHED or time.monotonic() >= deadline:
-                return row
-            time.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
+        return poll_until(
+            lambda: self.get(ic_id), lambda row: row["status"] not in UNFINISHED, timeout_s, POLL_S
+        )
 
     def list(
         self,

@@ -5,7 +5,6 @@ failure between concurrent workers and controllers."""
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Collection, Iterable
 from typing import Any, TypeVar
 
@@ -19,6 +18,7 @@ from kiln.app.pipelines import Pipelines
 from kiln.app.predictor import PredictorAPI
 from kiln.app.scheduler import SchedulerAPI
 from kiln.core import handlers
+from kiln.core.clock import poll_until
 from kiln.core.config import Settings
 from kiln.core.definitions import Workflow, WorkflowSpec, parse_definition
 from kiln.core.idempotency import SUBMIT_SCOPE, IdempotencyKey, scoped
@@ -187,12 +187,12 @@ class Kiln:
     def wait(self, workflow_id: int, timeout_s: float) -> dict[str, Any]:
         """The run with its tasks once it is terminal, or as it is after ``timeout_s``; polls
         the run's row every ``WAIT_POLL_S``."""
-        deadline = time.monotonic() + timeout_s
-        while self.run(workflow_id)["status"] not in WORKFLOW_TERMINAL:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            time.sleep(min(WAIT_POLL_S, left))
+        poll_until(
+            lambda: self.run(workflow_id),
+            lambda run: run["status"] in WORKFLOW_TERMINAL,
+            timeout_s,
+            WAIT_POLL_S,
+        )
         return self.workflow(workflow_id)
 
     def cancel(self, workflow_id: int) -> None:
