@@ -26,9 +26,20 @@ class TaskStatus(enum.StrEnum):
     running               succeeded                                           worker finish
     running               retrying (``not_before`` = now + backoff)           failure / lost lease
     running               failed   (attempts exhausted, or not retryable)     failure / lost lease
+    running               waiting  (the handler waits for child runs)         worker finish
+    ready                 waiting  (a map task: its items written)            map expansion
+    ready                 succeeded (a map task over an empty list: ``[]``)   map expansion
+    ready                 failed   (a map task whose list is not a list, ...) map expansion
+    waiting               ready    (every awaited child run ended)            child run's end
+    waiting               succeeded (a map task: every item succeeded)        last item's finish
+    waiting               failed   (a map task: an item failed for good)      the item's failure
     any non-terminal      cancelled                                           cancel, on_error=stop
     pending, ready, ...   upstream_failed                                     failure propagation
     ====================  ==================================================  ===================
+
+    A ``waiting`` task has no worker and no lease; its ``waiting_reason`` says what it waits
+    for. A map task (``map_over``) never runs a handler: its items (``Name[i]``, with
+    ``mapped_from`` and ``map_index``) do, and its result is their results in item order.
 
     ``queued`` tasks whose dispatch lease expired are re-sent with the *same* attempt number
     (the message was lost); that refreshes the lease but is not a state change.
@@ -45,6 +56,7 @@ class TaskStatus(enum.StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     UPSTREAM_FAILED = "upstream_failed"
+    WAITING = "waiting"
 
 
 TASK_TERMINAL = frozenset(
@@ -58,13 +70,22 @@ TASK_DISPATCHABLE = frozenset({TaskStatus.READY, TaskStatus.RETRYING})
 TASK_NOT_STARTED = frozenset(
     {TaskStatus.PENDING, TaskStatus.READY, TaskStatus.RETRYING, TaskStatus.QUEUED}
 )
+# States in which no worker holds the task and a run's stop may cancel it.
+TASK_UNHELD = TASK_NOT_STARTED | {TaskStatus.WAITING}
 
 TASK_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
     TaskStatus.PENDING: frozenset(
         {TaskStatus.READY, TaskStatus.UPSTREAM_FAILED, TaskStatus.CANCELLED}
     ),
     TaskStatus.READY: frozenset(
-        {TaskStatus.QUEUED, TaskStatus.UPSTREAM_FAILED, TaskStatus.CANCELLED}
+        {
+            TaskStatus.QUEUED,
+            TaskStatus.WAITING,
+            TaskStatus.SUCCEEDED,
+            TaskStatus.FAILED,
+            TaskStatus.UPSTREAM_FAILED,
+            TaskStatus.CANCELLED,
+        }
     ),
     TaskStatus.RETRYING: frozenset(
         {TaskStatus.QUEUED, TaskStatus.UPSTREAM_FAILED, TaskStatus.CANCELLED}
@@ -73,7 +94,16 @@ TASK_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
         {TaskStatus.RUNNING, TaskStatus.READY, TaskStatus.UPSTREAM_FAILED, TaskStatus.CANCELLED}
     ),
     TaskStatus.RUNNING: frozenset(
-        {TaskStatus.SUCCEEDED, TaskStatus.RETRYING, TaskStatus.FAILED, TaskStatus.CANCELLED}
+        {
+            TaskStatus.SUCCEEDED,
+            TaskStatus.RETRYING,
+            TaskStatus.FAILED,
+            TaskStatus.CANCELLED,
+            TaskStatus.WAITING,
+        }
+    ),
+    TaskStatus.WAITING: frozenset(
+        {TaskStatus.READY, TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED}
     ),
     TaskStatus.SUCCEEDED: frozenset(),
     TaskStatus.FAILED: frozenset(),

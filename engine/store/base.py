@@ -176,4 +176,4 @@ class Store(abc.ABC):
         cfg.attributes["configure_logging"] = False
         with translate_errors(), self.engine.begin() as conn:
             cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+            command.upgrade(cfg, "heads")

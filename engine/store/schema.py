@@ -67,9 +67,22 @@ workflows = sa.Table(
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Column("started_at", Timestamp),
     sa.Column("finished_at", Timestamp),
+    sa.Column("parent_task_id", sa.BigInteger, comment="child run: the task that started it"),
+    sa.Column("parent_workflow_id", sa.BigInteger, comment="child run: that task's run"),
+    sa.Column("parent_attempt", sa.Integer, comment="child run: the parent task's try"),
+    sa.Column("child_key", sa.Text, comment="child run: the key its parent started it with"),
+    sa.Column(
+        "awaited",
+        sa.Boolean,
+        nullable=False,
+        server_default=sa.false(),
+        comment="child run: its parent task waits for it to end",
+    ),
     sa.CheckConstraint(_in("status", WORKFLOW_STATES), name="status"),
     sa.CheckConstraint(_in("on_error", ("stop", "continue")), name="on_error"),
     sa.Index(None, "status", "id"),
+    sa.Index(None, "parent_task_id", "parent_attempt", "child_key", unique=True),
+    sa.Index(None, "parent_workflow_id"),
     comment="One row per workflow run (a DAG of tasks).",
 )
 
@@ -144,6 +157,21 @@ tasks = sa.Table(
         comment="the task's own retry policy (backoff_s, max_backoff_s, jitter, on); "
         "NULL: the deployment's defaults",
     ),
+    sa.Column(
+        "map_over",
+        sa.Text,
+        comment="map task: the {{Task.result...}} list it runs once per item of",
+    ),
+    sa.Column("map_index", sa.Integer, comment="mapped item: its place in the list"),
+    sa.Column("mapped_from", sa.BigInteger, comment="mapped item: its map task (tasks.id)"),
+    sa.Column(
+        "resumes",
+        sa.Integer,
+        nullable=False,
+        server_default="0",
+        comment="claims that resumed the task after it waited for child runs; "
+        "attempts - resumes is its try",
+    ),
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Column(
         "ready_at",
@@ -199,6 +227,7 @@ tasks = sa.Table(
     ),
     sa.Index(None, "workflow_id", "status"),
     sa.Index(None, "instance_id"),
+    sa.Index(None, "mapped_from", "map_index", unique=True),
     # The controller's periodic passes over model_type work must not scan every task: these
     # partial indexes keep them flat with a million tasks queued (docs/scale.md).
     sa.Index(
