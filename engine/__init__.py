@@ -6,13 +6,14 @@ subpackages (``kiln.core``, ``kiln.store``, ``kiln.app``...) is internal.
 
 from kiln.app.runtime import Kiln
 from kiln.client import Client
-from kiln.core.definitions import Workflow, parse_definition
+from kiln.core.definitions import Workflow, index, item, parse_definition
 from kiln.core.errors import (
     InvalidDefinition,
     KilnError,
     PermanentFailure,
     RunCancelled,
     RunFailed,
+    SignalTimeout,
     TaskCancelled,
 )
 from kiln.core.handlers import task
@@ -28,9 +29,12 @@ __all__ = [
     "RunCancelled",
     "RunFailed",
     "RunHandle",
+    "SignalTimeout",
     "TaskCancelled",
     "Workflow",
     "current_task",
+    "index",
+    "item",
     "parse_definition",
     "report_progress",
     "task",

@@ -69,9 +69,19 @@ class Client:
             params = {"wait": f"{left:.3f}"} if left > 0 else None
             response = self._send("GET", f"/workflows/{run_id}", params=params, timeout_s=left)
             if response.status_code != 429 or left <= 0:
-                return self._json(response)
+                return self._rest_of_tasks(run_id, self._json(response))
             pause = float(response.headers.get("Retry-After") or 1)
             time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
+
+    def _rest_of_tasks(self, run_id: int, run: dict[str, Any]) -> dict[str, Any]:
+        """``run`` with the tasks of its further pages (a run of over 1,000 tasks)."""
+        while run.get("tasks_next_after") is not None:
+            page = self._request(
+                "GET", f"/workflows/{run_id}", params={"tasks_after": run["tasks_next_after"]}
+            )
+            run["tasks"] += page["tasks"]
+            run["tasks_next_after"] = page["tasks_next_after"]
+        return run
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         return self._json(self._send(method, path, **kwargs))

@@ -73,6 +73,10 @@ def create_app(kiln: Kiln | None = None) -> Flask:
 
     for blueprint in (instances_api.blp, predictor_api.blp, scheduler_api.blp):
         api.register_blueprint(blueprint)
+    from kiln.web import reruns, schedules, signals
+
+    for blueprint in (schedules.blp, reruns.blp, signals.blp):
+        api.register_blueprint(blueprint)
     from kiln.web import health, metrics
 
     for module in (health, metrics):
@@ -84,4 +88,7 @@ def create_app(kiln: Kiln | None = None) -> Flask:
     from kiln.app.logs import setup_logging_if_unconfigured
 
     setup_logging_if_unconfigured("web")  # gunicorn leaves the root logger bare
+    from kiln.app import tracing
+
+    tracing.instrument_app(app, kiln)  # OTEL_* variables set: a span per request (else nothing)
     return app

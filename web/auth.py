@@ -31,7 +31,8 @@ from apispec import BasePlugin
 from flask import Flask, current_app, g, jsonify, redirect, request, url_for
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from kiln.core.access import ADMIN, READ, WRITE, AccessPolicy
+from kiln.core import audit
+from kiln.core.access import ADMIN, READ, WRITE, AccessPolicy, hash_token
 from kiln.core.config import Settings
 from kiln.web.errors import body
 
@@ -86,6 +87,8 @@ def install(app: Flask, settings: Settings) -> None:
             app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops
         )
     app.before_request(_guard)
+    app.before_request(_name_actor)
+    app.teardown_request(_forget_actor)
     app.after_request(_set_csrf_cookie)
 
     @app.context_processor
@@ -123,6 +126,18 @@ def _guard():  # type: ignore[no-untyped-def]
             "header the dashboard's pages carry"
         )  # fmt: skip
     return None
+
+
+def _name_actor() -> None:
+    """Events this request causes name it: ``api``, or ``api token <sha256 prefix>`` (the
+    prefix of the digest ``KILN_API_TOKENS`` lists it by, never the token)."""
+    token, _ = _credentials()
+    g.kiln_audit = audit.begin(f"api token {hash_token(token)[:12]}" if token else "api")
+
+
+def _forget_actor(_exc: BaseException | None) -> None:
+    if "kiln_audit" in g:
+        audit.end(g.pop("kiln_audit"))
 
 
 def _credentials() -> tuple[str, bool]:

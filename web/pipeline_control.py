@@ -32,7 +32,14 @@ blp = Blueprint(
     url_prefix="/dispatcher",
     description="Interactive control of pipelines (stop, resume, delete, clone) as operations.",
 )
-VERBS = {"stop": "Stop", "resume": "Resume", "delete": "Delete", "clone": "Clone"}
+VERBS = {
+    "stop": "Stop",
+    "resume": "Resume",
+    "delete": "Delete",
+    "clone": "Clone",
+    "pause": "Pause",
+    "cancel": "Cancel",
+}
 
 
 def record(

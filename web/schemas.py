@@ -9,6 +9,7 @@ from typing import Any
 import marshmallow as ma
 from marshmallow import fields, validate
 
+from kiln.app.runtime import SUBMIT_BATCH_MAX
 from kiln.core.clock import aware
 from kiln.core.definitions import MAX_ATTEMPTS, PRIORITY_MAX, PRIORITY_MIN
 from kiln.core.operations import OPERATION_KINDS, OPERATION_STATES
@@ -17,6 +18,7 @@ from kiln.core.pipelines import PIPELINE_STATES, PIPELINE_TYPES, RATE_LIMIT_MAX
 BIGINT_MAX = 2**63 - 1
 Id = {"strict": True, "validate": validate.Range(min=1, max=BIGINT_MAX)}
 WAIT_MAX_S = 30.0
+TASKS_PAGE = 1000  # GET /workflows/<id>: tasks per page by default (a run has up to 10,000)
 Priority = {"strict": True, "validate": validate.Range(min=PRIORITY_MIN, max=PRIORITY_MAX)}
 RateLimit = {"strict": True, "allow_none": True, "validate": validate.Range(1, RATE_LIMIT_MAX)}
 
@@ -63,6 +65,39 @@ class TaskDefinitionSchema(ma.Schema):
             "description": "the worker pool (`kiln worker --queues`); default queue if unset"
         },
     )
+    map = fields.String(
+        metadata={
+            "description": "run once per item of an upstream result, e.g. "
+            "'{{Split.result.chunks}}' (an implicit dependency); params may use {{item}} and "
+            "{{index}}; the items are tasks Name[0], Name[1]...; {{Name.result}} is the list "
+            "of their results in item order"
+        }
+    )
+    workflow = fields.String(
+        metadata={
+            "description": "kind workflow: 'package.module:attribute' naming a definition, "
+            "run as a child run of this task; the task's result is the child's results"
+        }
+    )
+    sleep = fields.Raw(
+        metadata={
+            "description": "kind sleep: seconds or an ISO 8601 duration ('PT1H'), counted from "
+            "when the task first runs"
+        }
+    )
+    until = fields.String(metadata={"description": "kind sleep: a time with its zone"})
+    signal = fields.String(
+        metadata={
+            "description": "kind signal: waits for POST /workflows/<id>/signals/<signal>; "
+            "its result is the payload"
+        }
+    )
+    timeout = fields.Raw(
+        metadata={"description": "kind signal: seconds or an ISO 8601 duration to wait"}
+    )
+    on_timeout = fields.Raw(
+        metadata={"description": "kind signal: 'fail' (default) or {'continue': VALUE}"}
+    )
 
 
 class WorkflowDefinitionSchema(ma.Schema):
@@ -72,11 +107,48 @@ class WorkflowDefinitionSchema(ma.Schema):
     priority = fields.Integer(**Priority)
 
 
+class WorkflowBatchItemSchema(ma.Schema):
+    definition = fields.Nested(WorkflowDefinitionSchema, required=True)
+    idempotency_key = fields.String(
+        validate=validate.Length(min=1, max=200),
+        metadata={"description": "as the Idempotency-Key header of POST /workflows, for this "
+                  "run alone (the same key there and here names the same run)"},
+    )  # fmt: skip
+
+
+class WorkflowBatchSchema(ma.Schema):
+    workflows = fields.List(
+        fields.Nested(WorkflowBatchItemSchema),
+        required=True,
+        validate=validate.Length(min=1, max=SUBMIT_BATCH_MAX),
+    )
+
+
+class WorkflowBatchEntrySchema(ma.Schema):
+    id = fields.Integer(required=True)
+    created = fields.Boolean(
+        required=True, metadata={"description": "false: replayed by its idempotency key"}
+    )
+
+
+class WorkflowBatchResultSchema(ma.Schema):
+    workflows = fields.List(fields.Nested(WorkflowBatchEntrySchema), required=True)
+
+
 class WorkflowWaitQuerySchema(ma.Schema):
     wait = fields.Float(
         validate=validate.Range(min=0, max=WAIT_MAX_S),
         metadata={"description": f"block up to this many seconds (max {WAIT_MAX_S:g}) "
                   "until the run is succeeded, failed or cancelled"},
+    )  # fmt: skip
+    tasks_limit = fields.Integer(
+        validate=validate.Range(min=1, max=10_000),
+        metadata={"description": f"tasks per page, in id order (default {TASKS_PAGE})"},
+    )
+    tasks_after = fields.Integer(
+        validate=validate.Range(min=0, max=BIGINT_MAX),
+        metadata={"description": "only tasks with a larger id: the previous page's "
+                  "tasks_next_after"},
     )  # fmt: skip
 
 
@@ -113,7 +185,26 @@ class TaskSchema(ma.Schema):
     retry = fields.Dict(allow_none=True, metadata={"description": "the task's own retry policy"})
     priority = fields.Integer()
     queue = fields.String(allow_none=True)
-    waiting_reason = fields.String(allow_none=True)
+    waiting_reason = fields.String(
+        allow_none=True,
+        metadata={"description": "why a ready task is not dispatched, or what a waiting one "
+                  "waits for"},
+    )  # fmt: skip
+    map_over = fields.String(allow_none=True, metadata={"description": "a map task's list"})
+    mapped_from = fields.Integer(
+        allow_none=True, metadata={"description": "a mapped item: its map task's id"}
+    )
+    map_index = fields.Integer(allow_none=True, metadata={"description": "a mapped item's place"})
+    wake_at = fields.DateTime(
+        allow_none=True,
+        metadata={"description": "waiting: ready again at this time (a sleep's end, a deadline)"},
+    )
+    waiting_signal = fields.String(
+        allow_none=True, metadata={"description": "waiting: the signal it waits for"}
+    )
+    resumes = fields.Integer(
+        metadata={"description": "times it resumed after waiting for child runs"}
+    )
     result = fields.Raw(allow_none=True)
     error = fields.String(allow_none=True)
     progress = fields.Float(allow_none=True)
@@ -136,10 +227,33 @@ class WorkflowSchema(ma.Schema):
     finished_at = fields.DateTime(allow_none=True)
 
 
+class ChildRunSchema(ma.Schema):
+    id = fields.Integer()
+    name = fields.String()
+    status = fields.String()
+    parent_task_id = fields.Integer()
+    child_key = fields.String()
+
+
 class WorkflowDetailSchema(WorkflowSchema):
     on_error = fields.String()
     priority = fields.Integer()
+    parent_workflow_id = fields.Integer(
+        allow_none=True, metadata={"description": "a child run: the run that started it"}
+    )
+    parent_task_id = fields.Integer(
+        allow_none=True, metadata={"description": "a child run: the task that started it"}
+    )
+    child_key = fields.String(allow_none=True)
+    children = fields.List(
+        fields.Nested(ChildRunSchema), metadata={"description": "the runs this run's tasks started"}
+    )
     tasks = fields.List(fields.Nested(TaskSchema))
+    tasks_total = fields.Integer(metadata={"description": "the run's tasks, on every page"})
+    tasks_next_after = fields.Integer(
+        allow_none=True,
+        metadata={"description": "tasks_after for the next page; null on the last"},
+    )
 
 
 class WorkflowListSchema(ma.Schema):

@@ -4,8 +4,9 @@ the same engine reads as the JSON API.
 Every page renders complete HTML, so it is usable without JavaScript. Its changing part sits in
 an element with ``data-live``: ``ui_static/kiln.js`` re-fetches that URL (the page's own URL
 with ``fragment=1``, which renders only that part) every couple of seconds and patches the DOM
-in place. Actions (stop, resume, clone, delete, cancel, policy) are ``fetch`` calls to the
-public API — ``/dispatcher/...``, ``/workflows/<id>/...``, ``PUT /scheduler/policy`` —
+in place. Actions (stop, resume, clone, delete, cancel, policy, a signal's form, rerun, a
+schedule's pause and resume) are ``fetch`` calls to the public API — ``/dispatcher/...``,
+``/workflows/<id>/...``, ``/schedules/<id>/...``, ``PUT /scheduler/policy`` —
 signed in by the login cookie (``kiln.web.ui_login``) and carrying the page's CSRF token, so
 they obey the tokens' scopes exactly like any other client (``kiln.web.auth``).
 """
@@ -13,8 +14,11 @@ they obey the tokens' scopes exactly like any other client (``kiln.web.auth``).
 from __future__ import annotations
 
 import datetime as dt
+import json
+import re
 import time
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from flask import Blueprint, redirect, render_template, request, url_for
 
@@ -67,6 +71,8 @@ def _ts(value: Any) -> float | None:
         return None
     if isinstance(value, int | float):
         return float(value)
+    if isinstance(value, str):  # an ISO time, as some reads render theirs
+        value = dt.datetime.fromisoformat(value)
     return aware(value).timestamp()  # type: ignore[no-any-return]
 
 
@@ -103,6 +109,7 @@ def _globals() -> dict[str, Any]:
             ("ui.operations_page", "Operations"),
             ("ui.instances_page", "Instances"),
             ("ui.scheduler_page", "Scheduler"),
+            ("ui.schedules_page", "Schedules"),
         ],
     }
 
@@ -138,10 +145,27 @@ def index() -> Any:
 def runs() -> Any:
     status = _choice("status", WORKFLOW_STATES)
     query = request.args.get("q", "").strip()[:200]
+    handler = request.args.get("handler", "").strip()[:200]
+    problems: list[str] = []
+    after = _date_arg("created_after", problems)
+    before = _date_arg("created_before", problems)
     rows, counts, by_status = kiln().monitor.runs_overview(
-        status=status, query=query, limit=PAGE_SIZE
+        status=status,
+        query=query,
+        limit=PAGE_SIZE,
+        created_after=after,
+        created_before=before,
+        handler=handler,
     )
-    return _page(
+    given = {
+        name: request.args.get(name, "").strip()
+        for name in ("q", "handler", "created_after", "created_before")
+    }
+    # What the state chips carry along: the filters in use (an unreadable date is not).
+    kept = {**given, "q": query, "handler": handler}
+    kept.update({k: "" for k, v in (("created_after", after), ("created_before", before)) if not v})
+    filters = {k: v for k, v in kept.items() if v}
+    page = _page(
         "ui/runs.html",
         "ui/_runs.html",
         runs=[render_workflow(r) for r in rows],
@@ -149,10 +173,30 @@ def runs() -> Any:
         by_status=by_status,
         status=status,
         q=query,
+        handler=handler,
+        created_after=given["created_after"],
+        created_before=given["created_before"],
+        filters=filters,
+        problems=problems,
         states=WORKFLOW_STATES,
         task_states=TASK_STATES,
         now=time.time(),
     )
+    return (page, 400) if problems else page
+
+
+def _date_arg(name: str, problems: list[str]) -> dt.datetime | None:
+    """The query parameter ``name`` as a UTC time: ``2026-05-01`` (midnight) or
+    ``2026-05-01T12:30``; None when absent, and a line in ``problems`` when unreadable."""
+    value = request.args.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        return aware(dt.datetime.fromisoformat(value))  # type: ignore[no-any-return]
+    except ValueError:
+        label = name.replace("_", " ")
+        problems.append(f"{label}: “{value[:40]}” is not a date (2026-05-01 or 2026-05-01T12:30)")
+        return None
 
 
 @bp.get("/runs/<int(max=9223372036854775807):workflow_id>")
@@ -163,33 +207,72 @@ def run(workflow_id: int) -> Any:
     now = time.time()
     every = data["tasks"]
     shown = every if len(every) <= MAX_DRAWN_TASKS else _most_telling(every)
+    drawing = ui_graph.fold_maps(every)
     graph = None
-    if len(every) <= MAX_DRAWN_TASKS:
-        names = [t["name"] for t in every]
-        deps = {t["name"]: t["depends_on"] for t in every}
+    if len(drawing.names) <= MAX_DRAWN_TASKS:
         try:
-            graph = ui_graph.dag_layout(names, deps)
+            graph = ui_graph.dag_layout(drawing.names, drawing.deps)
         except ui_graph.CycleError:  # refused at submission; never drawn wrong if it happens
             graph = None
-    status_of = {t["name"]: t["status"] for t in every}
+    if data.get("parent_task_id") and not data.get("parent_task_name"):
+        data["parent_task_name"] = k.monitor.task_name(data["parent_task_id"])
     counts: dict[str, int] = {}
     for t in every:
         counts[t["status"]] = counts.get(t["status"], 0) + 1
     gantt = ui_graph.gantt_layout([(t["name"], _spans(t)) for t in shown], now=now, width=1200)
+    names = {t["id"]: t["name"] for t in every}
     return _page(
         "ui/run.html",
         "ui/_run.html",
         run=data,
+        waiting=[t for t in every if t["status"] == "waiting" and t.get("waiting_signal")],
+        signals=[  # a payload is shown like params and results; its key is no secret
+            {**s, "payload": redact(s["payload"]), "taken_by_name": names.get(s["taken_by"])}
+            for s in k.signals(workflow_id)
+        ],
         shown=shown,
         max_drawn=MAX_DRAWN_TASKS,
         pipeline_id=pipeline_id,
         graph=graph,
-        status_of=status_of,
+        boxes=_boxes(workflow_id, every, drawing),
         counts=counts,
         task_states=TASK_STATES,
         gantt=gantt,
         actions=[a for a, ok in RUN_ACTIONS.items() if data["status"] in ok],
+        children=data.get("children") or [],
         now=now,
+    )
+
+
+@bp.get(
+    "/runs/<int(max=9223372036854775807):workflow_id>/tasks/<int(max=9223372036854775807):task_id>"
+)
+def task(workflow_id: int, task_id: int) -> Any:
+    """One task's panel: params, result, error, every attempt with its traceback, and its
+    place among the run's tasks (dependencies, map items, child runs)."""
+    data = render_workflow(kiln().workflow(workflow_id))
+    by_id = {t["id"]: t for t in data["tasks"]}
+    if task_id not in by_id:
+        raise NotFound(f"run {workflow_id} has no task {task_id}", id=task_id)
+    t = by_id[task_id]
+    by_name = {x["name"]: x for x in data["tasks"]}
+    return _page(
+        "ui/task.html",
+        "ui/_task.html",
+        run=data,
+        task=t,
+        attempts=[_attempt(a) for a in t["attempt_history"]],
+        upstream=[by_name[n] for n in t["depends_on"] if n in by_name],
+        downstream=[x for x in data["tasks"] if t["name"] in x["depends_on"]],
+        map_task=by_id.get(t.get("mapped_from")),
+        items=sorted(
+            (x for x in data["tasks"] if x.get("mapped_from") == task_id),
+            key=lambda x: x.get("map_index") or 0,
+        ),
+        children=[c for c in data.get("children") or [] if c.get("parent_task_id") == task_id],
+        params=_pretty(t.get("params")),
+        result=_pretty(t.get("result")),
+        now=time.time(),
     )
 
 
@@ -258,7 +341,28 @@ def instances_page() -> Any:
 @bp.get("/scheduler")
 def scheduler_page() -> Any:
     stats, upcoming = kiln().scheduler.stats(), kiln().scheduler.schedule_next(limit=15)
+    for q in upcoming.get("queue", []):
+        q["reason"] = _epochs_as_dates(q.get("reason") or "")
     return _page("ui/scheduler.html", "ui/_scheduler.html", stats=stats, upcoming=upcoming)
+
+
+@bp.get("/schedules")
+def schedules_page() -> Any:
+    rows = [kiln().schedules.get(s["id"], fires=5) for s in kiln().schedules.list()]
+    return _page("ui/schedules.html", "ui/_schedules.html", schedules=rows)
+
+
+@bp.app_template_filter("in_zone")
+def in_zone(value: Any, zone: str) -> str:
+    """A time as the wall clock of IANA ``zone`` shows it: ``2026-05-01 02:30 CEST``."""
+    seconds = _ts(value)
+    if seconds is None:
+        return "—"
+    try:
+        local = dt.datetime.fromtimestamp(seconds, ZoneInfo(zone))
+    except (ZoneInfoNotFoundError, ValueError):  # stored checked; never a 500 if not
+        return ""
+    return local.strftime("%Y-%m-%d %H:%M %Z")
 
 
 # --- shaping what the pages show ---------------------------------------------------------
@@ -286,6 +390,62 @@ def _most_telling(every: list[dict[str, Any]]) -> list[dict[str, Any]]:
     then the rest, each group in submission order; shown in submission order."""
     ranked = sorted(every, key=lambda t: (t["status"] not in UNFINISHED_FIRST, t["id"]))
     return sorted(ranked[:MAX_DRAWN_TASKS], key=lambda t: t["id"])
+
+
+def _boxes(
+    workflow_id: int, every: list[dict[str, Any]], drawing: ui_graph.Drawing
+) -> dict[str, dict[str, Any]]:
+    """What each box of the graph shows and opens: a task's state and its panel; a box for
+    many mapped items, their summed-up state and how many are in each, and the map task's
+    panel (which lists them)."""
+    by_name = {t["name"]: t for t in every}
+    boxes: dict[str, dict[str, Any]] = {}
+    for name in drawing.names:
+        members = drawing.groups.get(name)
+        if members is None:
+            t = by_name[name]
+            box = {"status": t["status"], "line": str(t["status"]).replace("_", " "), "id": t["id"]}
+        else:
+            counts: dict[str, int] = {}
+            for m in members:
+                counts[by_name[m]["status"]] = counts.get(by_name[m]["status"], 0) + 1
+            box = {
+                "status": ui_graph.group_status(list(counts)),
+                "line": f"{len(members)} items · {counts.get('succeeded', 0)} succeeded",
+                "id": by_name[drawing.deps[name][0]]["id"],  # the map task
+                "counts": counts,
+            }
+        box["href"] = url_for("ui.task", workflow_id=workflow_id, task_id=box["id"])
+        boxes[name] = box
+    return boxes
+
+
+def _attempt(a: dict[str, Any]) -> dict[str, Any]:
+    """An attempt with its error split into the summary line and the traceback (an attempt's
+    error is stored as the summary, a blank line, and the traceback)."""
+    summary, _, trace = (a.get("error") or "").partition("\n\n")
+    return {**a, "summary": summary, "traceback": trace}
+
+
+# A result past this is cut in the panel (the API has it whole).
+PANEL_TEXT_LIMIT = 20_000
+
+
+def _pretty(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = json.dumps(value, indent=2, sort_keys=True, default=str)
+    if len(text) > PANEL_TEXT_LIMIT:
+        text = text[:PANEL_TEXT_LIMIT] + f"\n… {len(text) - PANEL_TEXT_LIMIT} more characters"
+    return text
+
+
+# Unix seconds (2001 to 2033), as scheduling policies write them into their reasons.
+_EPOCH = re.compile(r"\b1\d{9}(?:\.\d+)?\b")
+
+
+def _epochs_as_dates(text: str) -> str:
+    return _EPOCH.sub(lambda m: when(float(m.group())) + " UTC", text)
 
 
 def _parse(iso: str | None) -> dt.datetime | None:

@@ -1,6 +1,7 @@
 """Geometry for the dashboard's two drawings, as plain functions over plain data (no Flask,
-no database): the DAG of a run (a layered left-to-right layout) and the timeline of its
-attempts (a Gantt chart). The templates turn the results into SVG.
+no database): the DAG of a run (a layered left-to-right layout, with a map's items drawn as a
+fan-out from their map task or folded into one box) and the timeline of its attempts (a Gantt
+chart). The templates turn the results into SVG.
 
 Coordinates are SVG user units (pixels at 100 % zoom), origin top-left.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 # DAG geometry.
 NODE_W = 168
@@ -25,6 +27,23 @@ GANTT_ROW_H = 24
 GANTT_BAR_H = 14
 GANTT_AXIS_H = 22
 ORDER_SWEEPS = 4
+
+# A map with more items than this is drawn as one box standing for all of them.
+MAP_INLINE_ITEMS = 8
+# The state a box for many tasks shows: the first of these any of them is in.
+GROUP_PRECEDENCE = (
+    "failed",
+    "running",
+    "retrying",
+    "queued",
+    "ready",
+    "waiting",
+    "paused",
+    "pending",
+    "upstream_failed",
+    "cancelled",
+    "succeeded",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,6 +174,61 @@ def dag_layout(names: Sequence[str], deps: Mapping[str, Sequence[str]]) -> DagLa
     )
 
 
+# --- a map's items ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Drawing:
+    """What the graph draws: ``names`` and ``deps`` for :func:`dag_layout`, and ``groups``,
+    the boxes that stand for many mapped items (box name -> the items' task names)."""
+
+    names: list[str]
+    deps: dict[str, list[str]]
+    groups: dict[str, list[str]]
+
+
+def fold_maps(tasks: Sequence[Mapping[str, Any]], inline: int = MAP_INLINE_ITEMS) -> Drawing:
+    """The graph of a run whose map tasks may have items (tasks with ``mapped_from``, the map
+    task's id, and ``map_index``). A map's items hang off their map task: up to ``inline`` of
+    them as their own boxes, more as one box ``Name[0–N]``; whatever depends on the map task
+    is drawn after its items (it starts when they have all finished)."""
+    name_of = {t["id"]: t["name"] for t in tasks if "id" in t}
+    members: dict[str, list[Mapping[str, Any]]] = {}
+    for t in tasks:
+        parent = name_of.get(t.get("mapped_from"))
+        if parent is not None:
+            members.setdefault(parent, []).append(t)
+    after: dict[str, list[str]] = {}  # map task -> the boxes its dependents are drawn after
+    groups: dict[str, list[str]] = {}
+    for parent, items in members.items():
+        items.sort(key=lambda m: m.get("map_index") or 0)
+        if len(items) > inline:
+            box = f"{parent}[0–{len(items) - 1}]"
+            groups[box] = [m["name"] for m in items]
+            after[parent] = [box]
+        else:
+            after[parent] = [m["name"] for m in items]
+    names: list[str] = []
+    deps: dict[str, list[str]] = {}
+    for t in tasks:
+        name = t["name"]
+        if name_of.get(t.get("mapped_from")) is not None:
+            continue  # drawn right after its map task
+        names.append(name)
+        deps[name] = [x for d in t.get("depends_on") or () for x in after.get(d, [d])]
+        for drawn in after.get(name, ()):
+            names.append(drawn)
+            deps[drawn] = [name]
+    return Drawing(names=names, deps=deps, groups=groups)
+
+
+def group_status(statuses: Sequence[str]) -> str:
+    """The one state a box for many tasks shows: failures first, then activity, and
+    ``succeeded`` only when all of them are."""
+    present = set(statuses)
+    return next((s for s in GROUP_PRECEDENCE if s in present), "pending")
+
+
 # --- the timeline -------------------------------------------------------------------------
 
 
@@ -235,7 +309,8 @@ def gantt_layout(
 ) -> GanttLayout:
     """One row per ``(label, spans)``, time left to right from the earliest start to the
     latest end (a running span ends at ``now``); rows without spans stay empty so rows line up
-    with the task list. Bars are at least 2 units wide so instant attempts stay visible."""
+    with the task list. Bars are at least 2 units wide so instant attempts stay visible.
+    Without any attempt there are no ticks: an axis over no time would be made up."""
     plot_x = GANTT_LABEL_W
     plot_w = max(width - plot_x - MARGIN, 10)
     starts = [s.start for _, spans in rows for s in spans]
@@ -265,7 +340,7 @@ def gantt_layout(
             )
     step = nice_step(span_s)
     ticks = []
-    k = 0
+    k = 0 if starts else math.inf  # no attempt yet: no time axis to draw
     while k * step <= span_s * (1 + 1e-9):
         ticks.append(Tick(x=round(plot_x + k * step * scale, 1), label=_tick_label(k * step, step)))
         k += 1

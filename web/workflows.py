@@ -7,11 +7,14 @@ from flask import request
 from flask_smorest import Blueprint
 
 from kiln.core.states import WORKFLOW_TERMINAL
-from kiln.web.common import MUTATING_DOC, idempotency_key, kiln, render_workflow
+from kiln.web.common import MUTATING_DOC, SECURITY, idempotency_key, kiln, render_workflow
 from kiln.web.errors import ErrorSchema
 from kiln.web.pipeline_control import record
 from kiln.web.schemas import (
+    TASKS_PAGE,
     OperationCreatedSchema,
+    WorkflowBatchResultSchema,
+    WorkflowBatchSchema,
     WorkflowDefinitionSchema,
     WorkflowDetailSchema,
     WorkflowListQuerySchema,
@@ -36,14 +39,28 @@ def submit(data):  # type: ignore[no-untyped-def]
     # The shape was checked by the schema; the engine checks the rest (graph, references,
     # handlers) on the body exactly as sent.
     definition = request.get_json()
-    workflow_id, created = kiln().submit_with_status(definition, idempotency_key=idempotency_key())
-    return _summary(workflow_id), 201 if created else 200
+    # The summary comes from the write itself: no query after the insert.
+    run, created = kiln().submit_run(definition, idempotency_key=idempotency_key())
+    return render_workflow(run), 201 if created else 200
 
 
-def _summary(workflow_id: int) -> dict:
-    run = kiln().run(workflow_id)
-    return render_workflow({k: run[k] for k in ("id", "name", "status", "error", "created_at",
-                                                "started_at", "finished_at")})  # fmt: skip
+@blp.post("/workflows/batch")
+@blp.arguments(WorkflowBatchSchema)
+@blp.response(201, WorkflowBatchResultSchema)
+@blp.alt_response(200, schema=WorkflowBatchResultSchema, description="every run replayed by key")
+@blp.doc(security=SECURITY)
+def submit_batch(data):  # type: ignore[no-untyped-def]
+    """Submit up to 1,000 workflow definitions in one transaction, each with its own
+    optional ``idempotency_key``: all are stored or none. 201 with each run's id in order
+    (``created`` false for one replayed by its key); 422 naming the index of the first
+    invalid definition (``details.index``), with nothing stored."""
+    items = request.get_json()["workflows"]  # as sent; the schema checked the shape
+    runs = kiln().submit_many_with_status(
+        [item["definition"] for item in items],
+        idempotency_keys=[item.get("idempotency_key") for item in items],
+    )
+    body = {"workflows": [{"id": wf_id, "created": created} for wf_id, created in runs]}
+    return body, 201 if any(created for _, created in runs) else 200
 
 
 @blp.get("/workflows")
@@ -62,12 +79,16 @@ def get_workflow(query, workflow_id: int):  # type: ignore[no-untyped-def]
     """A run with every task's state, attempts (history), timings, result or error;
     secrets in params and results are shown as ``***``. With ``wait``, block until the run
     is succeeded, failed or cancelled (or the wait is over); waits share the per-process
-    ``KILN_MAX_WAITERS`` cap (429 with ``Retry-After`` when full)."""
-    run = kiln().workflow(workflow_id)
+    ``KILN_MAX_WAITERS`` cap (429 with ``Retry-After`` when full). Tasks come in pages of
+    ``tasks_limit`` (default 1000) in id order; ``tasks_next_after`` is the ``tasks_after``
+    of the next page, ``tasks_total`` counts them all."""
+    page = {"tasks_limit": query.get("tasks_limit", TASKS_PAGE),
+            "tasks_after": query.get("tasks_after")}  # fmt: skip
+    run = kiln().workflow(workflow_id, **page)
     wait_s = query.get("wait", 0.0)
     if wait_s > 0 and run["status"] not in WORKFLOW_TERMINAL:
         with wait_slot():
-            run = kiln().wait(workflow_id, wait_s)
+            run = kiln().wait(workflow_id, wait_s, **page)
     return render_workflow(run)
 
 

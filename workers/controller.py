@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from kiln import transport
+from kiln.app import tracing
 from kiln.app.control import OUTAGES
 from kiln.app.runtime import Kiln
 from kiln.core.execution import Dispatch
@@ -118,18 +119,22 @@ class Controller:
     def tick(self) -> int:
         """One pass: dispatch up to the window first (latency), then the hooks (at most every
         ``HOOKS_EVERY_S``) and recovery when due. Returns the number of tasks dispatched."""
+        self.kiln.expand_maps()  # map tasks whose list exists: their items, to dispatch now
+        self.kiln.wake_due()  # sleeps that ended, signal waits past their deadline
         dispatched = self.dispatch()
         now = time.monotonic()
         if now - self._last_hooks >= HOOKS_EVERY_S:
             self._last_hooks = now
             for hook in self.hooks:
                 hook(self.kiln)
+            self.kiln.schedules.fire_due()  # each (schedule, fire time) starts one run
         if now - self._last_recovery >= self.recovery_interval_s:
             self.recover()
         idle = not dispatched and self._queued == 0
         if idle and now - self._last_maintenance >= MAINTENANCE_EVERY_S:
             self._last_maintenance = now
             self.kiln.control.vacuum_if_bloated()
+        self.kiln.retention.prune_expired()  # KILN_RETENTION_DAYS: one short batch when due
         return dispatched
 
     def dispatch(self) -> int:
@@ -138,8 +143,10 @@ class Controller:
         room = self.settings.dispatch_window - self._queued
         while room > 0:
             want = min(room, 1000)
+            started_ns = time.time_ns()
             batch = self.kiln.dispatch(want, order=self.order, queues=self.served_queues())
             self.send(batch)
+            tracing.dispatched(self.kiln, batch, started_ns)  # off: returns at once
             dispatched += len(batch)
             room -= len(batch)
             if len(batch) < want:

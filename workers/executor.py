@@ -8,8 +8,12 @@ import json
 import logging
 import threading
 import time
+import weakref
 
+from kiln.app import tracing
+from kiln.app.logs import log_outcomes
 from kiln.app.runtime import Kiln
+from kiln.core.children import TaskSuspended
 from kiln.core.clock import utcnow
 from kiln.core.errors import (
     DatabaseUnavailable,
@@ -66,18 +70,30 @@ class HeldTasks:
             flag.cancel(reason)
 
 
-held = HeldTasks()
+_held: weakref.WeakKeyDictionary[Kiln, HeldTasks] = weakref.WeakKeyDictionary()
+_held_lock = threading.Lock()
+
+
+def held_for(kiln: Kiln) -> HeldTasks:
+    """The tasks held on ``kiln``'s database. One registry per database handle: two embedded
+    runtimes in one process (tests) number their tasks alike, and must not share flags."""
+    with _held_lock:
+        tasks = _held.get(kiln)
+        if tasks is None:
+            tasks = _held[kiln] = HeldTasks()
+        return tasks
 
 
 def execute_batch(kiln: Kiln, items: list[tuple[int, int]], worker_id: str) -> int:
     """Claim and run the given ``(task_id, attempt)`` items; return how many ran."""
     claimed = kiln.claim(items, worker_id)
+    held = held_for(kiln)
     held.add(claimed)
     try:
         pending: list[Outcome] = []
         last_flush = time.monotonic()
         for task in claimed:
-            pending.append(run_one(kiln, task))
+            pending.append(tracing.attempt(run_one, kiln, task))
             if time.monotonic() - last_flush >= FLUSH_AFTER_S:
                 record(kiln, pending)
                 held.discard([o.task for o in pending])
@@ -97,7 +113,8 @@ def record(kiln: Kiln, outcomes: list[Outcome]) -> None:
     delay = 0.1
     while True:
         try:
-            kiln.record(outcomes)
+            with tracing.recording(outcomes):
+                log_outcomes(outcomes, kiln.record(outcomes))
             return
         except DatabaseUnavailable:
             if time.monotonic() > deadline:
@@ -123,6 +140,23 @@ def _progress_writer(kiln: Kiln, task: ClaimedTask):  # type: ignore[no-untyped-
     return report
 
 
+class Children:
+    """What ``current_task().start_child`` and a child run's ``result()`` call: the
+    application API, for this task's attempt (see :mod:`kiln.core.children`)."""
+
+    def __init__(self, kiln: Kiln, task: ClaimedTask) -> None:
+        self._kiln, self._task = kiln, task
+
+    def start(self, definition: object, key: str) -> int:
+        return self._kiln.start_child(self._task, definition, key)
+
+    def read(self, run_id: int) -> dict:  # type: ignore[type-arg]
+        return self._kiln.workflow(run_id)
+
+    def take_signal(self, name: str) -> tuple[bool, object]:
+        return self._kiln.take_signal(self._task, name)
+
+
 def run_one(kiln: Kiln, task: ClaimedTask) -> Outcome:
     started = utcnow()
 
@@ -145,17 +179,19 @@ def run_one(kiln: Kiln, task: ClaimedTask) -> Outcome:
         fn = resolve_handler(task.handler, kiln.settings.handler_modules)
     except UnknownHandler as exc:
         return failed(exc.message, retryable=False)
-    cancellation = held.cancellation(task)
+    cancellation = held_for(kiln).cancellation(task)
     if cancellation.is_set:  # cancelled while waiting its turn in the batch
         return failed(f"task cancelled: {cancellation.reason}", retryable=False)
     ctx = TaskContext(
         task_id=task.id,
         workflow_id=task.workflow_id,
         name=task.name,
-        attempt=task.attempt,
+        attempt=task.try_,
         max_attempts=task.max_attempts,
+        state=task.state,
         _report=_progress_writer(kiln, task),
         _cancellation=cancellation,
+        _children=Children(kiln, task),
     )
     token = set_current(ctx)
     try:
@@ -167,8 +203,14 @@ def run_one(kiln: Kiln, task: ClaimedTask) -> Outcome:
             return run_awaitable(out, cancellation) if inspect.isawaitable(out) else out
 
         result = call_with_timeout(
-            call, task.timeout_s, on_timeout=lambda: cancellation.cancel(_timeout(task))
+            tracing.handler(task, call),
+            task.timeout_s,
+            on_timeout=lambda: cancellation.cancel(_timeout(task)),
         )
+    except TaskSuspended as wait:  # it waits (child runs, a time, a signal): no thread held
+        outcome = failed(str(wait), retryable=False, kind="waiting")
+        outcome.suspension = wait.suspension
+        return outcome
     except TimedOut:
         return failed(_timeout(task), kind="timed_out")
     except TaskCancelled as exc:  # the attempt is over (its result would be refused anyway)
@@ -183,7 +225,22 @@ def run_one(kiln: Kiln, task: ClaimedTask) -> Outcome:
     finally:
         reset_current(token)
     try:
-        json.dumps(result)
+        size = len(json.dumps(result))  # ASCII: characters are bytes
     except (TypeError, ValueError) as exc:
         return failed(f"result is not JSON-serialisable: {exc}", retryable=False)
+    limit = kiln.settings.max_result_bytes
+    if size > limit:  # rows and API responses carry results whole: pass big data by reference
+        return failed(
+            f"result is {_size(size)}, over KILN_MAX_RESULT_BYTES ({_size(limit)}): "
+            "store it elsewhere and return a reference",
+            retryable=False,
+        )
     return Outcome(task, ok=True, started_at=started, finished_at=utcnow(), result=result)
+
+
+def _size(n: int) -> str:
+    """``1.2 MB``, ``1 MB``, ``512 kB``, ``900 bytes`` (decimal units)."""
+    for unit, scale in (("MB", 1_000_000), ("kB", 1_000)):
+        if n >= scale:
+            return f"{n / scale:.1f}".removesuffix(".0") + f" {unit}"
+    return f"{n} bytes"

@@ -14,7 +14,7 @@ import dramatiq
 from kiln.app.logs import pop_context, push_context
 from kiln.app.runtime import Kiln
 from kiln.core.pools import worker_info
-from kiln.workers.executor import held
+from kiln.workers.executor import held_for
 
 log = logging.getLogger("kiln.worker")
 # How often a worker running tasks asks which of them were cancelled (one small read per
@@ -86,6 +86,7 @@ class WorkerLifecycle(dramatiq.Middleware):
                 continue
             next_beat = time.monotonic() + interval
             try:
+                held = held_for(kiln)
                 held.cancel(kiln.heartbeat_leases(self._id, held.snapshot()), LOST)
                 kiln.monitor.heartbeat_process(self._id)
                 if failing:
@@ -103,6 +104,7 @@ class WorkerLifecycle(dramatiq.Middleware):
     def _poll_cancels(self) -> None:
         """Between heartbeats, flag the held tasks cancelled meanwhile: one read, made only
         while this process runs tasks. A failure is left to the next heartbeat to report."""
+        held = held_for(self._kiln)
         pairs = held.snapshot()
         if not pairs or self._id is None:
             return

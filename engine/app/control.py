@@ -36,6 +36,18 @@ class Control:
 
         return self._kiln.read(lambda c: MigrationContext.configure(c).get_current_revision())
 
+    def schema_is_current(self) -> bool:
+        """The database is at the newest revision this release's migrations know (what
+        ``kiln db upgrade`` brings it to)."""
+        from alembic.config import Config
+        from alembic.script import ScriptDirectory
+
+        from kiln.store.base import MIGRATIONS_DIR
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        return self.schema_revision() == ScriptDirectory.from_config(cfg).get_current_head()
+
     def vacuum_if_bloated(self) -> bool:
         """Vacuum the queue tables after a burst left them bloated (PostgreSQL only); a
         failure is logged, not raised: autovacuum still runs."""

@@ -34,9 +34,10 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, TextIO
 
+from kiln.core.execution import Outcome, RecordReport
 from kiln.core.redaction import REDACTED, is_secret_key, redact, redact_text
 
 ID_FIELDS = (
@@ -226,3 +227,28 @@ def setup_logging_if_unconfigured(kind: str) -> None:
     """For hosts that did not configure logging (gunicorn leaves the root logger bare)."""
     if not logging.getLogger().handlers:
         setup_logging(kind)
+
+
+def log_outcomes(outcomes: Iterable[Outcome], report: RecordReport) -> None:
+    """One line per failed attempt the database took: a WARNING with its error when the
+    task will be retried, an ERROR when the task failed for good. Outcomes refused as stale
+    (the run was cancelled, the lease passed on) are expected races and stay quiet."""
+    log = logging.getLogger("kiln.worker")
+    applied = set(report.applied)
+    for o in outcomes:
+        if o.ok or o.task.id not in applied:
+            continue
+        t = o.task
+        with log_context(workflow_id=t.workflow_id, task_id=t.id, attempt=t.try_):
+            if o.suspension is not None:  # not a failure: it waits
+                log.debug("task %s (%r) is %s", t.id, t.name, o.error)
+            elif o.retryable and t.try_ < t.max_attempts:
+                log.warning(
+                    "task %s (%r) attempt %d of %d failed, will retry: %s",
+                    t.id, t.name, t.try_, t.max_attempts, o.error,
+                )  # fmt: skip
+            else:
+                log.error(
+                    "task %s (%r) failed on attempt %d of %d: %s",
+                    t.id, t.name, t.try_, t.max_attempts, o.error,
+                )  # fmt: skip

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
@@ -46,6 +48,11 @@ log = logging.getLogger("kiln.metrics")
 # Seconds; tasks range from milliseconds (bench handlers) to hours (pipeline shards).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+# Label cardinality of the per-handler families: the handlers (and queues) with the most
+# attempts keep their name, the rest are summed under "other".
+TOP_HANDLERS = 20
+TOP_QUEUES = 10
+OTHER = "other"
 
 
 def _histogram(
@@ -119,6 +126,21 @@ def families(
         )
     )
     out.append(
+        GaugeMetricFamily(
+            "kiln_tasks_lease_expired",
+            "Queued or running tasks whose lease has ended: a controller recovers them within "
+            "seconds, so a lasting non-zero value means none is running.",
+            value=rows.expired_leases,
+        )
+    )
+    out.append(
+        GaugeMetricFamily(
+            "kiln_oldest_ready_task_age_seconds",
+            "How long the oldest ready task has waited for dispatch (0: none is waiting).",
+            value=rows.oldest_ready_s,
+        )
+    )
+    out.append(
         CounterMetricFamily(
             "kiln_tasks_quarantined",
             "Tasks failed because their message was sent many times and never claimed.",
@@ -173,10 +195,74 @@ def families(
         g.add_metric([operation, status], n)
     out.append(g)
 
+    out.extend(_handler_families(rows))
     out.extend(_instance_families(rows.instances))
     out.extend(_process_families(rows.processes, process_stale_after_s))
     out.extend(_scheduler_families(scheduler))
     return out
+
+
+def top(counts: dict[str, int], n: int) -> Callable[[str], str]:
+    """Maps a label to itself if it is among the ``n`` largest of ``counts`` (ties by name),
+    else to ``other``."""
+    kept = set(sorted(counts, key=lambda k: (-counts[k], k))[:n])
+    return lambda label: label if label in kept else OTHER
+
+
+def _handler_families(rows: MetricRows) -> Iterator[Metric]:
+    by_handler: dict[str, int] = defaultdict(int)
+    by_queue: dict[str, int] = defaultdict(int)
+    for handler, queue, _outcome, n in rows.handler_attempts:
+        by_handler[handler] += n
+        by_queue[queue] += n
+    h, q = top(by_handler, TOP_HANDLERS), top(by_queue, TOP_QUEUES)
+
+    attempts: dict[tuple[str, str, str], int] = defaultdict(int)
+    for handler, queue, outcome, n in rows.handler_attempts:
+        attempts[h(handler), q(queue), outcome] += n
+    c = CounterMetricFamily(
+        "kiln_handler_attempts",
+        f"Attempts by handler, queue and outcome (the {TOP_HANDLERS} handlers and "
+        f"{TOP_QUEUES} queues with the most attempts; the rest as 'other').",
+        labels=["handler", "queue", "outcome"],
+    )
+    for key, n in sorted(attempts.items()):
+        c.add_metric(list(key), n)
+    yield c
+
+    buckets = len(DURATION_BUCKETS)
+    summed: dict[tuple[str, str], list[float]] = {}
+    for r in rows.handler_durations:
+        into = summed.setdefault((h(r.handler), q(r.queue)), [0.0] * (buckets + 2))
+        for i, v in enumerate([r.n, r.total, *(getattr(r, f"b{i}") for i in range(buckets))]):
+            into[i] += float(v or 0)
+    folded = [
+        SimpleNamespace(
+            handler=handler, queue=queue, n=v[0], total=v[1],
+            **{f"b{i}": v[2 + i] for i in range(buckets)},
+        )
+        for (handler, queue), v in sorted(summed.items())
+    ]  # fmt: skip
+    yield _histogram(
+        "kiln_handler_duration_seconds",
+        "Run time of finished attempts (claim to result) by handler and queue (top handlers "
+        "and queues, the rest as 'other').",
+        ["handler", "queue"],
+        folded,
+        DURATION_BUCKETS,
+    )
+
+    retries: dict[str, int] = defaultdict(int)
+    for handler, n in rows.handler_retries:
+        retries[h(handler)] += n
+    c = CounterMetricFamily(
+        "kiln_handler_retries",
+        "Attempts beyond a task's first (retries), by handler (top handlers, the rest as 'other').",
+        labels=["handler"],
+    )
+    for handler, n in sorted(retries.items()):
+        c.add_metric([handler], n)
+    yield c
 
 
 def _instance_families(rows: list[Any]) -> Iterator[Metric]:

@@ -12,6 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from kiln.app.database import Database
+from kiln.core import audit
 from kiln.store import instances as instance_store
 from kiln.store import overview
 from kiln.store import processes as process_store
@@ -47,7 +48,9 @@ class Monitor:
     def register_process(
         self, process_id: str, kind: str, *, concurrency: int = 1, info: Any = None
     ) -> None:
-        """Record that this process started (``concurrency``: its worker threads)."""
+        """Record that this process started (``concurrency``: its worker threads); the events
+        it causes from now on name it (``kiln.core.audit``)."""
+        audit.set_process_actor(process_id)
         self._kiln.txn(
             lambda c: process_store.register_process_txn(
                 c, process_id, kind, concurrency=concurrency, info=info
@@ -85,17 +88,23 @@ class Monitor:
     # --- the dashboard ----------------------------------------------------------------
 
     def runs_overview(
-        self, *, status: str = "", query: str = "", limit: int = 100
+        self, *, status: str = "", query: str = "", limit: int = 100, **filters: Any
     ) -> tuple[list[dict[str, Any]], dict[int, dict[str, int]], dict[str, int]]:
-        """The newest runs (optionally of one ``status``, and whose name contains ``query``),
-        each run's task counts by state, and how many runs are in each state overall."""
+        """The newest runs (optionally of one ``status``, whose name contains ``query``, and
+        created after / before a time or with a task of a ``handler``: ``created_after``,
+        ``created_before``, ``handler``), each run's task counts by state, and how many runs
+        are in each state overall."""
         return self._kiln.read(
-            lambda c: overview.runs_page(c, status=status, query=query, limit=limit)
+            lambda c: overview.runs_page(c, status=status, query=query, limit=limit, **filters)
         )
 
     def pipeline_of_workflow(self, workflow_id: int) -> int | None:
         """The id of the pipeline the run backs, or None."""
         return self._kiln.read(lambda c: overview.pipeline_of_workflow(c, workflow_id))
+
+    def task_name(self, task_id: int) -> str | None:
+        """A task's name by its id, or None (the dashboard names a child run's parent task)."""
+        return self._kiln.read(lambda c: overview.task_name(c, task_id))
 
     def last_operations(self, pipeline_ids: list[int]) -> dict[int, dict[str, Any]]:
         """The newest operation of each listed pipeline, by pipeline id (pipelines without

@@ -5,38 +5,44 @@ failure between concurrent workers and controllers."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
+from kiln.app import tracing
 from kiln.app.control import Control
 from kiln.app.instances import InstancesAPI
 from kiln.app.monitor import Monitor
 from kiln.app.operations import Operations
 from kiln.app.pipelines import Pipelines
 from kiln.app.predictor import PredictorAPI
+from kiln.app.reruns import Reruns
+from kiln.app.retention import Retention
 from kiln.app.scheduler import SchedulerAPI
+from kiln.app.schedules import Schedules
 from kiln.core import handlers
 from kiln.core.clock import poll_until
 from kiln.core.config import Settings
-from kiln.core.definitions import Workflow, WorkflowSpec, parse_definition
+from kiln.core.definitions import SIGNAL_NAME, Workflow, WorkflowSpec, parse_definition
+from kiln.core.errors import HandlerNotAllowed, InvalidValue, KilnError
 from kiln.core.idempotency import SUBMIT_SCOPE, IdempotencyKey, scoped
-from kiln.core.limits import check_count
+from kiln.core.limits import check_count, check_json_value
 from kiln.core.runs import RunHandle
 from kiln.core.states import WORKFLOW_TERMINAL
-from kiln.store import dispatch, recovery
+from kiln.store import children, dispatch, maps, recovery, waits
 from kiln.store import tasks as task_ops
 from kiln.store import workflows as wf_ops
 from kiln.store.base import MIGRATIONS_DIR as MIGRATIONS_DIR  # where tests find migrations
 from kiln.store.base import Store
 from kiln.store.dialects import open_store
 from kiln.store.dispatch import Dispatch
-from kiln.store.submit import submit_run_txn
+from kiln.store.submit import submit_run_txn, submit_runs_txn
 
 log = logging.getLogger("kiln.runtime")
 T = TypeVar("T")
 WAIT_POLL_S = 0.2  # Kiln.wait: a modest poll of one row, not a tight loop
+SUBMIT_BATCH_MAX = 1000  # Kiln.submit_many: runs per call
 
 
 class Kiln:
@@ -63,6 +69,7 @@ class Kiln:
         self.instances, self.scheduler = InstancesAPI(self), SchedulerAPI(self)
         self.predictor = PredictorAPI(self)
         self.pipelines, self.operations = Pipelines(self), Operations(self)
+        self.schedules, self.retention, self.reruns = Schedules(self), Retention(self), Reruns(self)
 
     @property
     def engine(self) -> sa.Engine:
@@ -120,6 +127,100 @@ class Kiln:
         idempotency_key: str | IdempotencyKey | None = None,
         check_handlers: bool = True,
     ) -> tuple[int, bool]:
+        run, created = self.submit_run(
+            definition, idempotency_key=idempotency_key, check_handlers=check_handlers
+        )
+        return run["id"], created
+
+    def submit_run(
+        self,
+        definition: dict[str, Any] | WorkflowSpec | Workflow,
+        *,
+        idempotency_key: str | IdempotencyKey | None = None,
+        check_handlers: bool = True,
+    ) -> tuple[dict[str, Any], bool]:
+        """:meth:`submit`, returning the run's summary (``id``, ``name``, ``status``,
+        ``error``, ``created_at``, ``started_at``, ``finished_at``) as written, and whether
+        it was created (False: replayed by its key)."""
+        if isinstance(definition, Workflow):
+            definition = definition.to_definition()
+        spec = self.spec_of(definition, check_handlers=check_handlers)
+        key = scoped(
+            idempotency_key,
+            SUBMIT_SCOPE,
+            body=definition if isinstance(definition, dict) else spec.to_dict(),
+        )
+        lease_s = self.settings.dispatch_timeout_s if self.sender is not None else None
+        with tracing.span("kiln.submit", workflow=spec.name) as traced:
+            run, created, dispatched = self.txn(
+                lambda c: submit_run_txn(
+                    c, spec, idempotency_key=key, lease_s=lease_s, trace_context=traced.traceparent
+                ),
+                single=True,  # on PostgreSQL one statement (insert_run in kiln/store/queries.sql)
+            )
+            traced.set(workflow_id=run["id"], created=created)
+            self._send(dispatched)
+        return run, created
+
+    def submit_many(
+        self,
+        definitions: Sequence[dict[str, Any] | WorkflowSpec | Workflow],
+        *,
+        idempotency_keys: Sequence[str | IdempotencyKey | None] | None = None,
+        check_handlers: bool = True,
+    ) -> list[int]:
+        """:meth:`submit` for up to ``SUBMIT_BATCH_MAX`` runs in one transaction, each with its
+        own idempotency key (or None); their ids in order. All or nothing: an invalid
+        definition, or a key used before on another definition, raises the error
+        :meth:`submit` would, its message and ``details["index"]`` naming the definition's
+        place, and writes nothing."""
+        pairs = self.submit_many_with_status(
+            definitions, idempotency_keys=idempotency_keys, check_handlers=check_handlers
+        )
+        return [wf_id for wf_id, _ in pairs]
+
+    def submit_many_with_status(
+        self,
+        definitions: Sequence[dict[str, Any] | WorkflowSpec | Workflow],
+        *,
+        idempotency_keys: Sequence[str | IdempotencyKey | None] | None = None,
+        check_handlers: bool = True,
+    ) -> list[tuple[int, bool]]:
+        """:meth:`submit_many`, with whether each run was created (False: replayed by key)."""
+        check_count("workflows", len(definitions), SUBMIT_BATCH_MAX, "per batch")
+        keys = list(idempotency_keys) if idempotency_keys is not None else [None] * len(definitions)
+        if len(keys) != len(definitions):
+            raise InvalidValue(
+                f"{len(keys)} idempotency keys for {len(definitions)} definitions",
+                field="idempotency_keys",
+            )
+        runs = []
+        for i, (definition, key) in enumerate(zip(definitions, keys, strict=True)):
+            try:
+                if isinstance(definition, Workflow):
+                    definition = definition.to_definition()
+                spec = self.spec_of(definition, check_handlers=check_handlers)
+            except KilnError as exc:
+                raise type(exc)(
+                    f"workflows[{i}]: {exc.message}", **{**exc.details, "index": i}
+                ) from exc
+            body = definition if isinstance(definition, dict) else spec.to_dict()
+            runs.append((spec, scoped(key, SUBMIT_SCOPE, body=body)))
+        if not runs:
+            return []
+        with tracing.span("kiln.submit_many", runs=len(runs)) as traced:
+            return self.txn(
+                lambda c: submit_runs_txn(c, runs, trace_context=traced.traceparent),
+                # One statement on PostgreSQL; with keys, a replay check may follow it and
+                # refuse the batch, so it needs a transaction to roll back.
+                single=not any(keys),
+            )
+
+    def spec_of(
+        self, definition: dict[str, Any] | WorkflowSpec | Workflow, *, check_handlers: bool = True
+    ) -> WorkflowSpec:
+        """The validated spec of ``definition`` within this deployment's limits, its handlers
+        (and the definitions its ``workflow`` tasks name) checked against the allowlist."""
         limits = self.settings
         if isinstance(definition, Workflow):
             definition = definition.to_definition()
@@ -136,28 +237,68 @@ class Kiln:
                 max_timeout_s=limits.max_timeout_s,
             )
         if check_handlers:
-            handlers.check_handlers(
-                (t.handler for t in spec.tasks if t.handler), self.settings.handler_modules
-            )
+            allowed = self.settings.handler_modules
+            handlers.check_handlers((t.handler for t in spec.tasks if t.handler), allowed)
+            for t in spec.tasks:
+                if t.workflow and not handlers.module_allowed(
+                    t.workflow.partition(":")[0], allowed
+                ):
+                    raise HandlerNotAllowed(
+                        f"task {t.name!r}: workflow {t.workflow!r} is not allowed: its module "
+                        "is not listed in KILN_IMPORTS or KILN_HANDLER_MODULES",
+                        handler=t.workflow,
+                    )
+        return spec
 
-        key = scoped(
-            idempotency_key,
-            SUBMIT_SCOPE,
-            body=definition if isinstance(definition, dict) else spec.to_dict(),
+    def start_child(self, task: task_ops.ClaimedTask, definition: Any, key: str) -> int:
+        """The child run of the running ``task`` for its try and ``key`` (started now, or the
+        one started before); ``definition`` as for :meth:`submit`, or
+        ``"package.module:attribute"`` naming one in an allowed module."""
+        if isinstance(definition, str):
+            definition = handlers.resolve_definition(definition, self.settings.handler_modules)
+        spec = self.spec_of(definition)
+        return self.txn(
+            lambda c: children.start_child_txn(
+                c, task_id=task.id, attempt=task.attempt, key=key, spec=spec
+            )
         )
-        lease_s = self.settings.dispatch_timeout_s if self.sender is not None else None
-        wf_id, created, dispatched = self.txn(
-            lambda c: submit_run_txn(c, spec, idempotency_key=key, lease_s=lease_s),
-            single=True,  # on PostgreSQL one statement (insert_run in kiln/store/queries.sql)
+
+    def signal(
+        self, workflow_id: int, name: str, payload: Any = None, *, key: str | None = None
+    ) -> dict[str, Any]:
+        """Send signal ``name`` with ``payload`` (any JSON) to run ``workflow_id``: kept until
+        a task of the run waiting for it (kind ``signal``, ``wait_for_signal``) takes it. A
+        ``key`` used before for this run and name sends nothing new (``duplicate``)."""
+        if not SIGNAL_NAME.fullmatch(name):
+            raise InvalidValue(
+                "a signal name is 1 to 64 characters among A-Z a-z 0-9 _ . -", field="name"
+            )
+        if key is not None and not 0 < len(key) <= 200:
+            raise InvalidValue("a signal's key is 1 to 200 characters", field="key")
+        check_json_value(payload, max_depth=self.settings.max_json_depth, where="payload")
+        return self.txn(lambda c: waits.send_signal_txn(c, workflow_id, name, payload, key=key))
+
+    def signals(self, workflow_id: int) -> list[dict[str, Any]]:
+        return self.read(lambda c: waits.list_signals(c, workflow_id))
+
+    def take_signal(self, task: task_ops.ClaimedTask, name: str) -> tuple[bool, Any]:
+        """For the running ``task``: the payload of a signal ``name`` it may take."""
+        return self.txn(
+            lambda c: waits.take_signal_txn(
+                c, task_id=task.id, attempt=task.attempt, workflow_id=task.workflow_id, name=name
+            )
         )
-        self._send(dispatched)
-        return wf_id, created
+
+    def wake_due(self) -> int:
+        """Waiting tasks whose time came (a sleep ended, a signal's deadline passed) go ready."""
+        return self.txn(waits.wake_due_txn)
 
     def _send(self, dispatched: list[Dispatch]) -> None:
         if not dispatched or self.sender is None:
             return
         try:
-            self.sender(dispatched)
+            with tracing.span("kiln.send", tasks=len(dispatched)):
+                self.sender(dispatched)
         except Exception:  # noqa: BLE001 - leased in the database; the controller re-sends
             log.warning(
                 "could not send %d tasks; a controller will re-send them",
@@ -165,8 +306,10 @@ class Kiln:
                 exc_info=True,
             )
 
-    def workflow(self, workflow_id: int) -> dict[str, Any]:
-        return self.read(lambda c: wf_ops.get_workflow(c, workflow_id))
+    def workflow(self, workflow_id: int, **page: int | None) -> dict[str, Any]:
+        """The run and its tasks; ``page``: ``tasks_limit``, ``tasks_after`` (see
+        ``get_workflow``)."""
+        return self.read(lambda c: wf_ops.get_workflow(c, workflow_id, **page))
 
     def run(self, workflow_id: int) -> dict[str, Any]:
         """The run without its tasks (:class:`~kiln.core.errors.WorkflowNotFound` if none)."""
@@ -184,16 +327,16 @@ class Kiln:
         """:meth:`submit`, returning a handle to wait on (``.wait()``, ``.result()``)."""
         return RunHandle(self, self.submit(definition, idempotency_key=idempotency_key))
 
-    def wait(self, workflow_id: int, timeout_s: float) -> dict[str, Any]:
-        """The run with its tasks once it is terminal, or as it is after ``timeout_s``; polls
-        the run's row every ``WAIT_POLL_S``."""
+    def wait(self, workflow_id: int, timeout_s: float, **page: int | None) -> dict[str, Any]:
+        """The run with its tasks (``page``: see :meth:`workflow`) once it is terminal, or as
+        it is after ``timeout_s``; polls the run's row every ``WAIT_POLL_S``."""
         poll_until(
             lambda: self.run(workflow_id),
             lambda run: run["status"] in WORKFLOW_TERMINAL,
             timeout_s,
             WAIT_POLL_S,
         )
-        return self.workflow(workflow_id)
+        return self.workflow(workflow_id, **page)
 
     def cancel(self, workflow_id: int) -> None:
         self.txn(lambda c: wf_ops.cancel_workflow_txn(c, workflow_id))
@@ -223,6 +366,16 @@ class Kiln:
                 queues=queues,
             )
         )
+
+    def expand_maps(self) -> int:
+        """Expand the map tasks whose list now exists into their items (or finish them: an
+        empty list, or no list), one transaction per map task; return how many."""
+        limit = self.settings.max_map_items
+
+        def expand(map_id: int) -> Callable[[sa.Connection], str | None]:
+            return lambda c: maps.expand_map_txn(c, map_id, max_items=limit)
+
+        return sum(self.txn(expand(i)) is not None for i in self.read(maps.ready_map_tasks))
 
     def note_unserved_queues(self, queues: Collection[str]) -> int:
         """Ready tasks of a queue not in ``queues`` (no live worker consumes it) say so in

@@ -80,8 +80,10 @@ __all__ = [
 ]
 
 log = logging.getLogger("kiln.scheduler")
-# Policies whose record_finish uses actual run times (vruntime, round-robin quantum).
-LEARNS_FROM_RUN_TIMES = frozenset({"Fair", "RoundRobin"})
+# Policies that use actual run times (vruntime, round-robin quantum, the self-tuning of
+# Boost and SEPTGuard from measured run times).
+LEARNS_FROM_RUN_TIMES = frozenset({"Fair", "RoundRobin", "Boost", "SEPTGuard"})
+SEEN_MAX = 100_000  # candidate ids remembered as arrivals already measured
 QUANTUM_MAX_MICROS = 86_400_000_000  # a day: a longer turn is no rotation at all
 Warn = Callable[[str], None]
 
@@ -226,6 +228,7 @@ class SchedulerService:
         self._dirty = False
         self._finished_after = utcnow()
         self._inflight: dict[str, QueuedItem] = {}
+        self._seen: dict[str, None] = {}
         self.scheduler = Scheduler(DEFAULT_POLICY)
         self._persisted_at = -1e9
         self.persist_every_s = persist_every_s
@@ -260,8 +263,11 @@ class SchedulerService:
         with self._lock:
             self._refresh_policy()
             now = time.time()
-            by_id = {item_of(c).id: c for c in candidates}
-            ranked = self.scheduler.order([item_of(c) for c in candidates], now)
+            items = [item_of(c) for c in candidates]
+            by_id = {item.id: c for item, c in zip(items, candidates, strict=True)}
+            self._note_arrivals(items, now)
+            # Exactly the order the simulator's ReadyQueue picks in (bench/schedsim.py).
+            ranked = self.scheduler.order(items, now)
             free: Capacity | None = None
             out = []
             for item in ranked:
@@ -276,6 +282,22 @@ class SchedulerService:
                 self._inflight[item.id] = item
                 self._dirty = True
             return out
+
+    def _note_arrivals(self, items: list[QueuedItem], now: float) -> None:
+        """Candidates seen for the first time are arrivals: the self-tuning policies measure
+        the predicted work queued ahead of each (the candidates enqueued before it)."""
+        # Measured once: by this controller, or by another before (the state is shared).
+        measured = self.scheduler.state.fifo_waits
+        if all(i.id in self._seen or i.id in measured for i in items):
+            return
+        ahead = 0.0
+        for item in sorted(items, key=lambda i: (i.enqueued_at, i.id)):
+            if item.id not in self._seen and item.id not in measured:
+                self.scheduler.record_arrival(item, now, ahead)
+                self._seen[item.id] = None
+            ahead += _expected(item)
+        while len(self._seen) > SEEN_MAX:
+            del self._seen[next(iter(self._seen))]
 
     def sync(self, kiln: Any = None) -> None:
         """Hook: learn run times of tasks finished since the last pass (only the policies
@@ -316,6 +338,10 @@ class SchedulerService:
             self._dirty = True
         if len(self._inflight) > 100_000:
             self._inflight.clear()
+
+
+def _expected(item: QueuedItem) -> float:
+    return estimate(item.predicted).expected if item.predicted else 0.0
 
 
 # --- placement (workers) ----------------------------------------------------------------

@@ -8,14 +8,17 @@ from typing import NoReturn
 from rich.console import Console
 
 from kiln.app.runtime import Kiln
+from kiln.core import audit
 from kiln.core.config import Settings
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # a message stays one line, for grep
 
 
 def make_kiln() -> Kiln:
-    """A ``Kiln`` on the database the environment names (``KILN_DATABASE_URL``)."""
+    """A ``Kiln`` on the database the environment names (``KILN_DATABASE_URL``); what it
+    changes is recorded as done by ``cli`` (a worker or controller it starts names itself)."""
+    audit.set_process_actor("cli")
     return Kiln(Settings.from_env())
 
 

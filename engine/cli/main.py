@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
@@ -10,13 +9,14 @@ import signal
 import subprocess
 import sys
 import threading
-from pathlib import Path
 from typing import Any
 
 import click
 
-from kiln.app.control import DatabaseError
-from kiln.cli.common import console, fail, make_kiln
+from kiln.app.control import OUTAGES, DatabaseError
+from kiln.cli.common import console, err_console, fail, make_kiln
+from kiln.cli.control import Liveness
+from kiln.cli.runs import load_definition
 from kiln.core.config import Settings
 from kiln.core.errors import InvalidDefinition, KilnError
 from kiln.core.handlers import load_imports
@@ -32,7 +32,10 @@ class KilnGroup(click.Group):
         except KilnError as exc:
             fail(exc.message, 1 if exc.status_code >= 500 else 2)
         except DatabaseError as exc:
-            fail(f"database error: {str(exc.orig).strip()}", 1)
+            reason = (str(exc.orig).strip().splitlines() or ["unknown"])[0]
+            if reason.startswith("relation ") or reason.startswith("no such table"):
+                reason += " (is the database migrated? `kiln db upgrade` does it)"
+            fail(f"database error: {reason}", 1)
 
 
 @click.group(cls=KilnGroup)
@@ -48,7 +51,10 @@ def main() -> None:
         setup_logging(click.get_current_context().invoked_subcommand or "cli")
     except ValueError as exc:  # a bad KILN_LOG_LEVEL / KILN_LOG_FORMAT
         fail(str(exc))
-    load_imports()
+    try:
+        load_imports()
+    except ImportError as exc:  # a KILN_IMPORTS module that is not there: one line, no traceback
+        fail(str(exc))
 
 
 @main.group()
@@ -128,8 +134,10 @@ def worker(threads: int, processes: int, queues: str | None) -> None:
     from kiln.app.runtime import Kiln
     from kiln.workers.actors import build_actors
 
+    kiln = Kiln(settings, pool_size=16, sender=transport.send_now)
+    _wait_for_schema(kiln, "worker")
     broker = transport.current().broker
-    build_actors(broker, Kiln(settings, pool_size=16, sender=transport.send_now), pools)
+    build_actors(broker, kiln, pools)
     stop = threading.Event()
     w = dramatiq.Worker(
         broker,
@@ -145,6 +153,29 @@ def worker(threads: int, processes: int, queues: str | None) -> None:
     )
     stop.wait()
     w.stop(timeout=30_000)
+
+
+def _wait_for_schema(kiln: Any, kind: str, stop: threading.Event | None = None) -> bool:
+    """Wait until the database is migrated (``kiln db upgrade``, which the Procfile's web
+    process runs first), so a formation started at once on a fresh database comes up instead
+    of failing; False if ``stop`` was set meanwhile."""
+    import time
+
+    said = False
+    while stop is None or not stop.is_set():
+        try:
+            if kiln.control.schema_is_current():
+                if said:
+                    logging.getLogger(f"kiln.{kind}").warning("database schema is up to date")
+                return True
+            why = "its schema is not at the newest revision: waiting for `kiln db upgrade`"
+        except OUTAGES as exc:
+            why = f"it is unavailable ({str(exc).splitlines()[0]})"
+        if not said:
+            logging.getLogger(f"kiln.{kind}").warning("%s waits for the database: %s", kind, why)
+            said = True
+        time.sleep(0.5)
+    return False
 
 
 def _supervise(commands: list[list[str]]) -> None:
@@ -171,6 +202,8 @@ def controller() -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    if not _wait_for_schema(kiln, "controller", stop):
+        return
     Controller(
         kiln,
         hooks=controller_hooks() + scheduling_hooks(kiln),
@@ -180,9 +213,15 @@ def controller() -> None:
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=int)
+@click.option(
+    "--port",
+    default=lambda: int(os.environ.get("PORT") or 5000),
+    show_default="$PORT, else 5000",
+    type=int,
+)
 def web(host: str, port: int) -> None:
-    """Serve the HTTP API (development server; use gunicorn in production, see Procfile)."""
+    """Serve the HTTP API (development server; use gunicorn in production, see Procfile).
+    It listens where the Procfile's web process does: $PORT, else 5000."""
     from werkzeug.serving import run_simple
 
     from kiln.web.app import create_app
@@ -190,48 +229,45 @@ def web(host: str, port: int) -> None:
     run_simple(host, port, create_app(), threaded=True, use_reloader=False)
 
 
-def _load_definition(target: str) -> Any:
-    path = Path(target)
-    if path.suffix == ".json" or path.exists():
-        try:
-            return json.loads(path.read_text())
-        except FileNotFoundError:
-            fail(f"no such file: {target}")
-        except json.JSONDecodeError as exc:
-            fail(f"{target} is not valid JSON: {exc}")
-    module_name, _, attr = target.partition(":")
-    if not attr:
-        fail(f"{target!r} is neither a .json file nor 'package.module:workflow'")
-    try:
-        obj = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        fail(f"cannot load {target!r}: {exc}")
-    return obj() if callable(obj) else obj
-
-
-def _run_and_follow(kiln, definition: Any, as_json: bool) -> None:  # type: ignore[no-untyped-def]
+def _run_and_follow(kiln, definition: Any, as_json: bool, after_submit=None) -> None:  # type: ignore[no-untyped-def]
     from kiln.cli.display import as_json as run_json
 
     if kiln.settings.embedded_broker:
         kiln.upgrade()
     workflow_id = kiln.submit(definition)
-    if kiln.settings.embedded_broker:
-        from kiln.workers.embedded import EmbeddedRuntime
-        from kiln.workers.hooks import controller_hooks
-        from kiln.workers.scheduling_hooks import scheduler_order, scheduling_hooks
+    err_console.print(f"workflow {workflow_id} submitted · following it (Ctrl-C stops following)")
+    if after_submit is not None:
+        after_submit(workflow_id)
+    try:
+        if kiln.settings.embedded_broker:
+            from kiln.workers.embedded import EmbeddedRuntime
+            from kiln.workers.hooks import controller_hooks
+            from kiln.workers.scheduling_hooks import scheduler_order, scheduling_hooks
 
-        with EmbeddedRuntime(
-            kiln, hooks=controller_hooks() + scheduling_hooks(kiln), order=scheduler_order(kiln)
-        ):
-            run = _follow(kiln, workflow_id, as_json)
-    else:
-        run = _follow(kiln, workflow_id, as_json)
+            with EmbeddedRuntime(
+                kiln, hooks=controller_hooks() + scheduling_hooks(kiln), order=scheduler_order(kiln)
+            ):
+                run = _follow(kiln, workflow_id, as_json)
+        else:
+            run = _follow(kiln, workflow_id, as_json, Liveness(kiln).check)
+    except KeyboardInterrupt:
+        if kiln.settings.embedded_broker:
+            err_console.print(
+                f"interrupted: workflow {workflow_id} stopped with this command (the in-process "
+                "broker ran it here); what it finished is kept in the database"
+            )
+        else:
+            err_console.print(
+                f"interrupted: workflow {workflow_id} continues on the workers; follow it with "
+                f"`kiln watch {workflow_id}`, stop it with `kiln cancel {workflow_id}`"
+            )
+        raise SystemExit(130) from None
     if as_json:
         click.echo(run_json(run))
     raise SystemExit(0 if run["status"] == "succeeded" else 1)
 
 
-def _follow(kiln, workflow_id: int, as_json: bool):  # type: ignore[no-untyped-def]
+def _follow(kiln, workflow_id: int, as_json: bool, on_tick=None):  # type: ignore[no-untyped-def]
     import time
 
     from kiln.core.states import WORKFLOW_TERMINAL
@@ -239,12 +275,14 @@ def _follow(kiln, workflow_id: int, as_json: bool):  # type: ignore[no-untyped-d
     if not as_json:
         from kiln.cli.ops import follow_progress
 
-        return follow_progress(kiln, workflow_id, console)
-    run = kiln.workflow(workflow_id)
+        return follow_progress(kiln, workflow_id, console, on_tick=on_tick)
+    run = kiln.run(workflow_id)
     while run["status"] not in WORKFLOW_TERMINAL:
+        if on_tick is not None:
+            on_tick()
         time.sleep(0.1)
-        run = kiln.workflow(workflow_id)
-    return run
+        run = kiln.run(workflow_id)
+    return kiln.workflow(workflow_id)
 
 
 @main.command()
@@ -256,7 +294,7 @@ def run(target: str, as_json: bool) -> None:
     Exits 0 only if the run succeeded. With the in-process broker (no KILN_BROKER_URL) it
     runs its own worker and controller while following.
     """
-    _run_and_follow(make_kiln(), _load_definition(target), as_json)
+    _run_and_follow(make_kiln(), load_definition(target), as_json)
 
 
 @main.command()
@@ -287,7 +325,7 @@ def demo(as_json: bool) -> None:
     from dataclasses import replace
 
     from kiln.app.runtime import Kiln
-    from kiln.workers.demo import demo_workflow
+    from kiln.workers.demo import APPROVAL, demo_workflow
 
     settings = Settings.from_env()
     # A short backoff so the demo's deliberate first failure retries quickly.
@@ -296,23 +334,49 @@ def demo(as_json: bool) -> None:
         where = kiln.engine.url.render_as_string(hide_password=True)
         broker = settings.broker_url or "in-process broker"
         console.print(f"[bold]Kiln demo[/] · database {where} · {broker}")
-    _run_and_follow(kiln, demo_workflow(), as_json)
+
+    def approve(workflow_id: int) -> None:
+        # Sent before the run reaches its Approve task: kept, and delivered when it does.
+        kiln.signal(workflow_id, *APPROVAL, key="kiln-demo")
+        err_console.print(f"sent signal {APPROVAL[0]!r} to workflow {workflow_id}")
+
+    _run_and_follow(kiln, demo_workflow(), as_json, after_submit=approve)
 
 
-def _instance_command() -> None:
-    try:
-        from kiln.taskinstance.server.app import instance_command
-    except ImportError:
-        return
-    main.add_command(instance_command, "instance")
+class _LazyInstanceCommand(click.Command):
+    """``kiln instance``, importing the TaskInstance server (and Flask) only when it runs:
+    ``kiln worker`` and ``kiln controller`` start without them."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "instance",
+            short_help="Run a simulated TaskInstance (kiln instance --help).",
+            context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+            add_help_option=False,  # --help goes to the real command
+        )
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            from kiln.taskinstance.server.app import instance_command
+        except ImportError as exc:
+            raise click.ClickException(f"the TaskInstance server cannot start: {exc}") from exc
+        return instance_command.main(
+            args=ctx.args, prog_name=ctx.command_path, standalone_mode=False
+        )
 
 
-_instance_command()
+main.add_command(_LazyInstanceCommand())
 
-from kiln.cli.ops import COMMANDS  # noqa: E402 - operator commands, in their own module
+from kiln.cli import ops, pipeline, runs  # noqa: E402 - commands, in their own modules
 
-for _command in COMMANDS:
+for _command in (*runs.COMMANDS, *ops.COMMANDS, *pipeline.COMMANDS):
     main.add_command(_command)
+
+from kiln.cli import schedules, signals  # noqa: E402 - schedules, rerun, db prune, signal
+
+for _command in (*schedules.COMMANDS, *signals.COMMANDS):
+    main.add_command(_command)
+db.add_command(schedules.prune)
 
 if __name__ == "__main__":
     main()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -20,7 +21,8 @@ from rich.console import Console, Group
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
-from kiln.cli.common import console, make_kiln
+from kiln.cli.common import console, err_console, make_kiln
+from kiln.cli.control import Liveness
 from kiln.core.clock import aware, utcnow
 from kiln.core.redaction import redact
 from kiln.core.states import WORKFLOW_TERMINAL
@@ -174,10 +176,16 @@ def exit_code(status: str) -> int:
 
 
 def follow_progress(
-    kiln: Any, workflow_id: int, out: Console, *, interval: float = 0.2
+    kiln: Any,
+    workflow_id: int,
+    out: Console,
+    *,
+    interval: float = 0.2,
+    on_tick: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Live progress bars until the run ends (or is paused with nothing running), then the
-    per-task table; returns the final run (as ``kiln.workflow`` does)."""
+    per-task table; returns the final run (as ``kiln.workflow`` does). ``on_tick`` is called
+    on every refresh (``kiln run`` checks that workers and a controller are alive)."""
     from rich.live import Live
 
     from kiln.cli.display import run_table
@@ -185,6 +193,8 @@ def follow_progress(
     snap = snapshot(kiln, workflow_id)
     with Live(progress_view(snap), console=out, refresh_per_second=8, transient=True) as live:
         while not _settled(snap):
+            if on_tick is not None:
+                on_tick()
             time.sleep(interval)
             snap = snapshot(kiln, workflow_id)
             live.update(progress_view(snap))
@@ -215,19 +225,27 @@ def watch(run_id: int, is_pipeline: bool, interval: float, as_json: bool) -> Non
         if target is None:
             raise click.ClickException(f"pipeline {run_id} has no workflow")
         workflow_id = target
-    if not as_json:
-        run = follow_progress(kiln, workflow_id, console, interval=interval)
-        raise SystemExit(exit_code(run["status"]))
-    last = None
-    while True:
-        snap = snapshot(kiln, workflow_id)
-        public = _public(snap)
-        if public != last:
-            click.echo(_dumps(public))
-            last = public
-        if _settled(snap):
-            raise SystemExit(exit_code(snap["status"]))
-        time.sleep(interval)
+    liveness = Liveness(kiln)  # says so when no worker or controller is alive to move it
+    try:
+        if not as_json:
+            run = follow_progress(
+                kiln, workflow_id, console, interval=interval, on_tick=liveness.check
+            )
+            raise SystemExit(exit_code(run["status"]))
+        last = None
+        while True:
+            snap = snapshot(kiln, workflow_id)
+            public = _public(snap)
+            if public != last:
+                click.echo(_dumps(public))
+                last = public
+            if _settled(snap):
+                raise SystemExit(exit_code(snap["status"]))
+            liveness.check()
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        err_console.print(f"stopped watching; workflow {workflow_id} is not affected")
+        raise SystemExit(130) from None
 
 
 # --- ops --------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from kiln.core.limits import (
     DEFAULT_MAX_JSON_DEPTH,
     DEFAULT_MAX_WORKFLOW_TASKS,
 )
+from kiln.core.mapping import DEFAULT_MAX_MAP_ITEMS
 
 DEFAULT_SQLITE_PATH = Path("kiln.db")
 
@@ -28,6 +29,23 @@ def _float(name: str, default: float) -> float:
 
 def _int(name: str, default: int) -> int:
     return int(_float(name, default))
+
+
+def _days_by_name(name: str) -> tuple[tuple[str, float], ...]:
+    """``nightly-report=7,adhoc=0.5``: a workflow name and a number of days, comma-separated."""
+    pairs = []
+    for item in _names(name):
+        run, sep, days = item.rpartition("=")
+        try:
+            value = float(days)
+        except ValueError:
+            value = -1.0
+        if not sep or not run.strip() or not value > 0:
+            raise ValueError(
+                f"{name} must be NAME=DAYS pairs separated by commas (days above 0), got {item!r}"
+            )
+        pairs.append((run.strip(), value))
+    return tuple(pairs)
 
 
 def _names(name: str) -> tuple[str, ...]:
@@ -65,6 +83,11 @@ class Settings:
     max_json_depth: int = DEFAULT_MAX_JSON_DEPTH  # request bodies and definitions; deeper: 413
     max_timeout_s: float = DEFAULT_MAX_TIMEOUT_S  # a task's timeout_s; more: 422
     max_waiters: int = 2  # long polls (?wait=) at once per web process; more: 429
+    retention_days: float | None = None  # finished runs older than this are pruned
+    # per workflow name (KILN_RETENTION_DAYS_BY_NAME=name=days,...); a schedule's own wins
+    retention_days_by_name: tuple[tuple[str, float], ...] = ()
+    max_map_items: int = DEFAULT_MAX_MAP_ITEMS  # a map task over a longer list fails
+    max_result_bytes: int = 1_000_000  # a task's result larger than this as JSON fails it
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -94,6 +117,10 @@ class Settings:
             max_json_depth=_int("KILN_MAX_JSON_DEPTH", DEFAULT_MAX_JSON_DEPTH),
             max_timeout_s=_float("KILN_MAX_TIMEOUT_S", DEFAULT_MAX_TIMEOUT_S),
             max_waiters=_int("KILN_MAX_WAITERS", 2),
+            retention_days=_float("KILN_RETENTION_DAYS", 0.0) or None,
+            retention_days_by_name=_days_by_name("KILN_RETENTION_DAYS_BY_NAME"),
+            max_map_items=_int("KILN_MAX_MAP_ITEMS", DEFAULT_MAX_MAP_ITEMS),
+            max_result_bytes=_int("KILN_MAX_RESULT_BYTES", 1_000_000),
         )
 
     @property

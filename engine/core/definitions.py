@@ -3,8 +3,10 @@ produces the same JSON. Pure: no database, no imports of handlers (see ``kiln.co
 
 from __future__ import annotations
 
+import datetime as dt
 import heapq
 import json
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,19 +19,26 @@ from kiln.core.limits import (
     check_count,
     check_json_value,
 )
+from kiln.core.mapping import ITEM_NAME_CHARS, map_source, uses_placeholders
 from kiln.core.pools import QUEUE_NAME
 from kiln.core.retry import exception_name, parse_retry_policy
 from kiln.core.templating import find_references
+from kiln.core.waits import SIGNAL_HANDLER, SLEEP_HANDLER, duration_s, timestamp
+from kiln.core.workflow_task import HANDLER as WORKFLOW_HANDLER
 
+WAIT_FIELDS = ("sleep", "until", "signal", "timeout", "on_timeout")  # kiln.core.waits
 TASK_FIELDS = {
     "name", "handler", "model_type", "params", "depends_on", "max_attempts", "timeout_s",
     "priority", "retry",
-    "queue",
+    "queue", "workflow", "map",
+    *WAIT_FIELDS,
 }  # fmt: skip
 WORKFLOW_FIELDS = {"name", "tasks", "on_error", "priority"}
 MAX_ATTEMPTS = 100
 PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
 DEFAULT_MAX_TIMEOUT_S = 7 * 24 * 3600.0  # KILN_MAX_TIMEOUT_S
+SIGNAL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+WORKFLOW_REF = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,14 @@ class TaskSpec:
     priority: int = 0
     retry: dict[str, Any] | None = None  # backoff_s, max_backoff_s, jitter, on: kiln.core.retry
     queue: str | None = None  # the worker pool that runs it; None: the default queue
+    # kind "workflow": "module:attribute" naming a definition, started as a child run; the
+    # task's handler is then kiln.core.workflow_task:run_workflow with params {"workflow": ...}
+    workflow: str | None = None
+    # kinds sleep and signal (kiln.core.waits): their fields as written, e.g. {"sleep": "PT1H"};
+    # the task's handler is then kiln.core.waits:sleep or :signal with params from them
+    wait: dict[str, Any] | None = None
+    # a map task: the "{{Task.result...}}" list it runs once per item of (kiln.core.mapping)
+    map_over: str | None = None
 
 
 @dataclass(frozen=True)
@@ -63,15 +80,18 @@ class WorkflowSpec:
                     k: v
                     for k, v in {
                         "name": t.name,
-                        "handler": t.handler,
+                        "handler": None if t.workflow or t.wait else t.handler,
                         "model_type": t.model_type,
-                        "params": t.params,
+                        "params": None if t.workflow or t.wait else t.params,
                         "depends_on": list(t.depends_on),
                         "max_attempts": t.max_attempts,
                         "timeout_s": t.timeout_s,
                         "priority": t.priority,
                         "retry": t.retry,
                         "queue": t.queue,
+                        "workflow": t.workflow,
+                        "map": t.map_over,
+                        **(t.wait or {}),
                     }.items()
                     if v is not None
                 }
@@ -144,12 +164,47 @@ def _parse_task(raw: Any, index: int, max_timeout_s: float) -> TaskSpec:
     name = raw.get("name")
     if not isinstance(name, str) or not name.strip() or "{" in name or "}" in name:
         raise _fail(f"{where}.name must be a non-empty string without braces", field=where)
-    name = name.strip()
-    handler, model_type = raw.get("handler"), raw.get("model_type")
-    if (handler is None) == (model_type is None):
+    if ITEM_NAME_CHARS & set(name):
         raise _fail(
-            f"task {name!r}: give exactly one of 'handler' or 'model_type'", field=f"{where}"
+            f"{where}.name {name!r} may not contain '[' or ']' (reserved for mapped items, "
+            "Name[0], Name[1]...)",
+            field=f"{where}.name",
         )
+    name = name.strip()
+    wait = _parse_wait(raw, name, where)
+    if wait is not None:
+        kind, _, handler, params = wait
+        taken = [k for k in ("handler", "model_type", "workflow", "map") if raw.get(k) is not None]
+        if taken or raw.get("params") not in (None, {}):
+            field = taken[0] if taken else "params"
+            raise _fail(
+                f"task {name!r}: a {kind} task takes no {field} (it waits; its result is "
+                f"{'the time it slept until' if kind == 'sleep' else 'the signal payload'})",
+                field=f"{where}.{field}",
+            )
+        raw = {**raw, "handler": handler, "params": params}
+    handler, model_type = raw.get("handler"), raw.get("model_type")
+    workflow = raw.get("workflow")
+    if [handler, model_type, workflow].count(None) != 2:
+        raise _fail(
+            f"task {name!r}: give exactly one of 'handler', 'model_type' or 'workflow' (or "
+            "make it a 'sleep', 'until' or 'signal' task)",
+            field=f"{where}",
+        )
+    if workflow is not None:
+        if not isinstance(workflow, str) or not WORKFLOW_REF.fullmatch(workflow.strip()):
+            raise _fail(
+                f"task {name!r}: workflow must name a definition as 'package.module:attribute'",
+                field=f"{where}.workflow",
+            )
+        if raw.get("params") not in (None, {}):
+            raise _fail(
+                f"task {name!r}: a task of kind workflow takes no params (its child run is the "
+                "named definition)",
+                field=f"{where}.params",
+            )
+        workflow = workflow.strip()
+        handler, raw = WORKFLOW_HANDLER, {**raw, "params": {"workflow": workflow}}
     for label, value in (("handler", handler), ("model_type", model_type)):
         if value is not None and (not isinstance(value, str) or not value.strip()):
             raise _fail(f"task {name!r}: {label} must be a non-empty string", field=label)
@@ -163,6 +218,16 @@ def _parse_task(raw: Any, index: int, max_timeout_s: float) -> TaskSpec:
         raise _fail(
             f"task {name!r}: depends_on must be a list of task names", field=f"{where}.depends_on"
         )
+    map_over = _parse_map(raw.get("map"), name, where, workflow)
+    if map_over is None and uses_placeholders(params):
+        raise _fail(
+            f"task {name!r}: {{{{item}}}} and {{{{index}}}} are allowed only in the params of a "
+            "task with 'map'",
+            field=f"{where}.params",
+        )
+    if map_over is not None:  # the mapped list's task is a dependency, written or not
+        source = map_source(map_over)
+        depends_on = [*depends_on, *([source] if source not in depends_on else [])]
     timeout = raw.get("timeout_s")
     # Bounded: a worker waits on a timer, and a timer past TIMEOUT_MAX raises OverflowError.
     if timeout is not None and (
@@ -198,7 +263,85 @@ def _parse_task(raw: Any, index: int, max_timeout_s: float) -> TaskSpec:
         priority=_int(raw.get("priority", 0), f"{where}.priority", PRIORITY_MIN, PRIORITY_MAX),
         queue=queue,
         retry=retry or None,
+        workflow=workflow,
+        map_over=map_over,
+        wait=wait[1] if wait is not None else None,
     )
+
+
+def _parse_wait(raw: dict[str, Any], name: str, where: str) -> Any:
+    """``(kind, its fields as written, handler, params)`` for a sleep or signal task; None
+    for any other."""
+    present = [k for k in WAIT_FIELDS if raw.get(k) is not None]
+    if not present:
+        return None
+    sleep, until, signal = raw.get("sleep"), raw.get("until"), raw.get("signal")
+    if signal is None:
+        if sleep is not None and until is not None or set(present) - {"sleep", "until"}:
+            raise _fail(
+                f"task {name!r}: a sleep task gives 'sleep' (a duration) or 'until' (a time); "
+                "'timeout' and 'on_timeout' belong to a signal task",
+                field=f"{where}.{present[-1]}",
+            )
+        try:
+            if sleep is not None:
+                seconds = duration_s(sleep)
+                return "sleep", {"sleep": sleep}, SLEEP_HANDLER, {"seconds": seconds}
+            return "sleep", {"until": until}, SLEEP_HANDLER, {"until": timestamp(until).isoformat()}
+        except ValueError as exc:
+            field = "sleep" if sleep is not None else "until"
+            raise _fail(f"task {name!r}: {field}: {exc}", field=f"{where}.{field}") from None
+    if sleep is not None or until is not None:
+        raise _fail(
+            f"task {name!r}: give 'signal' or 'sleep'/'until', not both",
+            field=f"{where}.signal",
+        )
+    if not isinstance(signal, str) or not SIGNAL_NAME.fullmatch(signal):
+        raise _fail(
+            f"task {name!r}: signal must be a name of 1 to 64 characters among A-Z a-z 0-9 _ . -",
+            field=f"{where}.signal",
+        )
+    fields: dict[str, Any] = {"signal": signal}
+    params: dict[str, Any] = {"signal": signal}
+    timeout, on_timeout = raw.get("timeout"), raw.get("on_timeout")
+    if timeout is not None:
+        try:
+            params["timeout_s"] = duration_s(timeout)
+        except ValueError as exc:
+            raise _fail(f"task {name!r}: timeout: {exc}", field=f"{where}.timeout") from None
+        fields["timeout"] = timeout
+    if on_timeout is not None:
+        if timeout is None:
+            raise _fail(f"task {name!r}: on_timeout needs a timeout", field=f"{where}.on_timeout")
+        if not (
+            on_timeout == "fail"
+            or isinstance(on_timeout, dict)
+            and list(on_timeout) == ["continue"]
+        ):
+            raise _fail(
+                f'task {name!r}: on_timeout must be "fail" or {{"continue": VALUE}} '
+                "(VALUE becomes the task's result)",
+                field=f"{where}.on_timeout",
+            )
+        params["on_timeout"] = fields["on_timeout"] = on_timeout
+    return "signal", fields, SIGNAL_HANDLER, params
+
+
+def _parse_map(value: Any, name: str, where: str, workflow: str | None) -> str | None:
+    """A task's ``map``: exactly one ``{{Task.result...}}`` reference (None when absent)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or map_source(value) is None:
+        raise _fail(
+            f"task {name!r}: map must be exactly one reference to a list in an upstream "
+            "result, such as '{{Split.result.chunks}}'",
+            field=f"{where}.map",
+        )
+    if workflow is not None:
+        raise _fail(
+            f"task {name!r}: a task of kind workflow cannot be mapped", field=f"{where}.map"
+        )
+    return value.strip()
 
 
 def validate_graph(spec: WorkflowSpec) -> list[str]:
@@ -214,6 +357,10 @@ def validate_graph(spec: WorkflowSpec) -> list[str]:
             raise _fail(f"duplicate task name {t.name!r}", task=t.name)
         names[t.name] = t
     for t in spec.tasks:
+        if t.map_over is not None and map_source(t.map_over) not in names:
+            raise _fail(
+                f"task {t.name!r} maps over unknown task {map_source(t.map_over)!r}", task=t.name
+            )
         for dep in t.depends_on:
             if dep not in names:
                 raise _fail(f"task {t.name!r} depends on unknown task {dep!r}", task=t.name)
@@ -318,8 +465,25 @@ class TaskNode:
         self.result = Ref(name)
 
 
+class Placeholder:
+    """Inside a map task's params: its item (:data:`item`, ``{{item}}``) or the item's place
+    in the list (:data:`index`, ``{{index}}``), filled in for each mapped task."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __str__(self) -> str:
+        return "{{" + self.what + "}}"
+
+    __repr__ = __str__
+
+
+item = Placeholder("item")
+index = Placeholder("index")
+
+
 def _plain(value: Any) -> Any:
-    if isinstance(value, Ref):
+    if isinstance(value, Ref | Placeholder):
         return str(value)
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
@@ -385,6 +549,113 @@ class Workflow:
             entry["queue"] = queue
         self._tasks.append(entry)
         return TaskNode(task_name)
+
+    def map(
+        self,
+        handler: Callable[..., Any] | str | None = None,
+        *,
+        over: Ref | str,
+        name: str | None = None,
+        model_type: str | None = None,
+        params: Any = None,
+        depends_on: Iterable[TaskNode | str] = (),
+        max_attempts: int = 3,
+        timeout_s: float | None = None,
+        priority: int = 0,
+        retry: dict[str, Any] | None = None,
+        queue: str | None = None,
+    ) -> TaskNode:
+        """A task run once per item of the list ``over`` (``split.result["chunks"]``), known
+        when that result exists; :data:`item` and :data:`index` in ``params`` become each
+        item and its place. Its result, for tasks downstream, is the items' results in order.
+
+        >>> wf = Workflow("csv")
+        >>> split = wf.add("m:split")
+        >>> agg = wf.map("m:agg", over=split.result["chunks"], params={"chunk": item})
+        """
+        node = self.add(
+            handler,
+            name=name,
+            model_type=model_type,
+            params=params,
+            depends_on=depends_on,
+            max_attempts=max_attempts,
+            timeout_s=timeout_s,
+            priority=priority,
+            retry=retry,
+            queue=queue,
+        )
+        self._tasks[-1]["map"] = str(over)
+        return node
+
+    def add_workflow(
+        self,
+        workflow: str,
+        *,
+        name: str | None = None,
+        depends_on: Iterable[TaskNode | str] = (),
+        max_attempts: int = 3,
+        timeout_s: float | None = None,
+        priority: int = 0,
+    ) -> TaskNode:
+        """A task of kind ``workflow``: runs the definition ``workflow`` names
+        (``"package.module:attribute"``, a ``Workflow`` or a definition dict there) as a
+        child run and waits for it; its result is the child's results."""
+        task_name = name or workflow.rsplit(":", 1)[-1]
+        entry: dict[str, Any] = {
+            "name": task_name,
+            "workflow": workflow,
+            "depends_on": [d.name if isinstance(d, TaskNode) else d for d in depends_on],
+            "max_attempts": max_attempts,
+            "priority": priority,
+        }
+        if timeout_s is not None:
+            entry["timeout_s"] = timeout_s
+        self._tasks.append(entry)
+        return TaskNode(task_name)
+
+    def add_sleep(
+        self,
+        name: str,
+        *,
+        seconds: float | None = None,
+        until: dt.datetime | str | None = None,
+        depends_on: Iterable[TaskNode | str] = (),
+    ) -> TaskNode:
+        """A task of kind ``sleep``: ready ``seconds`` after it first runs, or at ``until``
+        (an aware datetime or ISO 8601 string). No worker is held meanwhile."""
+        when: dict[str, Any] = (
+            {"sleep": seconds}
+            if until is None
+            else {"until": until.isoformat() if isinstance(until, dt.datetime) else until}
+        )
+        return self._add_kind(name, when, depends_on)
+
+    def add_signal(
+        self,
+        name: str,
+        *,
+        signal: str | None = None,
+        timeout_s: float | None = None,
+        on_timeout: Any = None,
+        depends_on: Iterable[TaskNode | str] = (),
+    ) -> TaskNode:
+        """A task of kind ``signal``: waits for ``POST /workflows/<id>/signals/<signal>``
+        (``signal`` defaults to ``name``); its result is the payload. ``on_timeout``:
+        ``"fail"`` (the default) or ``{"continue": VALUE}``."""
+        fields: dict[str, Any] = {"signal": signal or name}
+        if timeout_s is not None:
+            fields["timeout"] = timeout_s
+        if on_timeout is not None:
+            fields["on_timeout"] = on_timeout
+        return self._add_kind(name, fields, depends_on)
+
+    def _add_kind(
+        self, name: str, fields: dict[str, Any], depends_on: Iterable[TaskNode | str]
+    ) -> TaskNode:
+        deps = [d.name if isinstance(d, TaskNode) else d for d in depends_on]
+        self._tasks.append({"name": name, **fields, "depends_on": deps})
+        return TaskNode(name)
 
     def to_definition(self) -> dict[str, Any]:
         return {

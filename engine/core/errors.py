@@ -108,6 +108,10 @@ class TaskCancelled(KilnError):
     it over); raised inside the handler at its next progress report."""
 
 
+class SignalTimeout(KilnError):
+    """No signal came before the deadline a task waited for it until."""
+
+
 class InvalidInstanceRequest(KilnError):
     """The instance request is invalid."""
 
@@ -146,3 +150,19 @@ class RunFailed(KilnError):
 
 class RunCancelled(KilnError):
     """The workflow run was cancelled."""
+
+
+class InvalidSchedule(KilnError):
+    """The schedule is invalid."""
+
+    status_code = 422
+
+
+class ScheduleNotFound(NotFound):
+    """No schedule with this id."""
+
+
+class ScheduleNameTaken(KilnError):
+    """A schedule with this name exists already."""
+
+    status_code = 409

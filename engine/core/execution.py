@@ -22,6 +22,27 @@ class Dispatch:
     queue: str | None = None  # the task's worker pool; None: the default queue
 
 
+@dataclass(frozen=True)
+class Suspension:
+    """What a handler that stopped to wait waits for (kiln.core.children, kiln.core.waits):
+    child runs to end, a time (``wake_at``), or a signal (until ``wake_at``, if set). ``state``
+    is what its next run finds in ``current_task().state`` (None: keep the saved one)."""
+
+    runs: tuple[int, ...] = ()
+    wake_at: dt.datetime | None = None
+    signal: str | None = None
+    state: Any = None
+
+    def reason(self) -> str:
+        if self.signal is not None:
+            until = f" until {self.wake_at:%Y-%m-%d %H:%M:%S} UTC" if self.wake_at else ""
+            return f"waiting for signal {self.signal!r}{until}"
+        if self.wake_at is not None:
+            return f"sleeping until {self.wake_at:%Y-%m-%d %H:%M:%S} UTC"
+        n = len(self.runs)
+        return f"waiting for {n} child run{'s' if n != 1 else ''} to end"
+
+
 @dataclass
 class ClaimedTask:
     id: int
@@ -35,6 +56,14 @@ class ClaimedTask:
     max_attempts: int
     param_error: str | None = None
     retry: dict[str, Any] | None = None  # the task's own policy; None: the deployment's
+    resumes: int = 0  # claims that resumed it after waiting; attempt - resumes is its try
+    state: Any = None  # what its handler saved when it last waited (sleep_until)
+    trace_context: str | None = None  # its run's W3C traceparent (kiln.app.tracing)
+
+    @property
+    def try_(self) -> int:
+        """1 on the first try, + 1 per retry; resuming after a wait keeps it."""
+        return self.attempt - self.resumes
 
 
 @dataclass
@@ -48,8 +77,9 @@ class Outcome:
     result: Any = None
     error: str | None = None
     retryable: bool = True
-    kind: str = "failed"  # failed | timed_out
+    kind: str = "failed"  # failed | timed_out | lost | waiting
     traceback: str | None = None  # the handler's whole traceback, kept on the attempt
+    suspension: Suspension | None = None  # kind "waiting": what the task waits for
 
 
 @dataclass

@@ -22,7 +22,12 @@ Handler = Callable[..., Any]
 _registry: dict[str, Handler] = {}
 _by_path: dict[str, Handler] = {}  # the import path of each registered function
 # Modules shipped in the kiln package whose functions are handlers.
-BUILTIN_MODULES = ("kiln.workers.demo", "kiln.workers.bench_handlers")
+BUILTIN_MODULES = (
+    "kiln.workers.demo",
+    "kiln.workers.bench_handlers",
+    "kiln.core.workflow_task",
+    "kiln.core.waits",
+)
 
 
 @overload
@@ -86,11 +91,37 @@ def handler_name(f: Handler | str) -> str:
     return getattr(f, "kiln_handler_name", None) or _path(f)
 
 
+def import_from_cwd() -> None:
+    """Put the working directory first on ``sys.path``, as ``python -m`` and gunicorn do, so
+    every Kiln process finds a user's modules next to where it was started (the ``kiln``
+    console script alone would look only beside itself)."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+
+
 def load_imports() -> None:
     """Import the modules listed in ``KILN_IMPORTS`` (comma-separated) so their handlers
-    register; web, controller and worker processes all call this at start."""
+    register; web, controller and worker processes all call this at start, and find them
+    from the working directory (:func:`import_from_cwd`) or ``sys.path``. A module that
+    cannot be found raises ``ModuleNotFoundError`` whose message is one line saying where
+    Kiln looked."""
+    import_from_cwd()
     for module in filter(None, (m.strip() for m in os.environ.get("KILN_IMPORTS", "").split(","))):
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not (module == exc.name or module.startswith(exc.name + ".")):
+                # The module exists; something it imports does not.
+                raise ModuleNotFoundError(
+                    f"KILN_IMPORTS names {module!r}, which cannot be imported: {exc}",
+                    name=exc.name,
+                ) from exc
+            raise ModuleNotFoundError(
+                f"KILN_IMPORTS names {module!r}, but no module {exc.name!r} is in the working "
+                f"directory ({os.getcwd()}) or on PYTHONPATH / sys.path",
+                name=exc.name,
+            ) from None
 
 
 def module_allowed(module: str, allowed: Iterable[str]) -> bool:
@@ -183,3 +214,29 @@ def resolve_handler(name: str, allowed: Iterable[str]) -> Handler:
             f"handler {name!r}: cannot import module {module_name!r} ({exc})", handler=name
         ) from exc
     return _attribute(module, name, attr, allowed)
+
+
+def resolve_definition(ref: str, allowed: Iterable[str]) -> Any:
+    """The workflow definition ``"package.module:attribute"`` names (a ``Workflow``, a
+    definition dict, or a function returning one), in an allowed module, as for handlers."""
+    module_name, _, attr = ref.partition(":")
+    if not module_allowed(module_name, allowed):
+        raise HandlerNotAllowed(
+            f"workflow {ref!r} is not allowed: module {module_name!r} is not listed in "
+            "KILN_IMPORTS or KILN_HANDLER_MODULES",
+            handler=ref,
+        )
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UnknownHandler(
+            f"workflow {ref!r}: cannot import module {module_name!r} ({exc})", handler=ref
+        ) from exc
+    for part in attr.split("."):
+        target = None if part.startswith("__") else getattr(target, part, None)
+        if target is None:
+            raise UnknownHandler(
+                f"workflow {ref!r}: module {module_name!r} has no attribute {attr!r}",
+                handler=ref,
+            )
+    return target() if callable(target) and not hasattr(target, "to_definition") else target

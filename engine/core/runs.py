@@ -14,12 +14,12 @@ WAIT_STEP_S = 30.0
 
 
 class RunSource(Protocol):
-    def wait(self, run_id: int, timeout_s: float) -> dict[str, Any]:
+    def wait(self, run_id: int, timeout_s: float, /) -> dict[str, Any]:
         """The run with its tasks once it is terminal, or as it is after ``timeout_s``
         (0: at once). It may answer early, unfinished: the handle asks again."""
         ...
 
-    def cancel(self, run_id: int) -> None: ...
+    def cancel(self, run_id: int, /) -> None: ...
 
 
 def outcome(run: dict[str, Any]) -> dict[str, Any]:

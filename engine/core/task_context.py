@@ -4,11 +4,17 @@ progress. Set by the worker around each handler call."""
 from __future__ import annotations
 
 import contextvars
+import datetime as dt
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
-from kiln.core.errors import TaskCancelled
+from kiln.core.children import ChildRun, ChildRunner, TaskSuspended, wait_all
+from kiln.core.clock import aware as _aware
+from kiln.core.clock import utcnow as _utcnow
+from kiln.core.errors import SignalTimeout, TaskCancelled
+from kiln.core.execution import Suspension
 
 
 class Cancellation:
@@ -52,10 +58,64 @@ class TaskContext:
     task_id: int
     workflow_id: int
     name: str
-    attempt: int
+    attempt: int  # the try: 1 on the first, +1 per retry; a resume after waiting keeps it
     max_attempts: int
+    state: Any = None  # what the handler saved when it last waited (sleep_until)
     _report: Callable[[float, str | None], None] = field(repr=False, default=lambda f, m: None)
     _cancellation: Cancellation = field(repr=False, default_factory=Cancellation)
+    _children: ChildRunner | None = field(repr=False, default=None)
+
+    def start_child(self, workflow: Any, *, key: str) -> ChildRun:
+        """Start ``workflow`` (a ``Workflow``, a definition dict, or ``"module:attribute"``
+        naming one in an allowed module) as a child run of this task, once per try and
+        ``key``: calling it again with the same key, as a resumed handler does, returns the
+        same run. See :mod:`kiln.core.children`."""
+        if self._children is None:
+            raise RuntimeError("child runs can only be started from a task run by a worker")
+        if not isinstance(key, str) or not key:
+            raise ValueError("start_child needs a non-empty string key")
+        return ChildRun(self._children, self._children.start(workflow, key), key)
+
+    def sleep_until(self, when: dt.datetime, state: Any = None) -> None:
+        """Return at once if ``when`` has passed; otherwise stop here and run this handler
+        again from the top at ``when``, with :attr:`state` set to ``state`` (any JSON). No
+        worker thread is held meanwhile, and the sleep survives every process restarting.
+        Compute ``when`` from :attr:`state` on the next run, not from the clock again::
+
+            ctx = current_task()
+            if ctx.state is None:
+                ctx.sleep_until(utcnow() + timedelta(hours=1), state={"until": ...})
+        """
+        when = _aware(when)
+        if _utcnow() >= when:
+            return
+        raise TaskSuspended(Suspension(wake_at=when, state=state))
+
+    def wait_for_signal(
+        self, name: str, *, until: dt.datetime | None = None, state: Any = None
+    ) -> Any:
+        """The payload of a signal ``name`` sent to this run (``POST
+        /workflows/<id>/signals/<name>``), sent before or after this call; until one comes
+        the task waits (no thread held) and this handler runs again when it does. Raises
+        :class:`~kiln.SignalTimeout` once ``until`` passed without one. ``state`` as for
+        :meth:`sleep_until` (keep ``until`` there)."""
+        if self._children is None:
+            raise RuntimeError("signals can only be received by a task run by a worker")
+        found, payload = self._children.take_signal(name)
+        if found:
+            return payload
+        if until is not None:
+            until = _aware(until)
+            if _utcnow() >= until:
+                raise SignalTimeout(
+                    f"no signal {name!r} before {until:%Y-%m-%d %H:%M:%S} UTC", signal=name
+                )
+        raise TaskSuspended(Suspension(signal=name, wake_at=until, state=state))
+
+    def wait_all(self, runs: Iterable[ChildRun]) -> list[dict[str, Any]]:
+        """The results of every run in order once all ended; the task waits (no thread
+        held) until then. See :func:`kiln.core.children.wait_all`."""
+        return wait_all(runs)
 
     @property
     def cancelled(self) -> bool:

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, TypeVar
 
 import sqlalchemy as sa
 
+from kiln.core import audit
 from kiln.store.db import translate_errors
 
 T = TypeVar("T")
@@ -66,6 +67,19 @@ class Statements(abc.ABC):
         ``running``. Otherwise, with ``notify``, controllers are woken."""
 
     @abc.abstractmethod
+    def insert_runs(
+        self,
+        conn: sa.Connection,
+        runs: Sequence[tuple[dict[str, Any], list[dict[str, Any]], list[tuple[str, str]]]],
+        *,
+        now: dt.datetime,
+        notify: bool,
+    ) -> list[int | None]:
+        """Write many runs, each ``(run, task_rows, edges)`` as for :meth:`insert_run`, none
+        leased; with ``notify``, controllers are woken. The id of each run in order, None for
+        one whose idempotency key was used already (before, or earlier in ``runs``)."""
+
+    @abc.abstractmethod
     def claim(
         self,
         conn: sa.Connection,
@@ -91,6 +105,14 @@ class Statements(abc.ABC):
         by attempt, their attempts closed, and their dependents counted down, those reaching
         zero going pending -> ready. Returns rows ``(id, workflow_id)`` of the tasks finished
         and the ids made ready."""
+
+    def note_audit(
+        self, conn: sa.Connection, *, actor: str | None = None, reason: str | None = None
+    ) -> None:
+        """Name who makes, and why, the changes of the rest of this transaction, for the
+        ``events`` the triggers write (None: leave as it is). SQLite's triggers cannot read
+        it: there this does nothing, and ``events.actor`` and ``reason`` stay NULL."""
+        return None
 
     @abc.abstractmethod
     def notify_ready(self, conn: sa.Connection) -> None:
@@ -146,7 +168,13 @@ class Store(abc.ABC):
         """Run ``fn`` in a transaction and commit; retry it on deadlock/serialization errors.
 
         ``single``: ``fn`` makes one statement that changes anything (reads aside); a store
-        may then run it without an explicit transaction (PostgreSQL saves BEGIN and COMMIT)."""
+        may then run it without an explicit transaction (PostgreSQL saves BEGIN and COMMIT).
+        Inside ``kiln.core.audit.acting`` with a reason, the transaction first names it
+        (:meth:`Statements.note_audit`), so it is not ``single`` then; an actor the store
+        gives the connection when it takes it from the pool, at no cost on the hot path."""
+        _, reason = audit.scoped()
+        if reason:
+            fn, single = self._audited(fn, reason), False
         for attempt in range(1, attempts + 1):
             try:
                 return self._run(fn, single=single)
@@ -156,6 +184,15 @@ class Store(abc.ABC):
                     raise
                 time.sleep(0.005 * attempt)
         raise AssertionError("unreachable")
+
+    def _audited(
+        self, fn: Callable[[sa.Connection], T], reason: str
+    ) -> Callable[[sa.Connection], T]:
+        def audited(conn: sa.Connection) -> T:
+            self.statements.note_audit(conn, reason=reason)
+            return fn(conn)
+
+        return audited
 
     def _run(self, fn: Callable[[sa.Connection], T], *, single: bool) -> T:
         with translate_errors(), self.engine.begin() as conn:
@@ -176,4 +213,4 @@ class Store(abc.ABC):
         cfg.attributes["configure_logging"] = False
         with translate_errors(), self.engine.begin() as conn:
             cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "heads")
+            command.upgrade(cfg, "head")

@@ -45,7 +45,11 @@ def dispatchable_tasks(*extra: sa.ColumnElement[Any]) -> sa.Select:
             tasks.c.predicted,
             *extra,
         )
-        .where(tasks.c.status.in_(DISPATCHABLE), run_is_active())
+        .where(
+            tasks.c.status.in_(DISPATCHABLE),
+            tasks.c.map_over.is_(None),  # a map task is expanded (kiln.store.maps), not sent
+            run_is_active(),
+        )
         .order_by(tasks.c.priority.desc(), tasks.c.ready_at, tasks.c.id)
     )
 
@@ -140,6 +144,7 @@ def dispatch_now_txn(
                 tasks.c.handler.is_not(None),
                 tasks.c.not_before.is_(None),
                 tasks.c.queue.is_(None),  # a named queue's wait for a controller
+                tasks.c.map_over.is_(None),
                 run_is_active(),
             )
         ).scalars()

@@ -10,6 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from kiln.core.states import TaskStatus
+from kiln.store.db import aware, utcnow
 from kiln.store.dialects import greatest, seconds_between
 from kiln.store.processes import process_heartbeats
 from kiln.store.schema import (
@@ -40,6 +41,22 @@ class MetricRows:
     operations: list[Any]  # (operation, status, n)
     instances: list[Any]  # id, name, model_type, status, slots, queue_size, heartbeat_at, in_flight
     processes: list[Any]  # (kind, heartbeat_at, concurrency) of processes not stopped
+    # Per handler (``model_type:<type>`` for model_type tasks) and queue (``default``): every
+    # one, unbounded; kiln.app.metrics folds the long tail into "other".
+    handler_attempts: list[Any]  # (handler, queue, outcome, n)
+    handler_durations: list[Any]  # histogram rows, labels handler, queue
+    handler_retries: list[Any]  # (handler, n): attempts beyond a task's first
+    expired_leases: int  # queued or running tasks whose lease ended (recovery's backlog)
+    oldest_ready_s: float  # age of the oldest ready task (0: none)
+
+
+def _handler() -> sa.ColumnElement[str]:
+    model = sa.literal("model_type:").concat(sa.func.coalesce(tasks.c.model_type, ""))
+    return sa.func.coalesce(tasks.c.handler, model).label("handler")
+
+
+def _queue() -> sa.ColumnElement[str]:
+    return sa.func.coalesce(tasks.c.queue, "default").label("queue")
 
 
 def _model_type() -> sa.ColumnElement[str]:
@@ -111,6 +128,11 @@ def metric_rows(
     )
     attempt_of_task = task_attempts.join(tasks, tasks.c.id == task_attempts.c.task_id)
     predicted = [tasks.c.predicted_s.is_not(None), tasks.c.actual_s.is_not(None)]
+    handler, queue = _handler(), _queue()  # one object each: the same bind names in GROUP BY
+    now = utcnow()
+    oldest_ready = conn.execute(
+        sa.select(sa.func.min(tasks.c.ready_at)).where(tasks.c.status == TaskStatus.READY)
+    ).scalar()
     return MetricRows(
         tasks=list(
             conn.execute(
@@ -179,4 +201,36 @@ def metric_rows(
         ),
         instances=_instances(conn),
         processes=process_heartbeats(conn),
+        handler_attempts=list(
+            conn.execute(
+                sa.select(handler, queue, task_attempts.c.outcome, sa.func.count())
+                .select_from(attempt_of_task)
+                .group_by(handler, queue, task_attempts.c.outcome)
+            ).all()
+        ),
+        handler_durations=_histogram_rows(
+            conn,
+            seconds_between(conn, task_attempts.c.started_at, task_attempts.c.finished_at),
+            [handler, queue],
+            duration_buckets,
+            attempt_of_task,
+            [task_attempts.c.finished_at.is_not(None)],
+        ),
+        handler_retries=list(
+            conn.execute(
+                sa.select(handler, sa.func.count())
+                .select_from(attempt_of_task)
+                .where(task_attempts.c.attempt > 1)
+                .group_by(handler)
+            ).all()
+        ),
+        expired_leases=conn.execute(
+            sa.select(sa.func.count())
+            .select_from(tasks)
+            .where(
+                tasks.c.status.in_([TaskStatus.QUEUED, TaskStatus.RUNNING]),
+                tasks.c.lease_expires_at < now,
+            )
+        ).scalar_one(),
+        oldest_ready_s=(now - aware(oldest_ready)).total_seconds() if oldest_ready else 0.0,
     )

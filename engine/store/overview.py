@@ -60,12 +60,13 @@ def instance_health(conn: sa.Connection) -> dict[str, Any]:
 
 
 def runs_page(
-    conn: sa.Connection, *, status: str, query: str, limit: int
+    conn: sa.Connection, *, status: str, query: str, limit: int, **filters: Any
 ) -> tuple[list[dict[str, Any]], dict[int, dict[str, int]], dict[str, int]]:
-    """The newest runs matching the filters (``status`` and a case-insensitive substring of
-    the name, each ignored when empty), their task counts by state, and how many runs are in
-    each state overall."""
-    rows = list_workflows(conn, status=status, name_contains=query, limit=limit)
+    """The newest runs matching the filters (``status``, a case-insensitive substring of the
+    name, and :func:`list_workflows`' ``created_after``, ``created_before`` and ``handler``,
+    each ignored when empty), their task counts by state, and how many runs are in each state
+    overall."""
+    rows = list_workflows(conn, status=status, name_contains=query, limit=limit, **filters)
     counts: dict[int, dict[str, int]] = {r["id"]: {} for r in rows}
     if rows:
         for wid, st, n in conn.execute(
@@ -87,6 +88,11 @@ def pipeline_of_workflow(conn: sa.Connection, workflow_id: int) -> int | None:
     return conn.execute(
         sa.select(pipelines.c.id).where(pipelines.c.workflow_id == workflow_id)
     ).scalar()
+
+
+def task_name(conn: sa.Connection, task_id: int) -> str | None:
+    """A task's name by its id (a child run names its parent task by id), or None."""
+    return conn.execute(sa.select(tasks.c.name).where(tasks.c.id == task_id)).scalar()
 
 
 def last_operations(conn: sa.Connection, pipeline_ids: list[int]) -> dict[int, dict[str, Any]]:

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
+from kiln.core import audit
 from kiln.core.errors import DatabaseUnavailable
 from kiln.store.base import InsertedRun, Statements, Store
 from kiln.store.db import READY_CHANNEL, normalize_url, translate_errors
@@ -65,6 +66,13 @@ INSERT_RUN = _query(
     _NOW,
     _LEASE,
 )
+INSERT_RUNS = _query(
+    "insert_runs",
+    sa.bindparam("runs", type_=Json),
+    sa.bindparam("tasks", type_=Json),
+    sa.bindparam("edges", type_=Json),
+    _NOW,
+)
 CLAIM = _query("claim", _NOW, _LEASE)
 FINISH = _query("finish", _NOW)
 NOTIFY_READY = _query("notify_ready")
@@ -103,6 +111,7 @@ class PostgresStatements(Statements):
                 "definition": run["definition"],
                 "idempotency_key": run["idempotency_key"],
                 "idempotency_fingerprint": run["idempotency_fingerprint"],
+                "trace_context": run.get("trace_context"),
                 "now": now,
                 "tasks": [
                     {k: v for k, v in r.items() if k not in ("created_at", "ready_at")}
@@ -118,6 +127,35 @@ class PostgresStatements(Statements):
         if not got:
             return None, {}
         return got[0].workflow_id, {r.name: (r.id, r.status) for r in got}
+
+    def insert_runs(
+        self,
+        conn: sa.Connection,
+        runs: Sequence[tuple[dict[str, Any], list[dict[str, Any]], list[tuple[str, str]]]],
+        *,
+        now: dt.datetime,
+        notify: bool,
+    ) -> list[int | None]:
+        skip = ("created_at", "ready_at", "direct")
+        params = {
+            "runs": [
+                {"i": i, **{k: v for k, v in run.items() if k not in ("status", "created_at")}}
+                for i, (run, _, _) in enumerate(runs)
+            ],
+            "tasks": [
+                {"run": i, **{k: v for k, v in r.items() if k not in skip}}
+                for i, (_, rows, _) in enumerate(runs)
+                for r in rows
+            ],
+            "edges": [
+                {"run": i, "task": a, "dep": b}
+                for i, (_, _, edges) in enumerate(runs)
+                for a, b in edges
+            ],
+            "now": now,
+            "notify": notify,
+        }
+        return [r.id if r.created else None for r in conn.execute(INSERT_RUNS, params)]
 
     def claim(
         self,
@@ -158,6 +196,15 @@ class PostgresStatements(Statements):
     def notify_ready(self, conn: sa.Connection) -> None:
         conn.execute(NOTIFY_READY)
 
+    def note_audit(
+        self, conn: sa.Connection, *, actor: str | None = None, reason: str | None = None
+    ) -> None:
+        # Transaction-local settings; the event triggers read them (migration 0013).
+        given = {k: v for k, v in (("actor", actor), ("reason", reason)) if v is not None}
+        if given:
+            calls = ", ".join(f"set_config('kiln.{k}', :{k}, true)" for k in given)
+            conn.execute(sa.text(f"SELECT {calls}"), given)
+
     def insert_ignoring(self, table: sa.Table, *, key: list[str]) -> Any:
         return postgresql.insert(table).on_conflict_do_nothing(index_elements=key)
 
@@ -184,6 +231,7 @@ class PostgresStore(Store):
             normalize_url(url), pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800
         )
         _ping_after_idle(engine, ping_after_s)
+        _name_actor(engine)
         return engine
 
     def ready_listener(self) -> ReadyListener:
@@ -228,6 +276,28 @@ def _ping_after_idle(engine: sa.Engine, after_s: float) -> None:
             alive = False
         if not alive:  # the pool discards it and checks out a new one
             raise sa.exc.DisconnectionError("pooled connection found dead by its ping")
+
+
+def _name_actor(engine: sa.Engine) -> None:
+    """Give a connection taken from the pool the actor of who takes it (``kiln.core.audit``:
+    the innermost ``acting`` actor, else the process's) as a session setting, only when it
+    differs from the one it has: the events of the hot one-statement transactions (claim,
+    finish, dispatch, submit) then say who made them without another round trip."""
+
+    @sa.event.listens_for(engine.pool, "checkout")
+    def _checkout(dbapi_conn, record, _proxy):  # type: ignore[no-untyped-def]
+        actor = audit.scoped()[0] or audit.process_actor()
+        if record.info.get("kiln_actor", "") == (actor or ""):
+            return
+        autocommit = dbapi_conn.autocommit
+        dbapi_conn.autocommit = True
+        try:
+            dbapi_conn.execute("SELECT set_config('kiln.actor', %s, false)", (actor or "",))
+        except Exception as exc:  # the pool discards it and checks out another
+            raise sa.exc.DisconnectionError("could not name the actor on a connection") from exc
+        finally:
+            dbapi_conn.autocommit = autocommit
+        record.info["kiln_actor"] = actor or ""
 
 
 class ReadyListener:

@@ -9,6 +9,7 @@ WITH q AS (
     UPDATE tasks AS t SET status = 'queued', queued_at = :now, lease_expires_at = :lease,
            dispatch_count = t.dispatch_count + 1, not_before = NULL, waiting_reason = NULL
     WHERE t.id = ANY(CAST(:ids AS bigint[])) AND t.status IN ('ready', 'retrying')
+      AND t.map_over IS NULL  -- a map task is expanded (kiln.store.maps), never sent
     RETURNING t.id, t.attempts, t.workflow_id, t.model_type, t.queue
 ), run AS (
     UPDATE workflows AS w SET status = 'running', started_at = :now
@@ -48,28 +49,30 @@ WITH lease AS (
     WHERE CAST(:lease AS timestamptz) IS NOT NULL AND ({queue_is_idle})
 ), w AS (
     INSERT INTO workflows (name, status, on_error, priority, definition, idempotency_key,
-                           idempotency_fingerprint, created_at, started_at)
+                           idempotency_fingerprint, created_at, started_at, trace_context)
     SELECT :name, CASE WHEN lease.until IS NULL THEN 'pending' ELSE 'running' END,
            :on_error, :priority, :definition, :idempotency_key, :idempotency_fingerprint, :now,
-           CASE WHEN lease.until IS NOT NULL THEN CAST(:now AS timestamptz) END
+           CASE WHEN lease.until IS NOT NULL THEN CAST(:now AS timestamptz) END,
+           CAST(:trace_context AS text)
     FROM (SELECT 1) AS one LEFT JOIN lease ON true
     ON CONFLICT (idempotency_key) DO NOTHING
     RETURNING id, status
 ), t AS (
     INSERT INTO tasks (workflow_id, name, handler, model_type, params, status, priority,
                        max_attempts, timeout_s, retry, deps_remaining, created_at, ready_at,
-                       queued_at, lease_expires_at, dispatch_count, queue)
+                       queued_at, lease_expires_at, dispatch_count, queue, map_over)
     SELECT w.id, r.name, r.handler, r.model_type, r.params,
            CASE WHEN r.direct AND lease.until IS NOT NULL THEN 'queued' ELSE r.status END,
            r.priority, r.max_attempts, r.timeout_s, r.retry, r.deps_remaining, :now,
            CASE WHEN r.status = 'ready' THEN CAST(:now AS timestamptz) END,
            CASE WHEN r.direct AND lease.until IS NOT NULL THEN CAST(:now AS timestamptz) END,
            CASE WHEN r.direct THEN lease.until END,
-           CASE WHEN r.direct AND lease.until IS NOT NULL THEN 1 ELSE 0 END, r.queue
+           CASE WHEN r.direct AND lease.until IS NOT NULL THEN 1 ELSE 0 END, r.queue,
+           r.map_over
     FROM w LEFT JOIN lease ON true, jsonb_to_recordset(:tasks) AS r(
         name text, handler text, model_type text, params jsonb, status text,
         priority integer, max_attempts integer, timeout_s double precision, retry jsonb,
-        deps_remaining integer, direct boolean, queue text)
+        deps_remaining integer, direct boolean, queue text, map_over text)
     RETURNING id, name, workflow_id, status
 ), e AS (
     INSERT INTO task_dependencies (task_id, depends_on_id)
@@ -77,11 +80,14 @@ WITH lease AS (
     FROM jsonb_to_recordset(:edges) AS x(task text, dep text)
     JOIN t a ON a.name = x.task JOIN t b ON b.name = x.dep
 ), ev AS (
-    INSERT INTO events (entity, entity_id, workflow_id, from_status, to_status, attempt, at)
-    SELECT 'task', t.id::text, t.workflow_id, 'ready', 'queued', 0, clock_timestamp()
+    INSERT INTO events (entity, entity_id, workflow_id, from_status, to_status, attempt, at,
+                        actor)
+    SELECT 'task', t.id, t.workflow_id, 'ready', 'queued', 0, clock_timestamp(),
+           NULLIF(current_setting('kiln.actor', true), '')
     FROM t WHERE t.status = 'queued'
     UNION ALL
-    SELECT 'workflow', w.id::text, w.id, 'pending', 'running', NULL, clock_timestamp()
+    SELECT 'workflow', w.id, w.id, 'pending', 'running', NULL, clock_timestamp(),
+           NULLIF(current_setting('kiln.actor', true), '')
     FROM w WHERE w.status = 'running'
 ), n AS (
     SELECT pg_notify('kiln_ready', '')
@@ -89,6 +95,54 @@ WITH lease AS (
 )
 -- a plain SELECT in WITH runs only if referenced: "notified" makes n run
 SELECT t.workflow_id, t.id, t.name, t.status, (SELECT count(*) FROM n) AS notified FROM t
+
+-- name: insert_runs
+-- Many runs, their tasks and their edges in one statement (Kiln.submit_many): insert_run
+-- without the lease, as a batch is what a scheduling policy should order. :runs is a JSON
+-- array of the runs' rows, each with its place "i"; :tasks and :edges name their run by that
+-- place. The runs' ids are drawn from the sequence first, so that the tasks can name their run
+-- before it is inserted. A run whose idempotency key was used already (before, or earlier in
+-- the batch) is not inserted, nor are its tasks: "created" is false for it.
+WITH r AS MATERIALIZED (
+    SELECT r.*, nextval(pg_get_serial_sequence('workflows', 'id')) AS id
+    FROM jsonb_to_recordset(:runs) AS r(i integer, name text, on_error text, priority integer,
+                                        definition jsonb, idempotency_key text,
+                                        idempotency_fingerprint text, trace_context text)
+), w AS (
+    INSERT INTO workflows (id, name, status, on_error, priority, definition, idempotency_key,
+                           idempotency_fingerprint, created_at, trace_context)
+    SELECT id, name, 'pending', on_error, priority, definition, idempotency_key,
+           idempotency_fingerprint, :now, trace_context
+    FROM r ORDER BY i
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING id
+), t AS (
+    INSERT INTO tasks (workflow_id, name, handler, model_type, params, status, priority,
+                       max_attempts, timeout_s, retry, deps_remaining, created_at, ready_at,
+                       queue, map_over)
+    SELECT w.id, x.name, x.handler, x.model_type, x.params, x.status, x.priority,
+           x.max_attempts, x.timeout_s, x.retry, x.deps_remaining, :now,
+           CASE WHEN x.status = 'ready' THEN CAST(:now AS timestamptz) END, x.queue, x.map_over
+    FROM jsonb_to_recordset(:tasks) AS x(
+        run integer, name text, handler text, model_type text, params jsonb, status text,
+        priority integer, max_attempts integer, timeout_s double precision, retry jsonb,
+        deps_remaining integer, queue text, map_over text)
+    JOIN r ON r.i = x.run JOIN w ON w.id = r.id
+    RETURNING id, name, workflow_id, status
+), e AS (
+    INSERT INTO task_dependencies (task_id, depends_on_id)
+    SELECT a.id, b.id
+    FROM jsonb_to_recordset(:edges) AS x(run integer, task text, dep text)
+    JOIN r ON r.i = x.run
+    JOIN t a ON a.workflow_id = r.id AND a.name = x.task
+    JOIN t b ON b.workflow_id = r.id AND b.name = x.dep
+), n AS (
+    SELECT pg_notify('kiln_ready', '')
+    WHERE :notify AND EXISTS (SELECT 1 FROM t WHERE t.status = 'ready')
+)
+-- a plain SELECT in WITH runs only if referenced: "notified" makes n run
+SELECT r.i, r.id, r.id IN (SELECT id FROM w) AS created, (SELECT count(*) FROM n) AS notified
+FROM r ORDER BY r.i
 
 -- name: claim
 -- queued -> running for each (:ids, :prev attempts). A lease can commit just after its run was
@@ -106,7 +160,7 @@ WITH want AS (
     WHERE t.id = want.id AND t.attempts = want.prev AND t.status = 'queued'
       AND w.id = t.workflow_id AND w.status <> 'paused'
     RETURNING t.id, t.attempts, t.workflow_id, t.name, t.handler, t.model_type, t.params,
-              t.timeout_s, t.max_attempts, t.retry
+              t.timeout_s, t.max_attempts, t.retry, t.resumes, t.state, w.trace_context
 ), back AS (
     UPDATE tasks AS t SET status = 'ready', lease_expires_at = NULL, queued_at = NULL,
            ready_at = :now
@@ -116,8 +170,15 @@ WITH want AS (
 ), a AS (
     INSERT INTO task_attempts (task_id, attempt, worker, started_at)
     SELECT id, attempts, :worker, :now FROM c
+), sync AS (
+    -- Commit the claim without waiting for its WAL flush (SET LOCAL: this transaction only).
+    -- A claim lost in a crash re-runs the task, as at-least-once delivery allows; the finish
+    -- commits synchronously and flushes the claim's WAL before its own, so nothing durable
+    -- ever depends on a lost claim.
+    SELECT set_config('synchronous_commit', 'off', true)
 )
-SELECT * FROM c
+-- "sync" is a plain SELECT in WITH: joining it makes it run
+SELECT c.* FROM c CROSS JOIN sync
 
 -- name: finish
 -- Finish tasks in one statement: running -> succeeded fenced by attempt, their attempts
@@ -134,7 +195,7 @@ WITH v AS (
            lease_expires_at = NULL, progress = 1.0, error = NULL
     FROM v
     WHERE t.id = v.id AND t.attempts = v.attempt AND t.status = 'running'
-    RETURNING t.id, t.workflow_id, v.attempt, v.finished
+    RETURNING t.id, t.workflow_id, t.mapped_from, v.attempt, v.finished
 ), closed AS (
     UPDATE task_attempts AS a SET outcome = 'succeeded', finished_at = done.finished
     FROM done
@@ -153,9 +214,9 @@ WITH v AS (
     WHERE c.id = counts.task_id AND c.status = 'pending'
     RETURNING c.id, c.status
 )
-SELECT 'done' AS kind, id, workflow_id FROM done
+SELECT 'done' AS kind, id, workflow_id, mapped_from FROM done
 UNION ALL
-SELECT 'readied', id, NULL FROM children WHERE children.status = 'ready'
+SELECT 'readied', id, NULL, NULL FROM children WHERE children.status = 'ready'
 
 -- name: notify_ready
 -- Wake controllers waiting on LISTEN (delivered when the transaction commits).

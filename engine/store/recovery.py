@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from kiln.core.execution import ClaimedTask, Dispatch, Outcome, Recovery
 from kiln.core.states import TaskStatus
 from kiln.store.db import utcnow
+from kiln.store.dialects import statements
 from kiln.store.dispatch import MAX_DISPATCHES
 from kiln.store.processes import last_worker_heartbeat
 from kiln.store.schema import tasks
@@ -135,6 +136,7 @@ def recover_txn(
             tasks.c.status,
             tasks.c.attempts,
             tasks.c.max_attempts,
+            tasks.c.resumes,
             tasks.c.workflow_id,
             tasks.c.name,
             tasks.c.dispatch_count,
@@ -150,6 +152,8 @@ def recover_txn(
         .limit(limit)
         .with_for_update(skip_locked=True)
     ).all()
+    if expired:
+        statements(conn).note_audit(conn, actor="recovery", reason="lease expired")
     touched: set[int] = set()
     for row in expired:
         if row.status == TaskStatus.RUNNING:
@@ -163,6 +167,7 @@ def recover_txn(
                 params=None,
                 timeout_s=None,
                 max_attempts=row.max_attempts,
+                resumes=row.resumes,
             )
             error = (
                 f"worker {row.lease_owner} lost during attempt {row.attempts} of "

@@ -9,6 +9,7 @@ from sqlalchemy.dialects import postgresql
 
 from kiln.core.operations import OPERATION_KINDS, OPERATION_STATES
 from kiln.core.pipelines import PIPELINE_STATES, PIPELINE_TYPES
+from kiln.core.schedules import CatchUp, Overlap
 from kiln.core.states import TaskStatus, WorkflowStatus
 
 metadata = sa.MetaData(
@@ -78,9 +79,23 @@ workflows = sa.Table(
         server_default=sa.false(),
         comment="child run: its parent task waits for it to end",
     ),
+    sa.Column("schedule_id", sa.BigInteger, comment="the schedule that started the run"),
+    sa.Column(
+        "rerun_of",
+        sa.BigInteger,
+        comment="rerun: the run whose succeeded tasks' results this one reused",
+    ),
+    sa.Column(
+        "trace_context",
+        sa.Text,
+        comment="W3C traceparent of the span that submitted the run (OpenTelemetry); "
+        "NULL: not traced",
+    ),
     sa.CheckConstraint(_in("status", WORKFLOW_STATES), name="status"),
     sa.CheckConstraint(_in("on_error", ("stop", "continue")), name="on_error"),
     sa.Index(None, "status", "id"),
+    sa.Index(None, "schedule_id", "status"),
+    sa.Index(None, "finished_at"),
     sa.Index(None, "parent_task_id", "parent_attempt", "child_key", unique=True),
     sa.Index(None, "parent_workflow_id"),
     comment="One row per workflow run (a DAG of tasks).",
@@ -172,6 +187,13 @@ tasks = sa.Table(
         comment="claims that resumed the task after it waited for child runs; "
         "attempts - resumes is its try",
     ),
+    sa.Column(
+        "wake_at",
+        Timestamp,
+        comment="waiting: ready again at this time (a sleep's end, a signal's deadline)",
+    ),
+    sa.Column("state", Json, comment="what the handler saved for its next run (sleep_until)"),
+    sa.Column("waiting_signal", sa.Text, comment="waiting: the signal it waits for"),
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Column(
         "ready_at",
@@ -228,6 +250,20 @@ tasks = sa.Table(
     sa.Index(None, "workflow_id", "status"),
     sa.Index(None, "instance_id"),
     sa.Index(None, "mapped_from", "map_index", unique=True),
+    # The controller looks for waiting tasks whose time came on every pass.
+    sa.Index(
+        "tasks_wake_at_idx",
+        "wake_at",
+        postgresql_where=sa.text("status = 'waiting' AND wake_at IS NOT NULL"),
+        sqlite_where=sa.text("status = 'waiting' AND wake_at IS NOT NULL"),
+    ),
+    # The controller looks for map tasks to expand on every pass (kiln.store.maps).
+    sa.Index(
+        "tasks_map_ready_idx",
+        "id",
+        postgresql_where=sa.text("status = 'ready' AND map_over IS NOT NULL"),
+        sqlite_where=sa.text("status = 'ready' AND map_over IS NOT NULL"),
+    ),
     # The controller's periodic passes over model_type work must not scan every task: these
     # partial indexes keep them flat with a million tasks queued (docs/scale.md).
     sa.Index(
@@ -255,6 +291,31 @@ tasks = sa.Table(
         sqlite_where=sa.text("finished_at IS NOT NULL"),
     ),
     comment="One row per task of a workflow run; the row is the task's truth.",
+)
+
+signals = sa.Table(
+    "signals",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column(
+        "workflow_id",
+        sa.BigInteger,
+        sa.ForeignKey("workflows.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column(
+        "key",
+        sa.Text,
+        nullable=False,
+        comment="the sender's idempotency key (a fresh one when none was given)",
+    ),
+    sa.Column("payload", Json),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("taken_by", sa.BigInteger, comment="the task that received it (tasks.id)"),
+    sa.Column("taken_at", Timestamp),
+    sa.UniqueConstraint("workflow_id", "name", "key"),
+    comment="Signals sent to runs, kept until a task of the run receives them.",
 )
 
 task_dependencies = sa.Table(
@@ -301,12 +362,30 @@ events = sa.Table(
     metadata,
     sa.Column("id", Id, primary_key=True),
     sa.Column("entity", sa.Text, nullable=False, comment="task, workflow, operation, pipeline"),
-    sa.Column("entity_id", sa.Text, nullable=False),
+    sa.Column(
+        "entity_id",
+        sa.BigInteger,
+        comment="the task's, run's or pipeline's id; NULL for an operation (see entity_key)",
+    ),
     sa.Column("workflow_id", sa.BigInteger),
     sa.Column("from_status", sa.Text),
     sa.Column("to_status", sa.Text, nullable=False),
     sa.Column("attempt", sa.Integer),
     sa.Column("at", Timestamp, nullable=False),
+    sa.Column(
+        "entity_key", sa.Text, comment="an operation's ic_id (operations have no numeric id)"
+    ),
+    sa.Column(
+        "actor",
+        sa.Text,
+        comment="who made the change: api, api token <sha256 prefix>, a process id, recovery, "
+        "cli; NULL when unknown (always on SQLite)",
+    ),
+    sa.Column(
+        "reason",
+        sa.Text,
+        comment="why, when the change says it (cancel requested, lease expired, ...)",
+    ),
     sa.Index(None, "entity", "entity_id"),
     sa.Index(None, "workflow_id"),
     comment="Audit log of every state transition, written by triggers on the state tables.",
@@ -453,6 +532,7 @@ operations = sa.Table(
     sa.Index(None, "status", "created_at"),
     sa.Index(None, "pipeline_id"),
     sa.Index(None, "created_at"),
+    sa.Index(None, "workflow_id"),
     comment="Interactive-control requests (dispatcher): pending -> processing -> "
     "completed | failed, applied by a controller.",
 )
@@ -585,4 +665,79 @@ scheduler_state = sa.Table(
     sa.Column("updated_at", Timestamp, nullable=False),
     sa.CheckConstraint("id = 1", name="single_row"),
     comment="The scheduler's persisted policy and state, shared by controllers and the API.",
+)
+
+# --- cron schedules ----------------------------------------------------------------------
+
+schedules = sa.Table(
+    "schedules",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("name", sa.Text, nullable=False, unique=True),
+    sa.Column(
+        "cron",
+        sa.Text,
+        nullable=False,
+        comment="5 fields (minute hour day month weekday), or 6 with seconds first",
+    ),
+    sa.Column(
+        "timezone",
+        sa.Text,
+        nullable=False,
+        server_default="UTC",
+        comment="IANA zone the cron fields are read in",
+    ),
+    sa.Column("definition", Json, nullable=False, comment="the workflow each fire submits"),
+    sa.Column("overlap", sa.Text, nullable=False, server_default="skip"),
+    sa.Column("catch_up", sa.Text, nullable=False, server_default="none"),
+    sa.Column(
+        "grace_s",
+        sa.Float,
+        nullable=False,
+        server_default="5",
+        comment="a fire time later than this when a controller first sees it was missed",
+    ),
+    sa.Column(
+        "retention_days",
+        sa.Float,
+        comment="finished runs of this schedule are pruned after this; NULL: KILN_RETENTION_DAYS",
+    ),
+    sa.Column("paused", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column(
+        "next_fire_at",
+        Timestamp,
+        nullable=False,
+        comment="the next fire time not yet handled; controllers fire it once due",
+    ),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.CheckConstraint(_in("overlap", tuple(o.value for o in Overlap)), name="overlap"),
+    sa.CheckConstraint(_in("catch_up", tuple(c.value for c in CatchUp)), name="catch_up"),
+    sa.Index(None, "paused", "next_fire_at"),
+    comment="Cron schedules: each fire time submits the schedule's workflow once.",
+)
+
+FIRE_OUTCOMES = ("started", "skipped")
+
+schedule_fires = sa.Table(
+    "schedule_fires",
+    metadata,
+    sa.Column(
+        "schedule_id",
+        sa.BigInteger,
+        sa.ForeignKey("schedules.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("fire_time", Timestamp, primary_key=True, comment="the cron time, UTC"),
+    sa.Column("fired_at", Timestamp, nullable=False, comment="when a controller handled it"),
+    sa.Column(
+        "outcome",
+        sa.Text,
+        nullable=False,
+        comment="started, or skipped (overlap=skip and the previous run unfinished)",
+    ),
+    sa.Column("workflow_id", sa.BigInteger, comment="the run started (kept after pruning)"),
+    sa.CheckConstraint(_in("outcome", FIRE_OUTCOMES), name="outcome"),
+    sa.Index(None, "workflow_id"),
+    comment="One row per (schedule, fire time) handled: the key that fires each once.",
 )

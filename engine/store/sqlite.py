@@ -16,6 +16,7 @@ from kiln.core.states import TaskStatus, WorkflowStatus
 from kiln.store.base import InsertedRun, Statements, Store
 from kiln.store.clauses import DISPATCHABLE, run_is_active, taken_back
 from kiln.store.db import normalize_url
+from kiln.store.dependents import count_down_dependents_txn
 from kiln.store.schema import Json, Timestamp, task_attempts, task_dependencies, tasks, workflows
 
 
@@ -25,7 +26,11 @@ class SqliteStatements(Statements):
     ) -> list[Any]:
         rows = conn.execute(
             tasks.update()
-            .where(tasks.c.id.in_(list(ids)), tasks.c.status.in_(DISPATCHABLE))
+            .where(
+                tasks.c.id.in_(list(ids)),
+                tasks.c.status.in_(DISPATCHABLE),
+                tasks.c.map_over.is_(None),  # a map task is expanded (kiln.store.maps)
+            )
             .values(
                 status=TaskStatus.QUEUED,
                 queued_at=now,
@@ -126,6 +131,20 @@ class SqliteStatements(Statements):
             self.notify_ready(conn)
         return wf_id, by_name
 
+    def insert_runs(
+        self,
+        conn: sa.Connection,
+        runs: Sequence[tuple[dict[str, Any], list[dict[str, Any]], list[tuple[str, str]]]],
+        *,
+        now: dt.datetime,
+        notify: bool,
+    ) -> list[int | None]:
+        # One process writes at a time and a statement costs no round trip: run by run.
+        return [
+            self.insert_run(conn, run, rows, edges, now=now, notify=notify, lease=None)[0]
+            for run, rows, edges in runs
+        ]
+
     def claim(
         self,
         conn: sa.Connection,
@@ -168,6 +187,12 @@ class SqliteStatements(Statements):
                 tasks.c.timeout_s,
                 tasks.c.max_attempts,
                 tasks.c.retry,
+                tasks.c.resumes,
+                tasks.c.state,
+                sa.select(workflows.c.trace_context)
+                .where(workflows.c.id == tasks.c.workflow_id)
+                .scalar_subquery()
+                .label("trace_context"),
             )
         ).all()
         if rows:
@@ -204,7 +229,7 @@ class SqliteStatements(Statements):
                 )
                 .values(outcome=TaskStatus.SUCCEEDED, finished_at=closed[0][4])
             )
-        return finished, _ready_dependents(conn, sorted(ids), now=now)
+        return finished, count_down_dependents_txn(conn, ids, now=now)
 
     def notify_ready(self, conn: sa.Connection) -> None:
         """Nothing to do: SQLite's controllers poll."""
@@ -235,7 +260,7 @@ def _finish_sql(n: int) -> sa.TextClause:
         f"FROM (VALUES {rows}) AS v "
         "WHERE tasks.id = v.column1 AND tasks.attempts = v.column2 "
         f"AND tasks.status = '{TaskStatus.RUNNING}' "
-        "RETURNING tasks.id, tasks.workflow_id"
+        "RETURNING tasks.id, tasks.workflow_id, tasks.mapped_from"
     )
     params: list[sa.BindParameter] = []
     for k in range(n):
@@ -245,34 +270,6 @@ def _finish_sql(n: int) -> sa.TextClause:
             sa.bindparam(f"f{k}", type_=Timestamp),
         ]
     return sql.bindparams(*params)
-
-
-def _ready_dependents(conn: sa.Connection, succeeded: list[int], *, now: dt.datetime) -> list[int]:
-    """Count down the dependencies of the tasks that wait on ``succeeded``; those reaching
-    zero go pending -> ready."""
-    if not succeeded:
-        return []
-    d = task_dependencies
-    children = sa.select(d.c.task_id).where(d.c.depends_on_id.in_(succeeded)).scalar_subquery()
-    done_here = (
-        sa.select(sa.func.count())
-        .where(d.c.task_id == tasks.c.id, d.c.depends_on_id.in_(succeeded))
-        .scalar_subquery()
-    )
-    counted = conn.execute(
-        tasks.update()
-        .where(tasks.c.id.in_(children), tasks.c.status == TaskStatus.PENDING)
-        .values(deps_remaining=tasks.c.deps_remaining - done_here)
-        .returning(tasks.c.id, tasks.c.deps_remaining)
-    ).all()
-    to_ready = [r.id for r in counted if r.deps_remaining <= 0]
-    if to_ready:
-        conn.execute(
-            tasks.update()
-            .where(tasks.c.id.in_(to_ready), tasks.c.status == TaskStatus.PENDING)
-            .values(status=TaskStatus.READY, ready_at=now)
-        )
-    return to_ready
 
 
 class SqliteStore(Store):

@@ -18,17 +18,22 @@ import sqlalchemy as sa
 
 from kiln.core.execution import ClaimedTask, Outcome, RecordReport
 from kiln.core.retry import DEFAULT_JITTER, backoff_s
-from kiln.core.states import TASK_NOT_STARTED, TaskStatus, WorkflowStatus
+from kiln.core.states import TASK_NOT_STARTED, TASK_UNHELD, TaskStatus, WorkflowStatus
 from kiln.core.templating import ReferenceError_, find_references, resolve
+from kiln.store.attempts import close_attempt_txn
 from kiln.store.db import utcnow
 from kiln.store.dialects import notify_ready, statements
 from kiln.store.dispatch import dispatch_now_txn
+from kiln.store.lineage import descendants, wake_parents_txn
+from kiln.store.map_items import fail_map_of_item_txn, settle_maps_txn
 from kiln.store.schema import task_attempts, task_dependencies, tasks, workflows
-from kiln.store.workflows import settle_workflows_txn
+from kiln.store.waits import suspend_txn
+from kiln.store.workflows import cancel_runs_txn, settle_workflows_txn
 
 log = logging.getLogger("kiln.tasks")
 
 NOT_STARTED = [str(s) for s in TASK_NOT_STARTED]
+UNHELD = [str(s) for s in TASK_UNHELD]
 
 
 # --- claim (worker) ---------------------------------------------------------------------
@@ -66,6 +71,9 @@ def claim_txn(
             timeout_s=r.timeout_s,
             max_attempts=r.max_attempts,
             retry=r.retry,
+            resumes=r.resumes,
+            state=r.state,
+            trace_context=r.trace_context,
         )
         for r in rows
     ]
@@ -132,6 +140,7 @@ def record_outcomes_txn(
         report.applied += sorted(done_ids)
         report.stale += [o.task.id for o in successes if o.task.id not in done_ids]
         _close_attempts_txn(conn, [o for o in successes if o.task.id not in done_ids], "stale")
+        report.readied += settle_maps_txn(conn, {r.mapped_from for r in done} - {None})
         if dispatch_lease_s is not None:
             report.dispatched = dispatch_now_txn(conn, report.readied, lease_s=dispatch_lease_s)
         if len(report.dispatched) < len(report.readied):
@@ -139,12 +148,15 @@ def record_outcomes_txn(
     for o in outcomes:
         if o.ok:
             continue
-        applied = fail_attempt_txn(conn, o, retry_base_s=retry_base_s, retry_max_s=retry_max_s)
+        if o.suspension is not None:
+            applied = suspend_txn(conn, o)
+        else:
+            applied = fail_attempt_txn(conn, o, retry_base_s=retry_base_s, retry_max_s=retry_max_s)
         (report.applied if applied else report.stale).append(o.task.id)
         if applied:
             touched.add(o.task.workflow_id)
     if report.stale:
-        log.warning("refused stale results for tasks %s", report.stale)
+        log.debug("refused stale results for tasks %s", report.stale)  # expected races
     settle_workflows_txn(conn, touched)
     return report
 
@@ -169,7 +181,8 @@ def fail_attempt_txn(
 ) -> bool:
     """running -> retrying (attempts left and retryable) or failed; fenced by attempt."""
     t = o.task
-    retry = o.retryable and t.attempt < t.max_attempts
+    # A claim that resumed the task after it waited for child runs is not a new try.
+    retry = o.retryable and t.attempt - t.resumes < t.max_attempts
     values: dict[str, Any] = {
         "error": o.error,
         "lease_owner": None,
@@ -201,18 +214,13 @@ def fail_attempt_txn(
         .values(**values)
         .returning(tasks.c.id)
     ).first()
-    conn.execute(
-        task_attempts.update()
-        .where(
-            task_attempts.c.task_id == t.id,
-            task_attempts.c.attempt == t.attempt,
-            task_attempts.c.outcome == "running",
-        )
-        .values(
-            outcome=o.kind if changed else "stale",
-            error=f"{o.error}\n\n{o.traceback}" if o.traceback else o.error,
-            finished_at=o.finished_at,
-        )
+    close_attempt_txn(
+        conn,
+        t.id,
+        t.attempt,
+        outcome=o.kind if changed else "stale",
+        error=f"{o.error}\n\n{o.traceback}" if o.traceback else o.error,
+        finished_at=o.finished_at,
     )
     if changed is None:
         return False
@@ -227,6 +235,9 @@ def propagate_failure_txn(conn: sa.Connection, task_id: int, workflow_id: int, e
     """After ``task_id`` failed for good: its transitive dependents become upstream_failed;
     with ``on_error=stop`` the run fails at once and its other unstarted tasks are
     cancelled (running ones finish and are recorded)."""
+    mapped = fail_map_of_item_txn(conn, task_id)
+    if mapped is not None:  # an item: its map task failed, and the failure spreads from it
+        task_id, error = mapped
     now = utcnow()
     deps = task_dependencies
     downstream = (
@@ -263,9 +274,11 @@ def propagate_failure_txn(conn: sa.Connection, task_id: int, workflow_id: int, e
             )
             .values(status=WorkflowStatus.FAILED, finished_at=now, error=error)
         )
+        cancel_runs_txn(conn, descendants(workflow_id), now=now, error="parent run failed")
+        wake_parents_txn(conn, [workflow_id])
         conn.execute(
             tasks.update()
-            .where(tasks.c.workflow_id == workflow_id, tasks.c.status.in_(NOT_STARTED))
+            .where(tasks.c.workflow_id == workflow_id, tasks.c.status.in_(UNHELD))
             .values(
                 status=TaskStatus.CANCELLED,
                 finished_at=now,

@@ -25,6 +25,7 @@ from kiln.core.states import (
 from kiln.store.clauses import taken_back
 from kiln.store.db import utcnow
 from kiln.store.dialects import notify_ready, statements
+from kiln.store.lineage import descendants, wake_parents_txn
 from kiln.store.schema import task_attempts, task_dependencies, tasks, workflows
 
 
@@ -45,12 +46,16 @@ def direct_names(spec: WorkflowSpec) -> list[str]:
     """The tasks a submitter may lease and send itself on an idle queue: handler tasks with
     no dependencies (``model_type`` tasks need placement; a named queue's need a live worker
     of that pool, which the controller checks), highest priority first."""
-    ready = [t for t in spec.tasks if not t.depends_on and t.handler and t.queue is None]
+    ready = [
+        t
+        for t in spec.tasks
+        if not t.depends_on and t.handler and t.queue is None and t.map_over is None
+    ]
     ready.sort(key=lambda t: -t.priority)
     return [t.name for t in ready]
 
 
-def _run_rows(
+def run_rows(
     spec: WorkflowSpec, idempotency_key: IdempotencyKey | None, now: dt.datetime
 ) -> tuple[dict[str, Any], list[dict[str, Any]], list[tuple[str, str]]]:
     """The workflow row, the task rows (each with ``direct``, see :func:`direct_names`) and
@@ -82,6 +87,7 @@ def _run_rows(
             "ready_at": None if t.depends_on else now,
             "direct": t.name in direct,
             "queue": t.queue,
+            "map_over": t.map_over,
         }
         for t in spec.tasks
     ]
@@ -96,6 +102,8 @@ def insert_workflow_txn(
     idempotency_key: IdempotencyKey | None = None,
     notify: bool = True,
     lease: tuple[dt.datetime, int] | None = None,
+    now: dt.datetime | None = None,
+    trace_context: str | None = None,
 ) -> tuple[int, bool, dict[str, tuple[int, str]]]:
     """Write the run, its tasks and edges; return ``(workflow_id, created, {task name: (id,
     status)})``.
@@ -106,22 +114,31 @@ def insert_workflow_txn(
     is idle (fewer than ``max_queued`` tasks sent and not claimed, nothing else dispatchable),
     the :func:`direct_names` tasks are written ``queued`` with that lease, for the caller to
     send (``kiln.store.submit``); otherwise, with ``notify``, controllers are woken.
+    ``now``: the run's ``created_at`` (default: the current time). ``trace_context``: the
+    traceparent of the span that submitted it (``kiln.app.tracing``).
     """
-    now = utcnow()
-    values, rows, edges = _run_rows(spec, idempotency_key, now)
+    now = now or utcnow()
+    values, rows, edges = run_rows(spec, idempotency_key, now)
+    values["trace_context"] = trace_context
     wf_id, by_name = statements(conn).insert_run(
         conn, values, rows, edges, now=now, notify=notify, lease=lease
     )
     if wf_id is None:  # the idempotency key was used already
         assert idempotency_key is not None
-        existing = conn.execute(
-            sa.select(workflows.c.id, workflows.c.idempotency_fingerprint).where(
-                workflows.c.idempotency_key == idempotency_key.stored
-            )
-        ).one()
-        check_replay(idempotency_key, existing.idempotency_fingerprint)
-        return existing.id, False, {}
+        return replayed_run(conn, idempotency_key), False, {}
     return wf_id, True, by_name
+
+
+def replayed_run(conn: sa.Connection, idempotency_key: IdempotencyKey) -> int:
+    """The run an insert with ``idempotency_key`` found already there; raises
+    IdempotencyKeyReused when that key came with another request."""
+    existing = conn.execute(
+        sa.select(workflows.c.id, workflows.c.idempotency_fingerprint).where(
+            workflows.c.idempotency_key == idempotency_key.stored
+        )
+    ).one()
+    check_replay(idempotency_key, existing.idempotency_fingerprint)
+    return int(existing.id)
 
 
 def settle_workflows_txn(conn: sa.Connection, workflow_ids: Iterable[int]) -> None:
@@ -147,7 +164,7 @@ def settle_workflows_txn(conn: sa.Connection, workflow_ids: Iterable[int]) -> No
     any_unsuccessful = sa.exists().where(
         t.c.workflow_id == workflows.c.id, t.c.status != TaskStatus.SUCCEEDED
     )
-    conn.execute(
+    ended = conn.execute(
         workflows.update()
         .where(
             workflows.c.id.in_(ids),
@@ -161,7 +178,9 @@ def settle_workflows_txn(conn: sa.Connection, workflow_ids: Iterable[int]) -> No
             ),
             finished_at=utcnow(),
         )
-    )
+        .returning(workflows.c.id, workflows.c.parent_task_id)
+    ).all()
+    wake_parents_txn(conn, [r.id for r in ended if r.parent_task_id is not None])
 
 
 def _transition(
@@ -189,38 +208,104 @@ def _transition(
 
 
 def cancel_workflow_txn(conn: sa.Connection, workflow_id: int) -> None:
-    """Cancel the run and every task not finished. A handler still running is not killed;
-    its result will be refused as stale."""
+    """Cancel the run, the runs below it (its child runs, theirs...), and every task of
+    them not finished. A handler still running sees it within a second
+    (``current_task().cancelled``); its result will be refused as stale. A task waiting for
+    this run (its parent) wakes and finds it cancelled."""
+    statements(conn).note_audit(conn, reason="cancel requested")
     now = utcnow()
     _transition(conn, workflow_id, WorkflowStatus.CANCELLED, finished_at=now)
+    cancel_runs_txn(conn, descendants(workflow_id), now=now, error="parent run cancelled")
+    _cancel_tasks_txn(conn, [workflow_id], now=now, error="workflow cancelled")
+    wake_parents_txn(conn, [workflow_id])
+
+
+def cancel_runs_txn(conn: sa.Connection, runs: Any, *, now: dt.datetime, error: str) -> None:
+    """Cancel the active runs among ``runs`` (ids, or a select of them) and their unfinished
+    tasks."""
+    cancelled = (
+        conn.execute(
+            workflows.update()
+            .where(
+                workflows.c.id.in_(runs),
+                workflows.c.status.in_(sources_of(WORKFLOW_TRANSITIONS, WorkflowStatus.CANCELLED)),
+            )
+            .values(status=WorkflowStatus.CANCELLED, finished_at=now, error=error)
+            .returning(workflows.c.id)
+        )
+        .scalars()
+        .all()
+    )
+    _cancel_tasks_txn(conn, sorted(cancelled), now=now, error=error)
+
+
+def _cancel_tasks_txn(
+    conn: sa.Connection, runs: list[int], *, now: dt.datetime, error: str
+) -> None:
+    if not runs:
+        return
     conn.execute(
         tasks.update()
-        .where(tasks.c.workflow_id == workflow_id, tasks.c.status.in_(list(TASK_ACTIVE)))
+        .where(tasks.c.workflow_id.in_(runs), tasks.c.status.in_(list(TASK_ACTIVE)))
         .values(
             status=TaskStatus.CANCELLED,
             finished_at=now,
             lease_owner=None,
             lease_expires_at=None,
-            error="workflow cancelled",
+            error=error,
         )
     )
 
 
 def pause_workflow_txn(conn: sa.Connection, workflow_id: int) -> int:
-    """Stop dispatching the run's tasks. Running tasks finish and count; tasks dispatched but
-    not yet claimed go back to ``ready``. Returns how many were taken back."""
+    """Stop dispatching the tasks of the run and of the runs below it. Running tasks finish
+    and count; tasks dispatched but not yet claimed go back to ``ready``. Returns how many
+    were taken back."""
+    statements(conn).note_audit(conn, reason="pause requested")
     _transition(conn, workflow_id, WorkflowStatus.PAUSED)
+    below = descendants(workflow_id)
+    paused = (
+        conn.execute(
+            workflows.update()
+            .where(
+                workflows.c.id.in_(below),
+                workflows.c.status.in_(sources_of(WORKFLOW_TRANSITIONS, WorkflowStatus.PAUSED)),
+            )
+            .values(status=WorkflowStatus.PAUSED)
+            .returning(workflows.c.id)
+        )
+        .scalars()
+        .all()
+    )
     return conn.execute(
         tasks.update()
-        .where(tasks.c.workflow_id == workflow_id, tasks.c.status == TaskStatus.QUEUED)
+        .where(
+            tasks.c.workflow_id.in_([workflow_id, *paused]),
+            tasks.c.status == TaskStatus.QUEUED,
+        )
         .values(taken_back(utcnow()))
     ).rowcount
 
 
 def resume_workflow_txn(conn: sa.Connection, workflow_id: int) -> None:
+    """Resume the run, and the runs below it that are paused."""
+    statements(conn).note_audit(conn, reason="resume requested")
     _transition(conn, workflow_id, WorkflowStatus.RUNNING)
+    resumed = (
+        conn.execute(
+            workflows.update()
+            .where(
+                workflows.c.id.in_(descendants(workflow_id)),
+                workflows.c.status == WorkflowStatus.PAUSED,
+            )
+            .values(status=WorkflowStatus.RUNNING)
+            .returning(workflows.c.id)
+        )
+        .scalars()
+        .all()
+    )
     notify_ready(conn)
-    settle_workflows_txn(conn, [workflow_id])
+    settle_workflows_txn(conn, [workflow_id, *resumed])
 
 
 # --- reading ----------------------------------------------------------------------------
@@ -234,15 +319,36 @@ def get_run(conn: sa.Connection, workflow_id: int) -> dict[str, Any]:
     return dict(row)
 
 
-def get_workflow(conn: sa.Connection, workflow_id: int) -> dict[str, Any]:
+def get_workflow(
+    conn: sa.Connection,
+    workflow_id: int,
+    *,
+    tasks_limit: int | None = None,
+    tasks_after: int | None = None,
+) -> dict[str, Any]:
+    """The run with its tasks in id order: all of them, or a page of ``tasks_limit`` with ids
+    above ``tasks_after``. ``tasks_total`` counts them all; ``tasks_next_after`` is the
+    ``tasks_after`` of the next page (None on the last)."""
     row = conn.execute(sa.select(workflows).where(workflows.c.id == workflow_id)).mappings().first()
     if row is None:
         raise WorkflowNotFound(f"workflow {workflow_id} does not exist", id=workflow_id)
     run = dict(row)
-    task_rows = conn.execute(
-        sa.select(tasks).where(tasks.c.workflow_id == workflow_id).order_by(tasks.c.id)
-    ).mappings()
-    run["tasks"] = [dict(r) for r in task_rows]
+    q = sa.select(tasks).where(tasks.c.workflow_id == workflow_id).order_by(tasks.c.id)
+    if tasks_after is not None:
+        q = q.where(tasks.c.id > tasks_after)
+    if tasks_limit is not None:
+        q = q.limit(tasks_limit + 1)  # one more says whether a next page exists
+    run["tasks"] = [dict(r) for r in conn.execute(q).mappings()]
+    run["tasks_next_after"] = None
+    if tasks_limit is not None and len(run["tasks"]) > tasks_limit:
+        del run["tasks"][tasks_limit:]
+        run["tasks_next_after"] = run["tasks"][-1]["id"]
+    if tasks_limit is None and tasks_after is None:
+        run["tasks_total"] = len(run["tasks"])
+    else:
+        run["tasks_total"] = conn.execute(
+            sa.select(sa.func.count()).where(tasks.c.workflow_id == workflow_id)
+        ).scalar_one()
     ids = [t["id"] for t in run["tasks"]]
     deps: dict[int, list[str]] = {i: [] for i in ids}
     names = {t["id"]: t["name"] for t in run["tasks"]}
@@ -261,6 +367,20 @@ def get_workflow(conn: sa.Connection, workflow_id: int) -> dict[str, Any]:
     for t in run["tasks"]:
         t["depends_on"] = sorted(deps[t["id"]])
         t["attempt_history"] = attempts[t["id"]]
+    run["children"] = [
+        dict(r)
+        for r in conn.execute(
+            sa.select(
+                workflows.c.id,
+                workflows.c.name,
+                workflows.c.status,
+                workflows.c.parent_task_id,
+                workflows.c.child_key,
+            )
+            .where(workflows.c.parent_workflow_id == workflow_id)
+            .order_by(workflows.c.id)
+        ).mappings()
+    ]
     return run
 
 
@@ -271,8 +391,12 @@ def list_workflows(
     limit: int = 50,
     before_id: int | None = None,
     name_contains: str | None = None,
+    created_after: dt.datetime | None = None,
+    created_before: dt.datetime | None = None,
+    handler: str | None = None,
 ) -> list[dict[str, Any]]:
-    """The newest runs first; ``name_contains`` is a case-insensitive substring of the name."""
+    """The newest runs first; ``name_contains`` is a case-insensitive substring of the name,
+    ``handler`` one a task of the run names."""
     q = sa.select(
         workflows.c.id,
         workflows.c.name,
@@ -289,5 +413,13 @@ def list_workflows(
     if name_contains:
         q = q.where(
             sa.func.lower(workflows.c.name).contains(name_contains.lower(), autoescape=True)
+        )
+    if created_after:
+        q = q.where(workflows.c.created_at >= created_after)
+    if created_before:
+        q = q.where(workflows.c.created_at < created_before)
+    if handler:
+        q = q.where(
+            sa.exists().where(tasks.c.workflow_id == workflows.c.id, tasks.c.handler == handler)
         )
     return [dict(r) for r in conn.execute(q.limit(limit)).mappings()]

@@ -87,11 +87,18 @@ def upgrade() -> None:
         ["mapped_from", "map_index"],
         unique=True,
     )
+    # The controller looks for ready map tasks on every pass: a partial index keeps that flat
+    # however many other tasks are ready.
+    op.create_index(
+        "tasks_map_ready_idx",
+        "tasks",
+        ["id"],
+        postgresql_where=sa.text("status = 'ready' AND map_over IS NOT NULL"),
+        sqlite_where=sa.text("status = 'ready' AND map_over IS NOT NULL"),
+    )
     op.add_column(
         "workflows",
-        sa.Column(
-            "parent_task_id", sa.BigInteger, comment="child run: the task that started it"
-        ),
+        sa.Column("parent_task_id", sa.BigInteger, comment="child run: the task that started it"),
     )
     op.add_column(
         "workflows",
@@ -121,9 +128,7 @@ def upgrade() -> None:
         ["parent_task_id", "parent_attempt", "child_key"],
         unique=True,
     )
-    op.create_index(
-        op.f("workflows_parent_workflow_id_idx"), "workflows", ["parent_workflow_id"]
-    )
+    op.create_index(op.f("workflows_parent_workflow_id_idx"), "workflows", ["parent_workflow_id"])
 
 
 def downgrade() -> None:
@@ -131,8 +136,15 @@ def downgrade() -> None:
     op.drop_index(
         op.f("workflows_parent_task_id_parent_attempt_child_key_idx"), table_name="workflows"
     )
-    for column in ("awaited", "child_key", "parent_attempt", "parent_workflow_id", "parent_task_id"):
+    for column in (
+        "awaited",
+        "child_key",
+        "parent_attempt",
+        "parent_workflow_id",
+        "parent_task_id",
+    ):
         op.drop_column("workflows", column)
+    op.drop_index("tasks_map_ready_idx", table_name="tasks")
     op.drop_index(op.f("tasks_mapped_from_map_index_idx"), table_name="tasks")
     for column in ("resumes", "mapped_from", "map_index", "map_over"):
         op.drop_column("tasks", column)

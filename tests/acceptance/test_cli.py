@@ -31,7 +31,7 @@ def test_the_demo_runs_to_completion_on_sqlite_with_no_servers(tmp_path):
     done = kiln("demo", cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert (tmp_path / "kiln.db").exists()
-    for name in ("Generate", "Square evens", "Square odds", "Flaky fetch", "Sum", "Report"):
+    for name in ("Generate", "Chunk sum", "Audit", "Cool down", "Approve", "Sum", "Report"):
         assert name in done.stdout
     assert "succeeded" in done.stdout
     as_json = kiln("demo", "--json", cwd=tmp_path)
@@ -40,6 +40,17 @@ def test_the_demo_runs_to_completion_on_sqlite_with_no_servers(tmp_path):
     assert run["status"] == "succeeded"
     assert tasks["Flaky fetch"]["attempts"] == 2
     assert tasks["Sum"]["result"] == 364 + 286 + 1000
+    # A map whose width the Generate result decided, and a child run its parent waited for.
+    assert [tasks[f"Chunk sum[{i}]"]["result"]["sum"] for i in range(3)] == [10, 26, 42]
+    assert tasks["Chunk sum"]["result"] == [tasks[f"Chunk sum[{i}]"]["result"] for i in range(3)]
+    audit = tasks["Audit"]
+    assert audit["result"]["ok"] is True and audit["result"]["total"] == 78
+    assert [a["outcome"] for a in audit["attempt_history"]] == ["waiting", "succeeded"]
+    assert [c["id"] for c in run["children"]] == [audit["result"]["child_run"]]
+    # A short durable sleep, and the signal the demo sent before Approve was reached.
+    assert tasks["Cool down"]["result"]["slept_until"]
+    assert tasks["Approve"]["result"] == {"approved": True, "by": "kiln demo"}
+    assert tasks["Report"]["result"]["approved_by"] == "kiln demo"
 
 
 def test_kiln_run_exits_zero_only_when_the_workflow_succeeded(tmp_path):

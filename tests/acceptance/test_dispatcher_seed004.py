@@ -230,9 +230,9 @@ def test_two_controllers_never_process_one_operation_twice(cluster, pg_kiln, n_p
     claims = pg_kiln.read(
         lambda c: dict(
             c.execute(
-                sa.select(events.c.entity_id, sa.func.count())
+                sa.select(events.c.entity_key, sa.func.count())
                 .where(events.c.entity == "operation", events.c.to_status == "processing")
-                .group_by(events.c.entity_id)
+                .group_by(events.c.entity_key)
             ).all()
         )
     )

@@ -192,7 +192,15 @@ def test_every_page_renders_without_javascript_on_both_databases(kiln):
     assert "No runs in state" in page("/ui/runs?status=failed")
     run = page(f"/ui/runs/{run_id}")
     assert run.count('class="node st-') == 4 and run.count('class="edge"') == 4
-    assert 'id="gantt"' in run
+    # Nothing has run yet: no made-up time axis.
+    assert 'id="gantt-empty"' in run and 'id="gantt"' not in run and "0.001" not in run
+    detail = client.get(f"/workflows/{run_id}").get_json()
+    b = next(t for t in detail["tasks"] if t["name"] == "b")
+    panel = page(f"/ui/runs/{run_id}/tasks/{b['id']}")
+    assert 'data-task="b"' in panel and "No attempt yet." in panel
+    assert f'href="/ui/runs/{run_id}/tasks/{b["id"]}"' in run  # the box and the row open it
+    assert "has no task" in page(f"/ui/runs/{run_id}/tasks/999999", status=404)
+    assert client.get(f"/ui/runs/{run_id}/tasks/{10**25}").status_code == 404
     fragment = page(f"/ui/runs/{run_id}?fragment=1")
     assert "<html" not in fragment and 'id="dag"' in fragment
     assert "does not exist" in page("/ui/runs/999999", status=404)

@@ -25,6 +25,8 @@ VIEWS = {
     "instance_load",
     "prediction_error",
     "live_processes",
+    "failed_runs",
+    "handler_stats",
 }
 
 
@@ -98,6 +100,33 @@ def scene(pg_url):
         "UPDATE tasks SET status = 'succeeded', finished_at = now(), predicted_s = 2.0, "
         "actual_s = CASE name WHEN 'P' THEN 3.0 ELSE 1.0 END WHERE name IN ('P', 'Q')",
     )
+    # A run that failed a minute ago: its task failed twice (a retry, then for good), and a
+    # succeeded attempt of another handler, for the per-handler figures.
+    submit({"name": "crashed", "tasks": [{"name": "X", "handler": "parse"},
+                                         {"name": "Y", "handler": "load"}]})  # fmt: skip
+    run(
+        kiln,
+        "UPDATE tasks SET status = 'failed', attempts = 2, finished_at = now(), "
+        "error = 'ValueError: bad row 7' WHERE name = 'X'",
+    )
+    run(
+        kiln,
+        "UPDATE tasks SET status = 'succeeded', attempts = 1, finished_at = now() WHERE name = 'Y'",
+    )
+    run(
+        kiln,
+        "UPDATE workflows SET status = 'failed', finished_at = now() - interval '1 minute', "
+        "error = 'task X failed' WHERE name = 'crashed'",
+    )
+    run(
+        kiln,
+        "INSERT INTO task_attempts (task_id, attempt, worker, outcome, error, started_at, "
+        "finished_at) SELECT id, a, 'worker:h:1:a', o, e, now() - s * interval '1 second', now() "
+        "FROM tasks, (VALUES (1, 'failed', 'ValueError: bad row 7', 2.0), "
+        "(2, 'failed', 'ValueError: bad row 7', 4.0)) AS v(a, o, e, s) WHERE name = 'X' "
+        "UNION ALL SELECT id, 1, 'worker:h:1:a', 'succeeded', NULL, now() - interval '1 second', "
+        "now() FROM tasks WHERE name = 'Y'",
+    )
     yield kiln, ids, gpu
     kiln.close()
 
@@ -163,6 +192,39 @@ def test_live_processes_tell_alive_from_dead_and_count_their_tasks(scene):
     procs = {r["kind"]: r for r in rows(kiln, "SELECT * FROM live_processes")}
     assert procs["worker"]["alive"] is True and procs["worker"]["running_tasks"] == 2
     assert procs["controller"]["alive"] is False
+
+
+def test_failed_runs_list_the_last_hours_failures_with_their_errors(scene):
+    kiln, _, _ = scene
+    (crashed,) = rows(kiln, "SELECT * FROM failed_runs")
+    assert (crashed["workflow_name"], crashed["task_name"]) == ("crashed", "X")
+    assert crashed["task_error"] == "ValueError: bad row 7"
+    assert crashed["run_error"] == "task X failed" and crashed["attempts"] == 2
+    assert crashed["failed_ago"].total_seconds() >= 59
+
+
+def test_handler_stats_give_failure_rate_and_duration_percentiles(scene):
+    kiln, _, _ = scene
+    stats = {r["handler"]: r for r in rows(kiln, "SELECT * FROM handler_stats")}
+    assert set(stats) == {"parse", "load"}  # running attempts are not finished yet
+    parse = stats["parse"]
+    assert (parse["attempts"], parse["failed"], parse["succeeded"]) == (2, 2, 0)
+    assert float(parse["failure_rate"]) == 1.0
+    assert parse["p50_s"] == pytest.approx(3.0, abs=0.1)  # of 2 s and 4 s
+    assert parse["p95_s"] == pytest.approx(3.9, abs=0.1)
+    assert float(stats["load"]["failure_rate"]) == 0.0
+
+
+def test_events_say_who_and_why_and_take_lists_of_ids(scene):
+    kiln, ids, _ = scene
+    found = rows(
+        kiln,
+        f"SELECT entity_id FROM events WHERE entity = 'task' AND entity_id IN ({ids['R']}, "
+        f"{ids['D']}) AND to_status = 'running' ORDER BY entity_id",
+    )
+    assert [r["entity_id"] for r in found] == sorted([ids["R"], ids["D"]])
+    columns = rows(kiln, "SELECT actor, reason FROM events LIMIT 1")[0]
+    assert set(columns) == {"actor", "reason"}
 
 
 def test_every_view_has_a_comment_and_is_documented(scene):

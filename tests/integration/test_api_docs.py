@@ -15,6 +15,8 @@ UNDOCUMENTED = {("GET", "/health"), ("GET", "/openapi.json")}
 
 
 def _template(path: str, spec_paths: set[str]) -> str | None:
+    if path in spec_paths:  # /workflows/batch, not /workflows/{workflow_id}
+        return path
     for candidate in spec_paths:
         pattern = "^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(candidate)) + "$"
         if re.match(pattern, path):

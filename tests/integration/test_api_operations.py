@@ -258,9 +258,9 @@ def test_concurrent_controllers_apply_each_operation_once_and_in_order(pg_kiln, 
     assert [o["status"] for o in ops] == ["completed"] * len(ops), [o["error"] for o in ops]
     claims = pg_kiln.read(
         lambda c: c.execute(
-            sa.select(events.c.entity_id, sa.func.count())
+            sa.select(events.c.entity_key, sa.func.count())
             .where(events.c.entity == "operation", events.c.to_status == "processing")
-            .group_by(events.c.entity_id)
+            .group_by(events.c.entity_key)
         ).all()
     )
     assert sorted(claims) == sorted((ic, 1) for ic in ic_ids)

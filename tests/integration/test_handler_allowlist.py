@@ -110,4 +110,4 @@ def test_registered_handlers_and_functions_in_allowed_modules_still_run(kiln, em
     wf_id = kiln.submit(wf)
     run = wait_for(lambda: (r := kiln.workflow(wf_id))["status"] in WORKFLOW_TERMINAL and r)
     assert run["status"] == "succeeded", run
-    assert [t["result"] for t in run["tasks"]] == [3, 4, 8, {"numbers": [1, 2]}]
+    assert [t["result"] for t in run["tasks"]] == [3, 4, 8, {"numbers": [1, 2], "chunks": [[1, 2]]}]

@@ -159,3 +159,61 @@ def test_processes_start_while_redis_is_down_say_so_and_work_once_it_is_back(clu
         assert json_lines(controller_log.read_text())
     finally:
         redis.stop()
+
+
+@pytest.mark.redis
+def test_at_the_default_level_each_failed_attempt_is_one_warning_and_a_failed_task_one_error(
+    cluster, pg_kiln
+):
+    cluster.env.pop("KILN_LOG_LEVEL")  # the default, WARNING
+    cluster.env["KILN_LOG_FORMAT"] = "json"
+    cluster.worker(threads=2)
+    cluster.controller()
+    flaky = pg_kiln.submit({"name": "flaky", "on_error": "continue", "tasks": [
+        {"name": "Twice", "handler": "fail_until", "params": {"succeed_on": 3}, "max_attempts": 3},
+        {"name": "Never", "handler": "fail_always", "params": {"message": "no luck"},
+         "max_attempts": 2},
+    ]})  # fmt: skip
+    late = pg_kiln.submit(
+        {"name": "late", "tasks": [{"name": "Nap", "handler": "sleep", "params": {"seconds": 2}}]}
+    )
+    wait_for(lambda: pg_kiln.workflow(late)["tasks"][0]["status"] == "running", what="Nap runs")
+    pg_kiln.cancel(late)  # Nap's result arrives after the cancel: refused as stale, quietly
+
+    def stale_recorded() -> bool:
+        attempts = pg_kiln.workflow(late)["tasks"][0]["attempt_history"]
+        return [a["outcome"] for a in attempts] == ["stale"]
+
+    wait_for(stale_recorded, what="Nap's late result to be refused")
+    wait_for(lambda: pg_kiln.workflow(flaky)["status"] == "failed", timeout=30, what="flaky")
+    worker_log = next(cluster.log_dir.glob("worker-*.log"))
+    twice, never = (t["id"] for t in pg_kiln.workflow(flaky)["tasks"])
+
+    def about(task_id: int, level: str) -> list[dict]:
+        """Its lines at ``level``, each message without the error's " (at file:line)"."""
+        return [
+            {**r, "message": r["message"].split(" (at ")[0]}
+            for r in json_lines(worker_log.read_text())
+            if r.get("task_id") == task_id and r["level"] == level
+        ]
+
+    wait_for(lambda: about(never, "ERROR"), what="the failed task's ERROR line")
+    assert [r["message"] for r in about(twice, "WARNING")] == [
+        f"task {twice} ('Twice') attempt 1 of 3 failed, will retry: RuntimeError: failing attempt 1",
+        f"task {twice} ('Twice') attempt 2 of 3 failed, will retry: RuntimeError: failing attempt 2",
+    ]
+    assert about(twice, "ERROR") == []
+    assert [r["message"] for r in about(never, "WARNING")] == [
+        f"task {never} ('Never') attempt 1 of 2 failed, will retry: RuntimeError: no luck"
+    ]
+    (error,) = about(never, "ERROR")
+    assert "handlers.py" in worker_log.read_text()  # the error says where it was raised
+    assert (
+        error["message"]
+        == f"task {never} ('Never') failed on attempt 2 of 2: RuntimeError: no luck"
+    )
+    assert error["workflow_id"] == flaky and error["attempt"] == 2
+    everything = worker_log.read_text() + "".join(
+        p.read_text() for p in cluster.log_dir.glob("controller-*.log")
+    )
+    assert "stale" not in everything  # an expected race is DEBUG, not shown by default

@@ -280,3 +280,58 @@ def test_metrics_work_on_the_embedded_sqlite_database(sqlite_url):
         assert value(m["kiln_database_up"], "kiln_database_up") == 1
     finally:
         kiln.close()
+
+
+def test_per_handler_attempts_durations_and_retries_match_the_attempt_history(ran):
+    m = scrape(create_app(ran))
+    by_handler = sql(
+        ran,
+        "SELECT t.handler, a.outcome, count(*) FROM task_attempts a "
+        "JOIN tasks t ON t.id = a.task_id GROUP BY 1, 2",
+    )
+    assert {h for h, _, _ in by_handler} >= {"add", "fail_until", "fail_always", "noop"}
+    for handler, outcome, n in by_handler:
+        got = value(
+            m["kiln_handler_attempts"], "kiln_handler_attempts_total",
+            handler=handler, queue="default", outcome=outcome,
+        )  # fmt: skip
+        assert got == n, (handler, outcome)
+    finished = sql(
+        ran,
+        "SELECT t.handler, count(*) FROM task_attempts a JOIN tasks t ON t.id = a.task_id "
+        "WHERE a.finished_at IS NOT NULL GROUP BY 1",
+    )
+    for handler, n in finished:
+        samples = m["kiln_handler_duration_seconds"]
+        assert value(samples, "kiln_handler_duration_seconds_count", handler=handler) == n
+        assert (
+            value(samples, "kiln_handler_duration_seconds_bucket", handler=handler, le="+Inf") == n
+        )
+    # fail_until succeeded on its second attempt: its one retry is counted for it alone.
+    assert value(m["kiln_handler_retries"], "kiln_handler_retries_total", handler="fail_until") == 1
+    assert (
+        sum(s.value for s in m["kiln_handler_retries"])
+        == sql(ran, "SELECT count(*) FROM task_attempts WHERE attempt > 1")[0][0]
+    )
+
+
+def test_per_handler_labels_are_bounded_with_the_rest_as_other(ran, monkeypatch):
+    from kiln.app import metrics
+
+    attempts = dict(sql(
+        ran,
+        "SELECT t.handler, count(*) FROM task_attempts a JOIN tasks t ON t.id = a.task_id "
+        "GROUP BY 1",
+    ))  # fmt: skip
+    assert len(attempts) >= 3
+    monkeypatch.setattr(metrics, "TOP_HANDLERS", 2)
+    m = scrape(create_app(ran))
+    labels = {s.labels["handler"] for s in m["kiln_handler_attempts"]}
+    kept = sorted(attempts, key=lambda h: (-attempts[h], h))[:2]
+    assert labels == {*kept, "other"}
+    total = sum(s.value for s in m["kiln_handler_attempts"])
+    assert total == sum(attempts.values())  # nothing lost in the fold
+    other = sum(s.value for s in m["kiln_handler_attempts"] if s.labels["handler"] == "other")
+    assert other == sum(n for h, n in attempts.items() if h not in kept)
+    durations = {s.labels["handler"] for s in m["kiln_handler_duration_seconds"]}
+    assert durations <= {*kept, "other"}

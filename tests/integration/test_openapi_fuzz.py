@@ -23,6 +23,7 @@ TOKEN = "fuzz-token"
 # does not hold there.
 SEMANTIC = {
     ("POST", "/workflows"),
+    ("POST", "/workflows/batch"),  # each definition is checked as POST /workflows checks it
     ("POST", "/contexts"),
     ("POST", "/pipelines"),
     ("POST", "/dispatcher/clone-pipeline"),
@@ -30,6 +31,8 @@ SEMANTIC = {
     ("POST", "/instances/{instance_id}/heartbeat"),
     ("POST", "/predict"),
     ("PUT", "/scheduler/policy"),
+    ("POST", "/schedules"),  # a cron expression, an IANA zone and a workflow definition
+    ("PATCH", "/schedules/{schedule_id}"),
 }
 
 

@@ -57,7 +57,7 @@ def test_the_python_builder_produces_the_same_definition_as_json():
             ],
             "not upstream",
         ),
-        ([{"name": "A"}], "exactly one of 'handler' or 'model_type'"),
+        ([{"name": "A"}], "exactly one of 'handler', 'model_type' or 'workflow'"),
         ([{"name": "A", "handler": "h", "max_attempts": 0}], "max_attempts"),
         ([{"name": "A", "handler": "h", "timeout_s": -1}], "timeout_s"),
         ([{"name": "A", "handler": "h", "colour": "red"}], "unknown field 'colour'"),

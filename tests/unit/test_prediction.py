@@ -193,3 +193,35 @@ def test_group_history_is_a_smoothed_mean_of_finished_durations_per_group():
     history.observe("c", 1.0)  # evicts the least recently updated group, "a"
     assert history.feature("a") is None
     assert GroupHistory.from_dict(history.to_dict()).feature("c") == 1.0
+
+
+def test_a_category_feature_is_its_own_bucket_and_survives_a_round_trip():
+    model = OnlineQuantileModel(features=("adapter", "input_tokens"), prior_samples=2)
+    rng = random.Random(4)
+    for _ in range(200):
+        model.observe("sdxl", None, rng.uniform(0.9, 1.1), {"adapter": "anime", "input_tokens": 77})
+        model.observe("sdxl", None, rng.uniform(9, 11), {"adapter": "photo", "input_tokens": 77})
+    anime = model.predict("sdxl", None, {"adapter": "anime", "input_tokens": 77})
+    photo = model.predict("sdxl", None, {"adapter": "photo", "input_tokens": 77})
+    assert anime is not None and photo is not None
+    assert quantile_value(anime, 0.9) < 2 < 8 < quantile_value(photo, 0.1)
+    again = OnlineQuantileModel.from_dict(model.to_dict())
+    assert again.predict("sdxl", None, {"adapter": "photo", "input_tokens": 77}) == photo
+
+
+def test_the_p90_covers_about_nine_jobs_in_ten_from_the_first_ones_on_and_after_a_drift():
+    rng = random.Random(8)
+    model = OnlineQuantileModel(features=("input_tokens",), prior_samples=5)
+    hits: list[bool] = []
+    for i in range(3000):
+        tokens = rng.choice([10, 100, 1000])
+        # Durations triple two thirds of the way through (a slower model version).
+        duration = (0.01 * tokens) * rng.lognormvariate(0, 0.6) * (3 if i >= 2000 else 1)
+        prediction = model.predict("m", None, {"input_tokens": tokens})
+        if prediction is not None:
+            hits.append(duration <= quantile_value(prediction, 0.9))
+        model.observe("m", None, duration, {"input_tokens": tokens})
+    first, after = hits[:300], hits[2300:2600]
+    assert 0.85 <= sum(first) / len(first) <= 0.97
+    assert 0.85 <= sum(hits) / len(hits) <= 0.95
+    assert 0.85 <= sum(after) / len(after) <= 0.95  # caught up within 300 jobs of the drift

@@ -48,7 +48,16 @@ def run_until_started(scheduler, target_id, arrivals, runtime):
 
 
 def test_policy_names_are_exactly_the_documented_ones():
-    assert POLICY_NAMES == ("FIFO", "RoundRobin", "Priority", "Fair", "ShortestPredicted")
+    assert POLICY_NAMES == (
+        "FIFO",
+        "RoundRobin",
+        "Priority",
+        "Fair",
+        "ShortestPredicted",
+        "ShortestExpected",
+        "Boost",
+        "SEPTGuard",
+    )
 
 
 def test_fifo_runs_the_oldest_item_first_whatever_its_priority_or_size():

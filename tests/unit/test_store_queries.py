@@ -12,6 +12,9 @@ from kiln.store.postgres import QUERIES
 # Quoted literals that are not states: event entities, the finish query's row kinds, NOTIFY's
 # channel and payload.
 NOT_STATES = {"task", "workflow", "done", "readied", READY_CHANNEL, ""}
+# set_config('synchronous_commit', 'off', ...) in claim; pg_get_serial_sequence('workflows',
+# 'id') in insert_runs
+NOT_STATES |= {"synchronous_commit", "off", "workflows", "id"}
 WORKFLOW_ALIASES = {"w", "workflows"}
 LITERALS = r"'\w*'(?:\s*,\s*'\w*')*"
 # ``x.status = 'a'``, ``x.status <> 'a'``, ``x.status IN ('a', 'b')``

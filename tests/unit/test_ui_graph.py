@@ -1,4 +1,5 @@
-"""The dashboard's drawings as geometry: DAG layers and the attempt timeline."""
+"""The dashboard's drawings as geometry: DAG layers, a map's items, and the attempt
+timeline."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from kiln.web.ui_graph import (
     CycleError,
     Span,
     dag_layout,
+    fold_maps,
     format_duration,
     gantt_layout,
+    group_status,
     layers,
     nice_step,
 )
@@ -115,6 +118,69 @@ def test_the_timeline_places_attempts_in_time_order_on_their_task_rows():
     assert second.y < running.y
     for b in g.bars:
         assert GANTT_LABEL_W <= b.x and b.x + b.w <= g.width
+
+
+def test_a_timeline_without_attempts_has_no_made_up_axis():
+    g = gantt_layout([("a", []), ("b", [])], now=1_700_000_000.0)
+    assert (g.bars, g.ticks) == ([], [])
+    assert [label for label, _ in g.labels] == ["a", "b"]
+
+
+def _mapped_run(items: int) -> list[dict]:
+    """split -> Agg (a map task, id 2) -> merge, plus Agg's items as the store writes them:
+    later ids, ``mapped_from`` the map task, ``map_index`` their place."""
+    tasks = [
+        {"id": 1, "name": "split", "depends_on": []},
+        {"id": 2, "name": "Agg", "depends_on": ["split"]},
+        {"id": 3, "name": "merge", "depends_on": ["Agg"]},
+    ]
+    # Written out of order on purpose: the drawing follows map_index.
+    for i in reversed(range(items)):
+        tasks.append(
+            {"id": 10 + i, "name": f"Agg[{i}]", "depends_on": ["split"], "mapped_from": 2,
+             "map_index": i}
+        )  # fmt: skip
+    return tasks
+
+
+def test_a_few_map_items_fan_out_from_their_map_task_and_into_what_follows_it():
+    drawing = fold_maps(_mapped_run(3))
+    items = ["Agg[0]", "Agg[1]", "Agg[2]"]
+    assert drawing.groups == {}
+    assert [n for n in drawing.names if n.startswith("Agg[")] == items
+    assert all(drawing.deps[i] == ["Agg"] for i in items)
+    assert drawing.deps["merge"] == items
+    columns = layers(drawing.names, drawing.deps)
+    assert columns == [["split"], ["Agg"], items, ["merge"]]
+
+
+def test_many_map_items_fold_into_one_box_so_200_stay_readable():
+    drawing = fold_maps(_mapped_run(200))
+    box = "Agg[0–199]"
+    assert drawing.names == ["split", "Agg", box, "merge"]
+    assert drawing.groups == {box: [f"Agg[{i}]" for i in range(200)]}
+    assert drawing.deps[box] == ["Agg"] and drawing.deps["merge"] == [box]
+    assert len(dag_layout(drawing.names, drawing.deps).nodes) == 4
+
+
+def test_a_run_without_maps_is_drawn_as_submitted():
+    tasks = [{"id": i, "name": n, "depends_on": DIAMOND[n]} for i, n in enumerate(DIAMOND)]
+    drawing = fold_maps(tasks)
+    assert (drawing.names, drawing.deps, drawing.groups) == (list(DIAMOND), DIAMOND, {})
+
+
+@pytest.mark.parametrize(
+    ("statuses", "shown"),
+    [
+        (["succeeded"] * 5, "succeeded"),
+        (["succeeded", "running", "queued"], "running"),
+        (["succeeded", "failed", "running"], "failed"),
+        (["pending", "ready"], "ready"),
+        (["succeeded", "cancelled"], "cancelled"),
+    ],
+)
+def test_a_box_for_many_items_shows_failures_first_then_activity(statuses, shown):
+    assert group_status(statuses) == shown
 
 
 def test_an_instant_attempt_stays_visible():

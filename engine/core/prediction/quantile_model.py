@@ -23,12 +23,16 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from kiln.core.prediction.estimate import quantile_value
 from kiln.core.prediction.types import DEFAULT_QUANTILES, Prediction
 
 ANY_HARDWARE = "*"
+CALIBRATED_QUANTILE = 0.9
+CALIBRATION_STEP = 0.5
+CALIBRATION_STEP_MIN = 0.01
 
-Features = Mapping[str, float | None]
-_BucketKey = tuple[str, str, tuple[int | None, ...]]
+Features = Mapping[str, float | str | None]
+_BucketKey = tuple[str, str, tuple[int | str | None, ...]]
 
 
 @dataclass(frozen=True)
@@ -38,7 +42,7 @@ class Observation:
     model_type: str
     hardware: str | None
     duration: float
-    features: Mapping[str, float | None] = field(default_factory=dict)
+    features: Mapping[str, float | str | None] = field(default_factory=dict)
 
 
 class _Window:
@@ -61,8 +65,11 @@ class _Window:
         return len(self.sorted)
 
     def quantile(self, q: float) -> float:
+        """The q-quantile at the Weibull position ``q·(n + 1)`` (Hyndman and Fan's type 6):
+        a new draw falls under the k-th of n sorted samples with probability k / (n + 1), so
+        a few samples give wider outer quantiles instead of over-confident ones."""
         data = self.sorted
-        pos = q * (len(data) - 1)
+        pos = min(max(q * (len(data) + 1) - 1, 0.0), len(data) - 1.0)
         lo = int(pos)
         hi = min(lo + 1, len(data) - 1)
         return data[lo] + (pos - lo) * (data[hi] - data[lo])
@@ -71,10 +78,11 @@ class _Window:
 class OnlineQuantileModel:
     """Streaming per-bucket quantiles of duration, conditioned on size features.
 
-    ``features`` names the size features, coarsest-first in the bucket hierarchy (put the most
-    informative one first). ``buckets_per_octave`` sets the bucket width on the log2 scale of
-    ``1 + value``; ``window`` is how many recent samples each bucket keeps; ``prior_samples``
-    is how many samples a bucket needs before it outweighs its parent.
+    ``features`` names the size features (numbers, or strings for categories),
+    coarsest-first in the bucket hierarchy (put the most informative one first).
+    ``buckets_per_octave`` sets the bucket width on the log2 scale of ``1 + value``;
+    ``window`` is how many recent samples each bucket keeps; ``prior_samples`` is how many
+    samples a bucket needs before it outweighs its parent.
     """
 
     def __init__(
@@ -93,15 +101,23 @@ class OnlineQuantileModel:
         self.window = int(window)
         self.prior_samples = int(prior_samples)
         self._buckets: dict[_BucketKey, _Window] = {}
+        # Per model type, how much the quantiles' distance from the median is stretched so
+        # that the p90 covers 90 % of what actually happens (see ``_calibrate``).
+        self._widen: dict[str, float] = {}
+        self._checked: dict[str, int] = {}
 
     # -- learning ---------------------------------------------------------------------------
 
-    def bucket_of(self, value: float | None) -> int | None:
+    def bucket_of(self, value: float | str | None) -> int | str | None:
+        """A number's bucket on the log scale; a string (a category: model variant, tenant,
+        adapter) is its own bucket."""
         if value is None:
             return None
+        if isinstance(value, str):
+            return value
         return math.floor(math.log2(1.0 + max(float(value), 0.0)) * self.buckets_per_octave)
 
-    def _path(self, features: Features | None) -> tuple[int | None, ...]:
+    def _path(self, features: Features | None) -> tuple[int | str | None, ...]:
         given = features or {}
         return tuple(self.bucket_of(given.get(name)) for name in self.features)
 
@@ -115,6 +131,7 @@ class OnlineQuantileModel:
         """Learn one finished execution of ``duration`` seconds."""
         if duration < 0 or math.isnan(duration):
             raise ValueError(f"a duration must be a non-negative number, got {duration}")
+        self._calibrate(model_type, hardware, duration, features)
         path = self._path(features)
         hardware_keys = {ANY_HARDWARE, hardware or ANY_HARDWARE}
         for hw in hardware_keys:
@@ -128,6 +145,29 @@ class OnlineQuantileModel:
     def observe_all(self, observations: Iterable[Observation]) -> None:
         for obs in observations:
             self.observe(obs.model_type, obs.hardware, obs.duration, obs.features)
+
+    def _calibrate(
+        self, model_type: str, hardware: str | None, duration: float, features: Features | None
+    ) -> None:
+        """Adaptive conformal calibration of the p90 (Gibbs and Candès, *Adaptive Conformal
+        Inference Under Distribution Shift*, NeurIPS 2021): before learning a duration, check
+        it against what the model predicts for it; a miss widens the spread by a factor
+        ``exp(step · 0.9)``, a hit narrows it by ``exp(step · 0.1)``, so the long-run share of
+        durations under the p90 is 90 % whatever the drift. The step shrinks as
+        ``CALIBRATION_STEP / √n`` down to ``CALIBRATION_STEP_MIN``: the first misses (a young,
+        over-confident model) widen it quickly, later it settles."""
+        prediction = self.predict(model_type, hardware, features)
+        if prediction is None:
+            return
+        missed = duration > quantile_value(prediction, CALIBRATED_QUANTILE)
+        checked = self._checked[model_type] = self._checked.get(model_type, 0) + 1
+        # Big steps while the model is young, small ones once it has seen a few thousand
+        # durations, so the factor settles instead of wandering.
+        step = max(CALIBRATION_STEP / math.sqrt(checked), CALIBRATION_STEP_MIN)
+        widen = self._widen.get(model_type, 1.0) * math.exp(
+            step * (float(missed) - (1 - CALIBRATED_QUANTILE))
+        )
+        self._widen[model_type] = min(max(widen, 0.25), 16.0)
 
     # -- predicting -------------------------------------------------------------------------
 
@@ -160,6 +200,10 @@ class OnlineQuantileModel:
                 for q, v in zip(self.quantiles, values, strict=True)
             ]
             support = n
+        widen = self._widen.get(model_type, 1.0)
+        if widen != 1.0:
+            median = _interpolate(self.quantiles, values, 0.5)
+            values = [max(median + widen * (v - median), 0.0) for v in values]
         confidence = support / (support + self.prior_samples) if self.prior_samples else 1.0
         return Prediction(
             quantiles=self.quantiles, values=tuple(values), method="learned", confidence=confidence
@@ -175,6 +219,8 @@ class OnlineQuantileModel:
             "buckets_per_octave": self.buckets_per_octave,
             "window": self.window,
             "prior_samples": self.prior_samples,
+            "widen": dict(self._widen),
+            "checked": dict(self._checked),
             "buckets": [
                 {"model_type": mt, "hardware": hw, "path": list(path), "samples": list(w.order)}
                 for (mt, hw, path), w in self._buckets.items()
@@ -195,6 +241,8 @@ class OnlineQuantileModel:
             for value in row["samples"]:
                 window.add(float(value))
             model._buckets[(row["model_type"], row["hardware"], tuple(row["path"]))] = window
+        model._widen = dict(data.get("widen", {}))
+        model._checked = dict(data.get("checked", {}))
         return model
 
     @classmethod
@@ -207,14 +255,23 @@ class OnlineQuantileModel:
         return model
 
 
+def _interpolate(qs: Sequence[float], vs: Sequence[float], q: float) -> float:
+    """The value at probability ``q`` of sorted quantiles ``qs`` with values ``vs``."""
+    i = bisect.bisect_left(qs, q)
+    if i == 0:
+        return vs[0]
+    if i == len(qs):
+        return vs[-1]
+    frac = (q - qs[i - 1]) / (qs[i] - qs[i - 1])
+    return vs[i - 1] + frac * (vs[i] - vs[i - 1])
+
+
 def calibration(model: OnlineQuantileModel, held_out: Iterable[Observation]) -> dict[str, float]:
     """How often held-out durations fall under the predicted p50 and p90.
 
     A calibrated model gives about 0.5 and 0.9. Observations the model cannot predict (unknown
     model type) are counted in ``skipped``.
     """
-    from kiln.core.prediction.estimate import quantile_value
-
     n = under_p50 = under_p90 = skipped = 0
     for obs in held_out:
         prediction = model.predict(obs.model_type, obs.hardware, obs.features)

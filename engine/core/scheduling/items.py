@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from kiln.core.prediction.types import Prediction
 
 
 class UnknownPolicy(ValueError):
     """Unknown scheduling policy; expected one of FIFO, RoundRobin, Priority, Fair,
-    ShortestPredicted."""
+    ShortestPredicted, ShortestExpected, Boost."""
 
     def __init__(self, name: object, known: tuple[str, ...]) -> None:
         self.name = name
@@ -62,6 +62,25 @@ class SchedulerState:
     total_scheduled: int = 0
     context_switches: int = 0
     preemptions: int = 0
+    # Measured for self-tuning policies (kiln.core.scheduling.tuning): recent start times and
+    # run times, items running now (id -> start), concurrency at recent starts, and the
+    # decay rate γ computed from them (``boost_epoch`` counts its changes).
+    recent_starts: list[float] = field(default_factory=list)
+    recent_sizes: list[float] = field(default_factory=list)
+    running_since: dict[str, float] = field(default_factory=dict)
+    running_expected: dict[str, float] = field(default_factory=dict)
+    fifo_responses: list[float] = field(default_factory=list)
+    fifo_waits: dict[str, float] = field(default_factory=dict)
+    fifo_arrivals: list[list] = field(default_factory=list)  # [id, arrived], arrival order
+    fifo_sizes: dict[str, float] = field(default_factory=dict)  # finished, not replayed yet
+    fifo_workload: list[float] = field(default_factory=list)
+    fifo_clock: float = 0.0
+    recent_pairs: list[tuple[float, float]] = field(default_factory=list)
+    fifo_p99: float | None = None
+    concurrency: list[int] = field(default_factory=list)
+    boost_gamma: float | None = None
+    boost_epoch: int = 0
+    starts_since_tune: int = 0
 
     def to_dict(self) -> dict:
         return {
@@ -75,8 +94,25 @@ class SchedulerState:
             "total_scheduled": self.total_scheduled,
             "context_switches": self.context_switches,
             "preemptions": self.preemptions,
+            "recent_starts": list(self.recent_starts),
+            "recent_sizes": list(self.recent_sizes),
+            "running_since": dict(self.running_since),
+            "running_expected": dict(self.running_expected),
+            "fifo_responses": list(self.fifo_responses),
+            "fifo_waits": dict(self.fifo_waits),
+            "fifo_arrivals": [list(a) for a in self.fifo_arrivals],
+            "fifo_sizes": dict(self.fifo_sizes),
+            "fifo_workload": list(self.fifo_workload),
+            "fifo_clock": self.fifo_clock,
+            "recent_pairs": [list(p) for p in self.recent_pairs],
+            "fifo_p99": self.fifo_p99,
+            "concurrency": list(self.concurrency),
+            "boost_gamma": self.boost_gamma,
+            "boost_epoch": self.boost_epoch,
+            "starts_since_tune": self.starts_since_tune,
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> SchedulerState:
-        return cls(**data)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

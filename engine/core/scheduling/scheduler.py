@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kiln.core.prediction.estimate import estimate
+from kiln.core.scheduling import tuning
 from kiln.core.scheduling.items import QueuedItem, SchedulerState
 from kiln.core.scheduling.params import InvalidPolicyParams
 from kiln.core.scheduling.policies import Policy, make_policy, policy_or_defaults
@@ -78,9 +80,18 @@ class Scheduler:
         return [Decision(position, item, reason) for position, (item, reason) in enumerate(ordered)]
 
     def record_start(self, item: QueuedItem, now: float) -> None:
+        # Measured under every policy, so a self-tuning one switched on is tuned already.
+        expected = estimate(item.predicted).expected if item.predicted else None
+        tuning.note_start(self.state, item.id, now, expected)
         self.policy.record_start(item, now, self.state)
 
+    def record_arrival(self, item: QueuedItem, now: float, queued_work: float) -> None:
+        """``item`` joined the queue at ``now`` behind ``queued_work`` predicted seconds of
+        waiting items (self-tuning policies measure FIFO's response times from it)."""
+        tuning.note_arrival(self.state, item.id, now, queued_work, item.enqueued_at)
+
     def record_finish(self, item: QueuedItem, runtime: float, now: float) -> None:
+        tuning.note_finish(self.state, item.id, runtime)
         self.policy.record_finish(item, runtime, now, self.state)
 
     def stats(self, active: int) -> dict[str, Any]:
