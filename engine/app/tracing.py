@@ -9,9 +9,9 @@ The spans of one run (docs/observability.md shows a real tree): ``kiln.submit`` 
 ``POST /workflows`` request span) stores its W3C traceparent with the run
 (``workflows.trace_context``, written by the run's insert); the controller's ``kiln.dispatch``,
 the worker's ``kiln.attempt`` (read by the claim) with its ``kiln.handler``, and
-``kiln.record`` take it as their parent. SQL statements are spans
-(``opentelemetry-instrumentation-sqlalchemy``) only inside another span, so the polling of
-controllers and workers makes no traces of its own.
+``kiln.record`` take it as their parent. SQL statements are spans (SQLAlchemy's cursor
+events, see ``_instrument_engine``) only inside another span, so the polling of controllers
+and workers makes no traces of its own.
 """
 
 from __future__ import annotations
@@ -140,38 +140,56 @@ def _use(provider: Any) -> None:
         _tracer = _sql_tracer = _provider = None
         return
     _provider = provider
-    _sql_tracer = provider.get_tracer("opentelemetry.instrumentation.sqlalchemy")
+    _sql_tracer = provider.get_tracer("kiln.sql")
     _tracer = provider.get_tracer("kiln")
 
 
 # --- instrumentation --------------------------------------------------------------------
 
 
-class _StatementTracer:
-    """The tracer the SQLAlchemy instrumentation starts its spans with: a span only inside
-    another (a request, an attempt), so loops that poll the database make no traces."""
-
-    def start_span(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        from opentelemetry import trace
-
-        if _sql_tracer is None or not trace.get_current_span().get_span_context().is_valid:
-            return trace.INVALID_SPAN
-        return _sql_tracer.start_span(name, *args, **kwargs)
-
-
 def _instrument_engine(engine: sa.Engine) -> None:
-    """Spans for the statements of ``engine`` (once per engine)."""
+    """Spans for the statements of ``engine`` (once per engine), only inside another span (a
+    request, an attempt), so loops that poll the database make no traces. SQLAlchemy's own
+    cursor events, with the attributes of OpenTelemetry's database conventions: the
+    ``opentelemetry-instrumentation-sqlalchemy`` package pins SQLAlchemy below 2.1, so a
+    fresh install with Kiln's SQLAlchemy cannot take it."""
     with _lock:
         if engine in _instrumented:
             return
         _instrumented.add(engine)
-    from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
-    from opentelemetry.metrics import NoOpMeter
+    import sqlalchemy as sa
+    from opentelemetry import trace
+    from opentelemetry.trace import SpanKind, Status, StatusCode
 
-    # EngineTracer, not SQLAlchemyInstrumentor: the instrumentor is a process-wide singleton
-    # that instruments one set of engines once, and refuses SQLAlchemy 2.1 by its version pin.
-    usage = NoOpMeter("kiln").create_up_down_counter("db.client.connections.usage")
-    EngineTracer(_StatementTracer(), engine, usage)
+    system = engine.dialect.name
+
+    def before(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if _sql_tracer is None or not trace.get_current_span().get_span_context().is_valid:
+            return
+        words = statement.split(None, 1)
+        context._kiln_span = _sql_tracer.start_span(
+            f"{words[0].upper() if words else 'SQL'} {system}",
+            kind=SpanKind.CLIENT,
+            attributes={"db.system": system, "db.statement": statement[:4000]},
+        )
+
+    def after(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        span = getattr(context, "_kiln_span", None)
+        if span is not None:
+            context._kiln_span = None
+            span.end()
+
+    def failed(exception_context):  # type: ignore[no-untyped-def]
+        context = exception_context.execution_context
+        span = getattr(context, "_kiln_span", None) if context is not None else None
+        if span is not None:
+            context._kiln_span = None
+            span.set_status(Status(StatusCode.ERROR, str(exception_context.original_exception)))
+            span.end()
+
+    sa.event.listen(engine, "before_cursor_execute", before)
+    sa.event.listen(engine, "after_cursor_execute", after)
+    sa.event.listen(engine, "handle_error", failed)
 
 
 def instrument_app(app: Any, kiln: Database) -> None:
