@@ -14,12 +14,14 @@ import json
 import re
 from typing import Any
 
-from kiln.core.templating import REF
+from kiln.core.templating import REF, lookup
 
 DEFAULT_MAX_MAP_ITEMS = 10_000  # KILN_MAX_MAP_ITEMS
 # Reserved in task names: a mapped item is named "Name[i]".
 ITEM_NAME_CHARS = frozenset("[]")
 PLACEHOLDER = re.compile(r"\{\{\s*(?P<what>item|index)\s*\}\}")
+# A placeholder or a result reference, matched in one pass (see item_params).
+_TEMPLATE = re.compile(f"{PLACEHOLDER.pattern}|{REF.pattern}")
 
 
 class MapError(Exception):
@@ -60,24 +62,41 @@ def check_items(value: Any, *, source: str, max_items: int) -> list[Any]:
     return value
 
 
-def item_params(params: Any, item: Any, index: int) -> Any:
-    """``params`` for one item: a string that is exactly ``{{item}}`` (or ``{{index}}``)
-    becomes the value with its JSON type; inside a longer string, its text (JSON for
-    anything but a string). Other ``{{Task.result}}`` references are left for the claim."""
+def is_item_name(name: str) -> bool:
+    """Whether ``name`` is a mapped item's (``Agg[3]``): ``[`` is reserved in task names."""
+    return not ITEM_NAME_CHARS.isdisjoint(name)
+
+
+def item_params(params: Any, item: Any, index: int, results: dict[str, Any] | None = None) -> Any:
+    """``params`` for one item, final: ``{{item}}`` and ``{{index}}`` become the item and its
+    place in the list, and ``{{Task.result...}}`` references the value in ``results`` (task
+    name -> result; the map task's upstream tasks all succeeded before it was expanded). A
+    string that is exactly one of them becomes the value with its JSON type; inside a longer
+    string, its text (JSON for anything but a string). One pass over the template: text that
+    an item or a result brings in is never read as a reference (an item ``"{{X.result}}"``
+    stays that text), which is why an item's params are not resolved again when it is
+    claimed. Raises :class:`~kiln.core.templating.ReferenceError_` for a missing result;
+    with ``results`` None, references are left as they are."""
+
+    def value(m: re.Match[str]) -> Any:
+        if m.group("what") is not None:
+            return item if m.group("what") == "item" else index
+        return m.group(0) if results is None else lookup(m, results)
+
     if isinstance(params, str):
-        whole = PLACEHOLDER.fullmatch(params.strip())
+        whole = _TEMPLATE.fullmatch(params.strip())
         if whole:
-            return item if whole.group("what") == "item" else index
+            return value(whole)
 
         def text(m: re.Match[str]) -> str:
-            value = item if m.group("what") == "item" else index
-            return value if isinstance(value, str) else json.dumps(value)
+            v = value(m)
+            return v if isinstance(v, str) else json.dumps(v)
 
-        return PLACEHOLDER.sub(text, params)
+        return _TEMPLATE.sub(text, params)
     if isinstance(params, list):
-        return [item_params(v, item, index) for v in params]
+        return [item_params(v, item, index, results) for v in params]
     if isinstance(params, dict):
-        return {k: item_params(v, item, index) for k, v in params.items()}
+        return {k: item_params(v, item, index, results) for k, v in params.items()}
     return params
 
 

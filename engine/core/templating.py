@@ -54,16 +54,17 @@ def _strings(value: Any):
 def _resolve_string(text: str, results: dict[str, Any]) -> Any:
     whole = REF.fullmatch(text.strip())
     if whole:
-        return _lookup(whole, results)
+        return lookup(whole, results)
 
     def substitute(m: re.Match[str]) -> str:
-        value = _lookup(m, results)
+        value = lookup(m, results)
         return value if isinstance(value, str) else json.dumps(value)
 
     return REF.sub(substitute, text)
 
 
-def _lookup(match: re.Match[str], results: dict[str, Any]) -> Any:
+def lookup(match: re.Match[str], results: dict[str, Any]) -> Any:
+    """The value a matched reference (of :data:`REF`) names in ``results``."""
     task = match.group("task").strip()
     if task not in results:
         raise ReferenceError_(f"{match.group(0)}: task {task!r} has no result")

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from kiln.core.mapping import MapError, check_items, item_name, item_params, map_source
 from kiln.core.states import TaskStatus
-from kiln.core.templating import ReferenceError_, resolve
+from kiln.core.templating import ReferenceError_, find_references, resolve
 from kiln.store.clauses import run_is_active
 from kiln.store.db import utcnow
 from kiln.store.dependents import count_down_dependents_txn
@@ -61,9 +61,11 @@ def expand_map_txn(conn: sa.Connection, map_id: int, *, max_items: int) -> str |
         return None
     now = utcnow()
     try:
-        items = check_items(
-            _resolve_list(conn, m), source=m.map_over.strip("{} "), max_items=max_items
-        )
+        results = _upstream_results(conn, m)
+        source = map_source(m.map_over) or ""  # parse_definition checked it is one reference
+        listed = resolve(m.map_over, {source: results[source]} if source in results else {})
+        items = check_items(listed, source=m.map_over.strip("{} "), max_items=max_items)
+        rows = [_item_row(m, i, value, now, results) for i, value in enumerate(items)]
     except (MapError, ReferenceError_) as exc:
         error = str(exc)
         if not _leave_ready(conn, m.id, TaskStatus.FAILED, error=error, finished_at=now):
@@ -85,22 +87,24 @@ def expand_map_txn(conn: sa.Connection, map_id: int, *, max_items: int) -> str |
         return None
     # An executemany without RETURNING: psycopg pipelines one prepared INSERT (SQLAlchemy's
     # multi-row "insertmanyvalues", used with RETURNING, was 5x slower parsing the long text).
-    conn.execute(tasks.insert(), [_item_row(m, i, value, now) for i, value in enumerate(items)])
+    conn.execute(tasks.insert(), rows)
     notify_ready(conn)
     return TaskStatus.WAITING
 
 
-def _resolve_list(conn: sa.Connection, m: Any) -> Any:
-    """What the map task's ``{{Task.result...}}`` reference names, from that task's result."""
-    source = map_source(m.map_over) or ""  # parse_definition checked it is one reference
-    result = conn.execute(
-        sa.select(tasks.c.result).where(
-            tasks.c.workflow_id == m.workflow_id,
-            tasks.c.name == source,
-            tasks.c.status == TaskStatus.SUCCEEDED,
+def _upstream_results(conn: sa.Connection, m: Any) -> dict[str, Any]:
+    """Results of the succeeded tasks the map task names: its list's and its params'."""
+    names = sorted({map_source(m.map_over) or "", *find_references(m.params)} - {""})
+    return {
+        row.name: row.result
+        for row in conn.execute(
+            sa.select(tasks.c.name, tasks.c.result).where(
+                tasks.c.workflow_id == m.workflow_id,
+                tasks.c.name.in_(names),
+                tasks.c.status == TaskStatus.SUCCEEDED,
+            )
         )
-    ).first()
-    return resolve(m.map_over, {source: result.result} if result is not None else {})
+    }
 
 
 def _leave_ready(conn: sa.Connection, map_id: int, target: TaskStatus, **values: Any) -> bool:
@@ -114,13 +118,13 @@ def _leave_ready(conn: sa.Connection, map_id: int, target: TaskStatus, **values:
     return changed is not None
 
 
-def _item_row(m: Any, index: int, value: Any, now: Any) -> dict[str, Any]:
+def _item_row(m: Any, index: int, value: Any, now: Any, results: dict[str, Any]) -> dict[str, Any]:
     return {
         "workflow_id": m.workflow_id,
         "name": item_name(m.name, index),
         "handler": m.handler,
         "model_type": m.model_type,
-        "params": item_params(m.params, value, index),
+        "params": item_params(m.params, value, index, results),
         "status": TaskStatus.READY,
         "priority": m.priority,
         "max_attempts": m.max_attempts,

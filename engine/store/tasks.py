@@ -17,6 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from kiln.core.execution import ClaimedTask, Outcome, RecordReport
+from kiln.core.mapping import is_item_name
 from kiln.core.retry import DEFAULT_JITTER, backoff_s
 from kiln.core.states import TASK_NOT_STARTED, TASK_UNHELD, TaskStatus, WorkflowStatus
 from kiln.core.templating import ReferenceError_, find_references, resolve
@@ -86,6 +87,8 @@ def _resolve_references_txn(conn: sa.Connection, claimed: list[ClaimedTask]) -> 
     wanted: dict[int, set[str]] = {}
     refs_of: dict[int, set[str]] = {}
     for c in claimed:
+        if is_item_name(c.name):
+            continue  # a mapped item's params were made final when its map expanded
         refs = find_references(c.params)
         if refs:
             refs_of[c.id] = refs

@@ -28,6 +28,10 @@ def total(chunk: dict, index: int) -> dict:
     return {"index": index, "sum": sum(chunk["rows"])}
 
 
+def template_lookalikes() -> dict:
+    return {"xs": ["{{Split.result.secret}}", "{{item}}"], "secret": "leaked"}
+
+
 def merge(parts: list) -> list:
     return [p["sum"] for p in parts]
 
@@ -105,6 +109,18 @@ def test_a_map_over_a_maps_results_with_references_resolved_when_each_item_runs(
     assert t["Double"]["result"] == [{"x": 1, "i": 0}, {"x": 2, "i": 1}, {"x": 3, "i": 2}]
     assert t["Label"]["result"] == [
         {"text": f"#{i} in kg", "value": {"x": i + 1, "i": i}} for i in range(3)
+    ]
+
+
+def test_an_item_whose_text_looks_like_a_reference_reaches_its_handler_as_that_text(kiln, embedded):
+    wf = Workflow("literal")
+    s = wf.add(f"{HERE}:template_lookalikes", name="Split")
+    wf.map("echo", name="Show", over=s.result["xs"], params={"text": "got {{item}}", "v": item})
+    run = run_to_end(kiln, wf)
+    assert run["status"] == "succeeded", run["error"]
+    assert tasks_by_name(run)["Show"]["result"] == [
+        {"text": "got {{Split.result.secret}}", "v": "{{Split.result.secret}}"},
+        {"text": "got {{item}}", "v": "{{item}}"},
     ]
 
 

@@ -7,7 +7,15 @@ import pytest
 import kiln
 from kiln.core.definitions import Workflow, index, parse_definition
 from kiln.core.errors import InvalidDefinition
-from kiln.core.mapping import MapError, check_items, item_name, item_params, map_source
+from kiln.core.mapping import (
+    MapError,
+    check_items,
+    is_item_name,
+    item_name,
+    item_params,
+    map_source,
+)
+from kiln.core.templating import ReferenceError_
 
 SPLIT = {"name": "Split", "handler": "m:split"}
 AGG = {"name": "Agg", "handler": "m:agg", "map": "{{Split.result.chunks}}",
@@ -95,11 +103,29 @@ def test_the_item_replaces_a_whole_string_with_its_json_type_and_is_text_inside_
         "chunk": {"rows": [1, 2]},
         "i": 4,
         "label": 'chunk 4: {"rows": [1, 2]}',
-        "keep": "{{Other.result.x}}",  # resolved when the item is claimed
+        "keep": "{{Other.result.x}}",  # with no results given, a reference is left as is
         "deep": [{"x": {"rows": [1, 2]}}],
         "n": 3,
     }
     assert item_params("file {{item}}", "a.csv", 0) == "file a.csv"
+
+
+def test_an_items_params_are_made_final_in_one_pass_so_brought_in_text_is_never_a_template():
+    params = {"x": "{{Other.result.x}}", "line": "{{item}} / {{Other.result.name}}"}
+    results = {"Other": {"x": [1, 2], "name": "{{item}}"}}
+    assert item_params(params, "{{Other.result.x}}", 0, results) == {
+        "x": [1, 2],
+        "line": "{{Other.result.x}} / {{item}}",
+    }
+
+
+def test_a_reference_an_item_cannot_resolve_raises():
+    with pytest.raises(ReferenceError_, match="task 'Gone' has no result"):
+        item_params({"x": "{{Gone.result}}"}, 1, 0, {})
+
+
+def test_mapped_item_names_are_told_apart_by_their_reserved_bracket():
+    assert is_item_name(item_name("Agg", 3)) and not is_item_name("Agg")
 
 
 def test_only_a_list_within_the_bound_can_be_mapped():
