@@ -235,6 +235,12 @@ class ChildRunSchema(ma.Schema):
     child_key = fields.String()
 
 
+class RerunLinkSchema(ma.Schema):
+    id = fields.Integer()
+    name = fields.String()
+    status = fields.String()
+
+
 class WorkflowDetailSchema(WorkflowSchema):
     on_error = fields.String()
     priority = fields.Integer()
@@ -247,6 +253,13 @@ class WorkflowDetailSchema(WorkflowSchema):
     child_key = fields.String(allow_none=True)
     children = fields.List(
         fields.Nested(ChildRunSchema), metadata={"description": "the runs this run's tasks started"}
+    )
+    rerun_of = fields.Integer(
+        allow_none=True, metadata={"description": "a rerun: the run whose results it reused"}
+    )
+    reruns = fields.List(
+        fields.Nested(RerunLinkSchema),
+        metadata={"description": "the reruns of this run, oldest first"},
     )
     tasks = fields.List(fields.Nested(TaskSchema))
     tasks_total = fields.Integer(metadata={"description": "the run's tasks, on every page"})

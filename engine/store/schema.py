@@ -98,6 +98,7 @@ workflows = sa.Table(
     sa.Index(None, "finished_at"),
     sa.Index(None, "parent_task_id", "parent_attempt", "child_key", unique=True),
     sa.Index(None, "parent_workflow_id"),
+    sa.Index(None, "rerun_of"),
     comment="One row per workflow run (a DAG of tasks).",
 )
 

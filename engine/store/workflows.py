@@ -367,19 +367,33 @@ def get_workflow(
     for t in run["tasks"]:
         t["depends_on"] = sorted(deps[t["id"]])
         t["attempt_history"] = attempts[t["id"]]
-    run["children"] = [
-        dict(r)
-        for r in conn.execute(
-            sa.select(
-                workflows.c.id,
-                workflows.c.name,
-                workflows.c.status,
-                workflows.c.parent_task_id,
-                workflows.c.child_key,
+    # The runs linked to this one, in one statement: its children and its reruns.
+    linked = conn.execute(
+        sa.select(
+            workflows.c.id,
+            workflows.c.name,
+            workflows.c.status,
+            workflows.c.parent_task_id,
+            workflows.c.child_key,
+            workflows.c.parent_workflow_id,
+        )
+        .where(
+            sa.or_(
+                workflows.c.parent_workflow_id == workflow_id,
+                workflows.c.rerun_of == workflow_id,
             )
-            .where(workflows.c.parent_workflow_id == workflow_id)
-            .order_by(workflows.c.id)
-        ).mappings()
+        )
+        .order_by(workflows.c.id)
+    ).all()
+    run["children"] = [
+        {k: r._mapping[k] for k in ("id", "name", "status", "parent_task_id", "child_key")}
+        for r in linked
+        if r.parent_workflow_id == workflow_id
+    ]
+    run["reruns"] = [
+        {"id": r.id, "name": r.name, "status": r.status}
+        for r in linked
+        if r.parent_workflow_id != workflow_id
     ]
     return run
 

@@ -106,7 +106,12 @@ def test_rerun_over_http_links_the_runs_and_a_retried_request_returns_the_same_r
     again = client.post(f"/workflows/{first['id']}/rerun", json={"from": "failed"},
                         headers=headers)  # fmt: skip
     assert again.status_code == 200 and again.get_json()["id"] == body["id"]
-    assert client.get(f"/workflows/{body['id']}").status_code == 200
+    rerun = client.get(f"/workflows/{body['id']}")
+    assert rerun.status_code == 200 and rerun.get_json()["rerun_of"] == first["id"]
+    original = client.get(f"/workflows/{first['id']}").get_json()
+    assert [r["id"] for r in original["reruns"]] == [body["id"]] and original["children"] == []
+    page = client.get(f"/ui/runs/{first['id']}").get_data(as_text=True)
+    assert f'data-rerun="{body["id"]}"' in page
 
     r = client.post(f"/workflows/{first['id']}/rerun", json={"from": "start"})
     assert r.status_code == 422 and r.get_json()["details"]["field"] == "from"
