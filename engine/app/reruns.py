@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from kiln.app import tracing
 from kiln.app.schedules import Specs
 from kiln.core.idempotency import IdempotencyKey, scoped
 from kiln.store.reruns import rerun_txn
@@ -23,6 +24,15 @@ class Reruns:
         key = scoped(
             idempotency_key, RERUN_SCOPE, path={"workflow_id": workflow_id}, body={"from": "failed"}
         )
-        return self._kiln.txn(
-            lambda c: rerun_txn(c, workflow_id, workflow_of=self._kiln.spec_of, idempotency_key=key)
-        )
+        with tracing.span("kiln.rerun", rerun_of=workflow_id) as traced:
+            new_id, created = self._kiln.txn(
+                lambda c: rerun_txn(
+                    c,
+                    workflow_id,
+                    workflow_of=self._kiln.spec_of,
+                    idempotency_key=key,
+                    trace_context=traced.traceparent,
+                )
+            )
+            traced.set(workflow_id=new_id, created=created)
+        return new_id, created

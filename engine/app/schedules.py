@@ -9,6 +9,7 @@ import logging
 from functools import partial
 from typing import Any, Protocol
 
+from kiln.app import tracing
 from kiln.app.database import Database
 from kiln.core.clock import utcnow
 from kiln.core.definitions import WorkflowSpec
@@ -73,14 +74,18 @@ class Schedules:
         started = 0
         for schedule_id in self._kiln.read(lambda c: sched.due_schedule_ids(c, now)):
             try:
-                fired = self._kiln.txn(
-                    partial(
-                        sched.fire_schedule_txn,
-                        schedule_id=schedule_id,
-                        now=now,
-                        workflow_of=self._kiln.spec_of,
+                with tracing.span("kiln.schedule.fire", schedule=schedule_id) as traced:
+                    fired = self._kiln.txn(
+                        partial(
+                            sched.fire_schedule_txn,
+                            schedule_id=schedule_id,
+                            now=now,
+                            workflow_of=self._kiln.spec_of,
+                            trace_context=traced.traceparent,
+                        )
                     )
-                )
+                    if fired is not None:
+                        traced.set(runs=[wf_id for _, wf_id in fired.started])
             except KilnError as exc:  # its workflow no longer validates: say so once
                 key = (schedule_id, str(exc))
                 if key not in self._broken:

@@ -27,13 +27,20 @@ from kiln.store.workflows import insert_workflow_txn
 
 
 def start_child_txn(
-    conn: sa.Connection, *, task_id: int, attempt: int, key: str, spec: WorkflowSpec
+    conn: sa.Connection,
+    *,
+    task_id: int,
+    attempt: int,
+    key: str,
+    spec: WorkflowSpec,
+    trace_context: str | None = None,
 ) -> int:
     """The child run of task ``task_id`` for its current try and ``key``: the existing one,
     or a new one. Refused (:class:`TaskCancelled`) unless the task still runs ``attempt``
     (its claim count): a stale handler starts nothing. The task row is locked first, so
     two calls with one key (a duplicate delivery) make one run, and a cancel of the parent
-    either sees the child or is seen by this call."""
+    either sees the child or is seen by this call. ``trace_context``: the traceparent of the
+    span that started it (the parent's attempt), so one trace holds parent and children."""
     parent = conn.execute(
         sa.select(tasks.c.workflow_id, tasks.c.attempts, tasks.c.resumes)
         .where(
@@ -57,7 +64,7 @@ def start_child_txn(
     ).scalar()
     if existing is not None:
         return int(existing)
-    run_id, _, _ = insert_workflow_txn(conn, spec, notify=True)
+    run_id, _, _ = insert_workflow_txn(conn, spec, notify=True, trace_context=trace_context)
     link = {
         "parent_task_id": task_id,
         "parent_workflow_id": parent.workflow_id,

@@ -33,6 +33,7 @@ def rerun_txn(
     *,
     workflow_of: Callable[[dict[str, Any]], WorkflowSpec],
     idempotency_key: IdempotencyKey | None = None,
+    trace_context: str | None = None,
 ) -> tuple[int, bool]:
     """Write the rerun of ``workflow_id``; return ``(new run id, created)``. IllegalTransition
     (409) unless the run is failed or cancelled; WorkflowNotFound (404) if there is none. With
@@ -65,6 +66,7 @@ def rerun_txn(
         )
     now = utcnow()
     values, rows, edges = run_rows(spec, idempotency_key, now)
+    values["trace_context"] = trace_context
     deps: dict[str, set[str]] = {t.name: set(t.depends_on) for t in spec.tasks}
     for row in rows:
         row["direct"] = False

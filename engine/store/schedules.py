@@ -176,10 +176,12 @@ def fire_schedule_txn(
     *,
     now: dt.datetime,
     workflow_of: Callable[[dict[str, Any]], WorkflowSpec],
+    trace_context: str | None = None,
 ) -> Fired | None:
     """Fire the schedule's due fire times (``kiln.core.schedules.plan_fires``); None when it
     is not due, paused, or another controller holds it. ``workflow_of`` turns the stored
-    definition into the spec each fire submits."""
+    definition into the spec each fire submits; ``trace_context`` is the traceparent of the
+    controller's fire span, stored with each run started."""
     row = (
         conn.execute(
             sa.select(schedules)
@@ -222,7 +224,7 @@ def fire_schedule_txn(
         for run_id in unfinished:
             cancel_workflow_txn(conn, run_id)
         assert spec is not None
-        wf_id, _, _ = insert_workflow_txn(conn, spec)
+        wf_id, _, _ = insert_workflow_txn(conn, spec, trace_context=trace_context)
         conn.execute(
             workflows.update().where(workflows.c.id == wf_id).values(schedule_id=schedule_id)
         )

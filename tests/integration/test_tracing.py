@@ -348,3 +348,72 @@ def test_the_procfile_processes_export_one_trace_per_run_joining_the_callers_tra
         assert [h["name"] for h in handlers] == ["kiln.handler"]
     for span in web + worker:
         assert span["resource"]["attributes"]["service.name"] == "kiln-under-test"
+
+
+def spawn_child() -> int:
+    from kiln import current_task
+
+    child = current_task().start_child(
+        {
+            "name": "kid",
+            "tasks": [{"name": "T", "handler": f"{HERE}:total", "params": {"rows": [1]}}],
+        },
+        key="only",
+    )
+    return child.result()
+
+
+def stored_context(kiln: Kiln, wf_id: int) -> str | None:
+    return kiln.read(
+        lambda c: c.execute(
+            sa.select(workflows.c.trace_context).where(workflows.c.id == wf_id)
+        ).scalar_one()
+    )
+
+
+def span_of(context: str) -> tuple[int, int]:
+    """(trace id, span id) of a stored traceparent."""
+    _, trace_id, span_id, _ = context.split("-")
+    return int(trace_id, 16), int(span_id, 16)
+
+
+def test_child_runs_reruns_and_schedule_fires_store_the_span_that_started_them(
+    spans, kiln, embedded
+):
+    parent = kiln.submit(
+        {"name": "parent", "tasks": [{"name": "P", "handler": f"{HERE}:spawn_child"}]}
+    )
+    assert kiln.wait(parent, timeout_s=30)["status"] == "succeeded"
+    [child] = kiln.workflow(parent)["children"]
+    # The handler ran twice: it started the child, waited, and ran again from the top once the
+    # child ended; the second start found the first's run. The run keeps the first span.
+    starts = wait_for(
+        lambda: [s for s in spans.get_finished_spans() if s.name == "kiln.start_child"] or None
+    )
+    started = min(starts, key=lambda s: s.start_time)
+    assert {s.attributes["kiln.workflow_id"] for s in starts} == {child["id"]}
+    assert span_of(stored_context(kiln, child["id"])) == (
+        started.context.trace_id,
+        started.context.span_id,
+    )
+    [parent_submit] = [s for s in spans.get_finished_spans() if s.name == "kiln.submit"
+                       and s.attributes["kiln.workflow_id"] == parent]  # fmt: skip
+    assert started.context.trace_id == parent_submit.context.trace_id  # one trace for both
+
+    failed = kiln.submit(
+        {"name": "fails", "tasks": [{"name": "X", "handler": f"{HERE}:explode", "max_attempts": 1}]}
+    )
+    assert kiln.wait(failed, timeout_s=30)["status"] == "failed"
+    rerun_id, _ = kiln.reruns.rerun(failed)
+    [rerun] = [s for s in spans.get_finished_spans() if s.name == "kiln.rerun"]
+    assert rerun.attributes["kiln.workflow_id"] == rerun_id
+    assert span_of(stored_context(kiln, rerun_id)) == (
+        rerun.context.trace_id,
+        rerun.context.span_id,
+    )
+
+    s = kiln.schedules.create({"name": "traced", "cron": "* * * * * *", "workflow": DEFINITION})
+    assert kiln.schedules.fire_due(now=s["next_fire_at"]) == 1
+    [fire] = [s for s in spans.get_finished_spans() if s.name == "kiln.schedule.fire"]
+    [fired_run] = fire.attributes["kiln.runs"]
+    assert span_of(stored_context(kiln, fired_run)) == (fire.context.trace_id, fire.context.span_id)
