@@ -58,8 +58,12 @@ class Kiln:
         self.settings = settings or Settings.from_env()
         self.store: Store = open_store(
             self.settings.database_url,
-            pool_size=pool_size,
+            pool_size=self.settings.db_pool_size or pool_size,
             ping_after_s=self.settings.db_ping_after_s,
+            max_overflow=self.settings.db_max_overflow,
+            listen_url=self.settings.listen_url,
+            transaction_pooling=self.settings.transaction_pooling,
+            prepare_threshold=self.settings.prepare_threshold,
         )
         # A process that can reach the broker sets ``sender``: work it makes ready while the
         # queue is idle is then sent at once instead of waiting for a controller's pass.
@@ -257,11 +261,19 @@ class Kiln:
         if isinstance(definition, str):
             definition = handlers.resolve_definition(definition, self.settings.handler_modules)
         spec = self.spec_of(definition)
-        return self.txn(
-            lambda c: children.start_child_txn(
-                c, task_id=task.id, attempt=task.attempt, key=key, spec=spec
+        with tracing.span("kiln.start_child", task=task.id, key=key) as traced:
+            run_id = self.txn(
+                lambda c: children.start_child_txn(
+                    c,
+                    task_id=task.id,
+                    attempt=task.attempt,
+                    key=key,
+                    spec=spec,
+                    trace_context=traced.traceparent,
+                )
             )
-        )
+            traced.set(workflow_id=run_id)
+        return run_id
 
     def signal(
         self, workflow_id: int, name: str, payload: Any = None, *, key: str | None = None

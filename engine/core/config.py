@@ -31,6 +31,16 @@ def _int(name: str, default: int) -> int:
     return int(_float(name, default))
 
 
+def _optional_int(name: str, minimum: int) -> int | None:
+    """A whole number of at least ``minimum``, or None when unset."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < minimum:
+        raise ValueError(f"{name} must be a whole number of at least {minimum}, got {raw!r}")
+    return int(raw)
+
+
 def _days_by_name(name: str) -> tuple[tuple[str, float], ...]:
     """``nightly-report=7,adhoc=0.5``: a workflow name and a number of days, comma-separated."""
     pairs = []
@@ -46,6 +56,22 @@ def _days_by_name(name: str) -> tuple[tuple[str, float], ...]:
             )
         pairs.append((run.strip(), value))
     return tuple(pairs)
+
+
+def _choice(name: str, allowed: tuple[str, ...]) -> str:
+    """One of ``allowed``, or "" when unset."""
+    raw = os.environ.get(name, "").strip().lower()
+    if raw and raw not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
+    return raw
+
+
+def _threshold(name: str) -> str:
+    """A whole number of at least 0, "off", or "" when unset."""
+    raw = os.environ.get(name, "").strip().lower()
+    if raw and raw != "off" and not raw.isdigit():
+        raise ValueError(f"{name} must be a whole number of at least 0 or off, got {raw!r}")
+    return raw
 
 
 def _names(name: str) -> tuple[str, ...]:
@@ -66,6 +92,19 @@ class Settings:
     worker_poll_ms: int = 20  # idle Dramatiq consumer's longest sleep between broker polls
     controller_poll_s: float = 0.5  # controller wakes at least this often
     db_ping_after_s: float = 1.0  # ping a pooled connection idle longer than this; 0 = always
+    # Connections (docs/scale.md has the budget). Pool size: None is the process's own default
+    # (5; a worker 16); overflow: more opened under load and closed after, None = pool size.
+    db_pool_size: int | None = None
+    db_max_overflow: int | None = None
+    # LISTEN needs a session: behind PgBouncer in transaction mode it goes direct. "" = the
+    # database URL.
+    listen_database_url: str = ""
+    # "session" (direct, or a session pooler) or "transaction" (PgBouncer pool_mode=transaction:
+    # no session state); "" = transaction when the listen URL differs from the database URL.
+    db_pool_mode: str = ""
+    # psycopg prepares a statement server-side after this many executions: a number, "off", or
+    # "" = 5 in session mode and off in transaction mode (PgBouncer < 1.21 cannot route them).
+    db_prepare_threshold: str = ""
     retry_base_s: float = 1.0  # first retry backoff; doubles per attempt, with jitter
     retry_max_s: float = 300.0
     queue_name: str = "kiln"
@@ -102,6 +141,11 @@ class Settings:
             worker_poll_ms=_int("KILN_WORKER_POLL_MS", 20),
             controller_poll_s=_float("KILN_CONTROLLER_POLL_S", 0.5),
             db_ping_after_s=_float("KILN_DB_PING_AFTER_S", 1.0),
+            db_pool_size=_optional_int("KILN_DB_POOL_SIZE", 1),
+            db_max_overflow=_optional_int("KILN_DB_MAX_OVERFLOW", 0),
+            listen_database_url=env.get("KILN_LISTEN_DATABASE_URL", ""),
+            db_pool_mode=_choice("KILN_DB_POOL_MODE", ("session", "transaction")),
+            db_prepare_threshold=_threshold("KILN_DB_PREPARE_THRESHOLD"),
             retry_base_s=_float("KILN_RETRY_BASE_S", 1.0),
             retry_max_s=_float("KILN_RETRY_MAX_S", 300.0),
             queue_name=env.get("KILN_QUEUE", "kiln"),
@@ -126,3 +170,22 @@ class Settings:
     @property
     def embedded_broker(self) -> bool:
         return not self.broker_url
+
+    @property
+    def listen_url(self) -> str:
+        """Where a controller LISTENs: its own session, so never through a transaction pooler."""
+        return self.listen_database_url or self.database_url
+
+    @property
+    def transaction_pooling(self) -> bool:
+        """Connections go through a transaction pooler: no state may outlive a transaction."""
+        if self.db_pool_mode:
+            return self.db_pool_mode == "transaction"
+        return self.listen_url != self.database_url
+
+    @property
+    def prepare_threshold(self) -> int | None:
+        """psycopg's ``prepare_threshold``; None never prepares server-side."""
+        if self.db_prepare_threshold == "":
+            return None if self.transaction_pooling else 5
+        return None if self.db_prepare_threshold == "off" else int(self.db_prepare_threshold)

@@ -16,13 +16,18 @@ from kiln.store.sqlite import SqliteStore
 STORES: dict[str, type[Store]] = {s.dialect: s for s in (PostgresStore, SqliteStore)}
 
 
-def open_store(url: str, *, pool_size: int = 5, ping_after_s: float = 1.0) -> Store:
+def open_store(
+    url: str, *, pool_size: int = 5, ping_after_s: float = 1.0, **postgres: Any
+) -> Store:
     """The store for the database at ``url`` (``postgres://``, ``postgresql://`` and
     ``sqlite://`` URLs). ``ping_after_s``: on PostgreSQL, a pooled connection idle longer
-    than this is pinged before use; ``0`` pings on every checkout."""
+    than this is pinged before use; ``0`` pings on every checkout. ``postgres``: options
+    only PostgreSQL's store takes (:class:`PostgresStore`: pooling, the listen URL)."""
     dialect = sa.engine.make_url(normalize_url(url)).get_dialect().name
     if dialect not in STORES:
         raise ValueError(f"Kiln runs on PostgreSQL or SQLite, not {dialect}")
+    if dialect == PostgresStore.dialect:
+        return PostgresStore(url, pool_size=pool_size, ping_after_s=ping_after_s, **postgres)
     return STORES[dialect](url, pool_size=pool_size, ping_after_s=ping_after_s)
 
 

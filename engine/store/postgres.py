@@ -219,25 +219,76 @@ class PostgresStatements(Statements):
 
 
 class PostgresStore(Store):
+    """``transaction_pooling``: connections go through a pooler in transaction mode (PgBouncer
+    ``pool_mode=transaction``), so no state may outlive a transaction; ``listen_url`` is then
+    a direct connection for LISTEN (default ``url``). ``prepare_threshold`` is psycopg's (None:
+    never prepare server-side, which PgBouncer < 1.21 cannot route). docs/scale.md says more."""
+
     dialect = "postgresql"
     statements = PostgresStatements()
     wakes_by_listen = True
 
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 5,
+        ping_after_s: float = 1.0,
+        max_overflow: int | None = None,
+        listen_url: str | None = None,
+        transaction_pooling: bool = False,
+        prepare_threshold: int | None = 5,
+    ) -> None:
+        self.listen_url = listen_url or url
+        self.transaction_pooling = transaction_pooling
+        self.engine = self.make_engine(
+            url,
+            pool_size=pool_size,
+            ping_after_s=ping_after_s,
+            max_overflow=max_overflow,
+            transaction_pooling=transaction_pooling,
+            prepare_threshold=prepare_threshold,
+        )
+
     @classmethod
-    def make_engine(cls, url: str, *, pool_size: int, ping_after_s: float) -> sa.Engine:
+    def make_engine(
+        cls,
+        url: str,
+        *,
+        pool_size: int,
+        ping_after_s: float,
+        max_overflow: int | None = None,
+        transaction_pooling: bool = False,
+        prepare_threshold: int | None = 5,
+    ) -> sa.Engine:
         """``ping_after_s``: a pooled connection idle longer than this is pinged before use
-        (see :func:`_ping_after_idle`); ``0`` pings on every checkout."""
+        (see :func:`_ping_after_idle`); ``0`` pings on every checkout. ``max_overflow``:
+        connections opened beyond ``pool_size`` under load (None: ``pool_size`` more)."""
         engine = sa.create_engine(
-            normalize_url(url), pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800
+            normalize_url(url),
+            pool_size=pool_size,
+            max_overflow=pool_size if max_overflow is None else max_overflow,
+            pool_recycle=1800,
+            connect_args={"prepare_threshold": prepare_threshold},
         )
         _ping_after_idle(engine, ping_after_s)
-        _name_actor(engine)
+        if not transaction_pooling:
+            _name_actor(engine)
         return engine
 
     def ready_listener(self) -> ReadyListener:
-        return ReadyListener(self.engine)
+        return ReadyListener(self.listen_url)
 
     def _run(self, fn: Callable[[sa.Connection], T], *, single: bool) -> T:
+        if self.transaction_pooling:
+            # Behind a transaction pooler the next transaction may run on another server
+            # connection: name the actor inside each one ('' clears what another client's
+            # session may have left), at the cost of the one-statement shortcut below.
+            def named(conn: sa.Connection) -> T:
+                self.statements.note_audit(conn, actor=_actor() or "")
+                return fn(conn)
+
+            return super()._run(named, single=False)
         if not single:
             return super()._run(fn, single=single)
         # One statement is its own transaction: autocommit saves the BEGIN and COMMIT trips.
@@ -278,15 +329,23 @@ def _ping_after_idle(engine: sa.Engine, after_s: float) -> None:
             raise sa.exc.DisconnectionError("pooled connection found dead by its ping")
 
 
+def _actor() -> str | None:
+    """Who this thread acts as (``kiln.core.audit``): the innermost ``acting`` actor, else the
+    process's."""
+    return audit.scoped()[0] or audit.process_actor()
+
+
 def _name_actor(engine: sa.Engine) -> None:
     """Give a connection taken from the pool the actor of who takes it (``kiln.core.audit``:
     the innermost ``acting`` actor, else the process's) as a session setting, only when it
     differs from the one it has: the events of the hot one-statement transactions (claim,
-    finish, dispatch, submit) then say who made them without another round trip."""
+    finish, dispatch, submit) then say who made them without another round trip. Never
+    behind a transaction pooler, where a session setting reaches other clients' transactions
+    (``PostgresStore._run`` names the actor per transaction there)."""
 
     @sa.event.listens_for(engine.pool, "checkout")
     def _checkout(dbapi_conn, record, _proxy):  # type: ignore[no-untyped-def]
-        actor = audit.scoped()[0] or audit.process_actor()
+        actor = _actor()
         if record.info.get("kiln_actor", "") == (actor or ""):
             return
         autocommit = dbapi_conn.autocommit
@@ -301,15 +360,20 @@ def _name_actor(engine: sa.Engine) -> None:
 
 
 class ReadyListener:
-    """A dedicated autocommit psycopg connection LISTENing for ready tasks. Its driver errors
+    """A dedicated autocommit psycopg connection LISTENing for ready tasks, to ``url`` (direct:
+    a transaction pooler would hand its session to others between notifications). Its driver errors
     (the server restarting, say) surface as :class:`DatabaseUnavailable`, which the loop
     waits out like any other outage."""
 
-    def __init__(self, engine: sa.Engine) -> None:
+    def __init__(self, url: str) -> None:
         import psycopg
 
         self._errors = psycopg.Error
-        url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        url = (
+            sa.make_url(normalize_url(url))
+            .set(drivername="postgresql")
+            .render_as_string(hide_password=False)
+        )
         with self._translated():
             self.conn = psycopg.connect(url, autocommit=True)
             self.conn.execute(f"LISTEN {READY_CHANNEL}")
