@@ -1,9 +1,10 @@
 """HTTP load on the real processes (a benchmark, not a test).
 
 Starts a fresh PostgreSQL database (``kiln_load``) and Redis db 7, the web process under
-gunicorn (``--gunicorn-workers`` x 4 threads, as in the Procfile), one ``kiln worker`` (8
-threads) and one ``kiln controller``; creates one context and one python pipeline per client;
-then ``--clients`` threads, each with its own ``requests.Session``, loop for ``--seconds``:
+gunicorn (``--gunicorn-workers`` x ``--gunicorn-threads``, by default the Procfile's), one
+``kiln worker`` (8 threads) and one ``kiln controller``; creates one context and one python
+pipeline per client; then ``--clients`` threads, each with its own ``requests.Session``, loop
+for ``--seconds``:
 
 * ``POST /workflows``: a two-task workflow (B after A, no-op handlers), expecting 201;
 * ``GET /workflows/<id>``: read it back, expecting 200;
@@ -16,13 +17,15 @@ endpoint, the errors, the operations' outcomes, and the backlog when the clients
 of the submitted workflows not finished, operations pending); then waits up to
 ``--drain-seconds`` for that backlog to finish and reports how long it took.
 
-    python bench/load.py [--clients 16] [--seconds 30] [--gunicorn-workers 2]
+    python bench/load.py [--clients 16] [--seconds 30] [--gunicorn-workers N]
+                         [--gunicorn-threads N]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -58,6 +61,16 @@ WORKFLOW = {
 # Enough shards that no pipeline finishes during a run (a finished pipeline cannot be stopped).
 SHARDS = 2000
 LOGS = Path("/tmp/kiln-bench-logs")
+
+
+def procfile_gunicorn() -> tuple[int, int]:
+    """``(workers, threads)`` of the Procfile's web process: what the benchmark runs by default."""
+    web = next(
+        line for line in (ROOT / "Procfile").read_text().splitlines() if line.startswith("web:")
+    )
+    workers = re.search(r"--workers[ =](\d+)", web)
+    threads = re.search(r"--threads[ =](\d+)", web)
+    return int(workers.group(1)) if workers else 1, int(threads.group(1)) if threads else 1
 
 
 def free_port() -> int:
@@ -186,7 +199,9 @@ def backlog(kiln: Kiln) -> dict[str, int]:
 # --- main -------------------------------------------------------------------------------
 
 
-def run(clients: int, seconds: float, gunicorn_workers: int, drain_seconds: float) -> None:
+def run(
+    clients: int, seconds: float, gunicorn_workers: int, gunicorn_threads: int, drain_seconds: float
+) -> None:
     url = fresh_database(DB)
     r = redis.Redis.from_url(REDIS)
     r.flushdb()
@@ -205,7 +220,7 @@ def run(clients: int, seconds: float, gunicorn_workers: int, drain_seconds: floa
     procs = [
         start(
             [sys.executable, "-m", "gunicorn", "--workers", str(gunicorn_workers),
-             "--threads", "4", "--bind", f"{HOST}:{port}", "kiln.web.app:create_app()"],
+             "--threads", str(gunicorn_threads), "--bind", f"{HOST}:{port}", "kiln.web.app:create_app()"],
             env,
             LOGS / "load-web.log",
         ),
@@ -239,8 +254,9 @@ def run(clients: int, seconds: float, gunicorn_workers: int, drain_seconds: floa
             p.raise_for_status()
             pipeline_ids.append(p.json()["id"])
         print(
-            f"web: gunicorn {gunicorn_workers} workers x 4 threads on {base}; 1 kiln worker x 8 "
-            f"threads; 1 kiln controller; {clients} pipelines of {SHARDS} no-op shards",
+            f"web: gunicorn {gunicorn_workers} workers x {gunicorn_threads} threads on {base}; "
+            f"1 kiln worker x 8 threads; 1 kiln controller; {clients} pipelines of {SHARDS} "
+            "no-op shards",
             flush=True,
         )
 
@@ -346,12 +362,16 @@ def main() -> None:
     )
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--seconds", type=float, default=30.0)
-    ap.add_argument("--gunicorn-workers", type=int, default=2)
+    workers, threads = procfile_gunicorn()
+    ap.add_argument("--gunicorn-workers", type=int, default=workers, help="default: the Procfile's")
+    ap.add_argument("--gunicorn-threads", type=int, default=threads, help="default: the Procfile's")
     ap.add_argument("--drain-seconds", type=float, default=60.0)
     opts = ap.parse_args()
     if not 1 <= opts.clients <= 256 or not 0 < opts.seconds <= 600:
         ap.error("--clients must be 1..256 and --seconds 0..600")
-    run(opts.clients, opts.seconds, opts.gunicorn_workers, opts.drain_seconds)
+    run(
+        opts.clients, opts.seconds, opts.gunicorn_workers, opts.gunicorn_threads, opts.drain_seconds
+    )
 
 
 if __name__ == "__main__":

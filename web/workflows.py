@@ -26,10 +26,16 @@ from kiln.web.waits import wait_slot
 
 blp = Blueprint("workflows", __name__, description="Workflow runs (DAGs of tasks).")
 ID = "int(max=9223372036854775807)"
+# Argument schemas as instances, built once: given a class, webargs builds a new schema (and
+# its nested ones) on every request, a large part of a submit's CPU.
+DEFINITION = WorkflowDefinitionSchema()
+BATCH = WorkflowBatchSchema()
+LIST_QUERY = WorkflowListQuerySchema()
+WAIT_QUERY = WorkflowWaitQuerySchema()
 
 
 @blp.post("/workflows")
-@blp.arguments(WorkflowDefinitionSchema)
+@blp.arguments(DEFINITION)
 @blp.response(201, WorkflowSchema)
 @blp.alt_response(200, schema=WorkflowSchema, description="replayed: same Idempotency-Key")
 @blp.doc(**MUTATING_DOC)
@@ -45,7 +51,7 @@ def submit(data):  # type: ignore[no-untyped-def]
 
 
 @blp.post("/workflows/batch")
-@blp.arguments(WorkflowBatchSchema)
+@blp.arguments(BATCH)
 @blp.response(201, WorkflowBatchResultSchema)
 @blp.alt_response(200, schema=WorkflowBatchResultSchema, description="every run replayed by key")
 @blp.doc(security=SECURITY)
@@ -64,7 +70,7 @@ def submit_batch(data):  # type: ignore[no-untyped-def]
 
 
 @blp.get("/workflows")
-@blp.arguments(WorkflowListQuerySchema, location="query")
+@blp.arguments(LIST_QUERY, location="query")
 @blp.response(200, WorkflowListSchema)
 def list_workflows(query):  # type: ignore[no-untyped-def]
     """Runs, newest first; filter by status, page with ``before_id``."""
@@ -72,7 +78,7 @@ def list_workflows(query):  # type: ignore[no-untyped-def]
 
 
 @blp.get(f"/workflows/<{ID}:workflow_id>")
-@blp.arguments(WorkflowWaitQuerySchema, location="query")
+@blp.arguments(WAIT_QUERY, location="query")
 @blp.response(200, WorkflowDetailSchema)
 @blp.alt_response(429, schema=ErrorSchema, description="too many waits at once; see Retry-After")
 def get_workflow(query, workflow_id: int):  # type: ignore[no-untyped-def]

@@ -168,6 +168,7 @@ class Controller:
                 if not registered:
                     self.kiln.monitor.register_process(self.process_id, "controller")
                     registered = True
+                    last_beat = time.monotonic()  # registering was the first heartbeat
                     log.info("controller registered; database reachable")
                 if time.monotonic() - last_beat > 2.0:
                     self.kiln.monitor.heartbeat_process(self.process_id)

@@ -35,8 +35,6 @@ import os
 import threading
 from typing import Any
 
-import requests
-
 from kiln.app.runtime import Kiln
 from kiln.core.errors import InvalidDefinition, KilnError, PermanentFailure
 from kiln.core.handlers import register, resolve_handler
@@ -98,6 +96,8 @@ def read_source(source: str, dirs: tuple[str, ...], max_bytes: int) -> str:
         if len(data) > max_bytes:
             raise too_large
         return data.decode()
+    import requests  # here, not at the top: a worker starts without it (only URLs need it)
+
     with requests.get(source, timeout=60, stream=True) as response:
         response.raise_for_status()
         length = response.headers.get("Content-Length", "")

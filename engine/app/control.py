@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from kiln.core.errors import DatabaseUnavailable
 from kiln.store.maintenance import vacuum_if_bloated
+from kiln.store.revision import current_revision, head_revision
 
 log = logging.getLogger("kiln.controller")
 # What a process loop waits out and retries: the database is down or restarting (or, on
@@ -32,21 +33,13 @@ class Control:
 
     def schema_revision(self) -> str | None:
         """The Alembic revision the database is at (None before the first migration)."""
-        from alembic.runtime.migration import MigrationContext
-
-        return self._kiln.read(lambda c: MigrationContext.configure(c).get_current_revision())
+        return self._kiln.read(current_revision)
 
     def schema_is_current(self) -> bool:
         """The database is at the newest revision this release's migrations know (what
-        ``kiln db upgrade`` brings it to)."""
-        from alembic.config import Config
-        from alembic.script import ScriptDirectory
-
-        from kiln.store.base import MIGRATIONS_DIR
-
-        cfg = Config()
-        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-        return self.schema_revision() == ScriptDirectory.from_config(cfg).get_current_head()
+        ``kiln db upgrade`` brings it to). Imports nothing of Alembic: every worker and
+        controller asks this at start-up."""
+        return self.schema_revision() == head_revision()
 
     def vacuum_if_bloated(self) -> bool:
         """Vacuum the queue tables after a burst left them bloated (PostgreSQL only); a

@@ -279,6 +279,12 @@ class PostgresStore(Store):
     def ready_listener(self) -> ReadyListener:
         return ReadyListener(self.listen_url)
 
+    def read(self, fn: Callable[[sa.Connection], T]) -> T:
+        """Reads run in autocommit: under READ COMMITTED each statement has its own snapshot
+        in or out of a transaction, so BEGIN and ROLLBACK would only cost two round trips."""
+        with translate_errors(), self.engine.connect() as conn:
+            return fn(conn.execution_options(isolation_level="AUTOCOMMIT", kiln_readonly=True))
+
     def _run(self, fn: Callable[[sa.Connection], T], *, single: bool) -> T:
         if self.transaction_pooling:
             # Behind a transaction pooler the next transaction may run on another server
