@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import fresh_database  # noqa: E402
 from kiln.app import tracing  # noqa: E402
 from kiln.app.runtime import Kiln  # noqa: E402
+from kiln.core.builder import Workflow  # noqa: E402
 from kiln.core.config import Settings  # noqa: E402
-from kiln.core.definitions import Workflow  # noqa: E402
 from kiln.web.app import create_app  # noqa: E402
 from kiln.workers import demo  # noqa: E402 - registers the demo handlers
 from kiln.workers.embedded import EmbeddedRuntime  # noqa: E402

@@ -9,7 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from kiln.core.definitions import Workflow, index, item, parse_definition
+from kiln.core.builder import Workflow, index, item
+from kiln.core.definitions import parse_definition
 from kiln.core.errors import (
     InvalidDefinition,
     KilnError,

@@ -9,7 +9,7 @@ from typing import Any
 import requests
 
 from kiln.core import errors
-from kiln.core.definitions import Workflow
+from kiln.core.builder import Workflow
 from kiln.core.runs import RunHandle
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from kiln.core.definitions import Workflow, index, item
+from kiln.core.builder import Workflow, index, item
 from kiln.core.handlers import task
 from kiln.core.task_context import current_task
 

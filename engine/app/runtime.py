@@ -22,9 +22,10 @@ from kiln.app.retention import Retention
 from kiln.app.scheduler import SchedulerAPI
 from kiln.app.schedules import Schedules
 from kiln.core import handlers
+from kiln.core.builder import Workflow
 from kiln.core.clock import poll_until
 from kiln.core.config import Settings
-from kiln.core.definitions import SIGNAL_NAME, Workflow, WorkflowSpec, parse_definition
+from kiln.core.definitions import SIGNAL_NAME, WorkflowSpec, parse_definition
 from kiln.core.errors import HandlerNotAllowed, InvalidValue, KilnError
 from kiln.core.idempotency import SUBMIT_SCOPE, IdempotencyKey, scoped
 from kiln.core.limits import check_count, check_json_value

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from kiln.core.definitions import Workflow
+from kiln.core.builder import Workflow
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from kiln.core.definitions import Workflow
+from kiln.core.builder import Workflow
 from kiln.core.states import WORKFLOW_TERMINAL
 from tests.conftest import wait_for
 

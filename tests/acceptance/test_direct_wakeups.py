@@ -9,7 +9,7 @@ import redis
 import sqlalchemy as sa
 
 from kiln.app.runtime import Kiln
-from kiln.core.definitions import Workflow
+from kiln.core.builder import Workflow
 from kiln.transport import Pusher, list_key
 from tests.acceptance.test_crash_recovery import finished
 from tests.conftest import fast_settings, wait_for

@@ -10,7 +10,7 @@ import signal
 import pytest
 
 import tests.handlers  # noqa: F401 - registers echo
-from kiln.core.definitions import Workflow
+from kiln.core.builder import Workflow
 from tests.acceptance.test_crash_recovery import finished
 from tests.conftest import wait_for
 

@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from kiln import item
-from kiln.core.definitions import Workflow
+from kiln.core.builder import Workflow
 from kiln.core.task_context import current_task
 from tests.acceptance.test_crash_recovery import finished
 from tests.conftest import wait_for

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 import tests.handlers  # noqa: F401 - registers echo
-from kiln.core.definitions import Workflow
+from kiln.core.builder import Workflow
 from tests.acceptance.test_crash_recovery import finished
 
 pytestmark = pytest.mark.slow

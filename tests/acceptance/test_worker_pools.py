@@ -8,7 +8,7 @@ import uuid
 import pytest
 import redis
 
-from kiln.core.definitions import Workflow
+from kiln.core.builder import Workflow
 from kiln.transport import list_key
 from tests.acceptance.test_crash_recovery import finished
 from tests.conftest import wait_for

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from kiln.core.definitions import Workflow
+from kiln.core.builder import Workflow
 from kiln.core.errors import TaskCancelled, UnknownHandler
 from kiln.core.handlers import check_handler, task
 from kiln.core.task_context import Cancellation, TaskContext

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from kiln.core.definitions import Workflow
+from kiln.core.builder import Workflow
 from kiln.core.errors import HandlerNotAllowed
 from tests.conftest import wait_for
 from tests.integration.test_workflows import run_to_end, tasks_by_name

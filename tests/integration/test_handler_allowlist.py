@@ -12,7 +12,7 @@ import textwrap
 import pytest
 
 import tests.handlers  # noqa: F401 - registers the handlers the definitions name
-from kiln.core.definitions import Workflow
+from kiln.core.builder import Workflow
 from kiln.core.states import WORKFLOW_TERMINAL
 from kiln.web.app import create_app
 from tests.conftest import wait_for

@@ -9,8 +9,8 @@ import sqlalchemy as sa
 
 from kiln import item
 from kiln.app.runtime import Kiln
+from kiln.core.builder import Workflow
 from kiln.core.clock import utcnow
-from kiln.core.definitions import Workflow
 from kiln.core.execution import Outcome
 from kiln.core.task_context import current_task
 from kiln.store.maps import expand_map_txn

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 import tests.handlers  # noqa: F401 - registers "echo"
 from kiln.app.runtime import Kiln
-from kiln.core.definitions import Workflow
+from kiln.core.builder import Workflow
 from kiln.store.dispatch import dispatch_ready_txn
 from tests.conftest import fast_settings
 

@@ -24,8 +24,8 @@ import sqlalchemy as sa
 import tests.handlers  # noqa: F401 - registers the test handlers
 from kiln.app.runtime import Kiln
 from kiln.core import audit
+from kiln.core.builder import Workflow
 from kiln.core.config import Settings
-from kiln.core.definitions import Workflow
 from kiln.store import maintenance
 from tests.acceptance.test_crash_recovery import finished, successful_attempts_per_task
 from tests.conftest import IN_CI, fast_settings, wait_for

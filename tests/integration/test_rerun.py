@@ -160,7 +160,7 @@ def add_up(chunk: dict, marker: str) -> int:
 
 def mapped(kiln, tmp_path, *, merge_needs_marker: bool) -> tuple[dict, Path, Path]:
     from kiln import item
-    from kiln.core.definitions import Workflow
+    from kiln.core.builder import Workflow
 
     log, marker = tmp_path / "split.log", tmp_path / "fixed"
     items_marker = marker

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kiln import RunCancelled, RunFailed
-from kiln.core.definitions import Workflow
+from kiln.core.builder import Workflow
 
 
 def test_a_started_run_waits_to_succeeded_and_gives_every_tasks_result_by_name(kiln, embedded):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from kiln.core.definitions import Workflow
+from kiln.core.builder import Workflow
 from kiln.web.app import create_app
 
 ERROR_KEYS = {"error", "message", "details"}

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from kiln.app.runtime import Kiln
-from kiln.core.definitions import Workflow
+from kiln.core.builder import Workflow
 from tests.conftest import fast_settings
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kiln.core.definitions import Workflow
+from kiln.core.builder import Workflow
 from kiln.core.redaction import redact
 from tests.integration.test_workflows import run_to_end, tasks_by_name
 from tests.retry_handlers import Transient

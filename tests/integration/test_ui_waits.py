@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from kiln.core.definitions import Workflow
+from kiln.core.builder import Workflow
 from kiln.core.states import WORKFLOW_TERMINAL
 from kiln.web.ui import when
 from tests.conftest import wait_for

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from kiln.core.definitions import Workflow
+from kiln.core.builder import Workflow
 from kiln.core.errors import IllegalTransition, WorkflowNotFound
 from tests.conftest import wait_for
 from tests.integration.test_workflows import run_to_end, tasks_by_name

@@ -10,7 +10,8 @@ import pytest
 
 import tests.handlers  # noqa: F401 - registers the handlers the definitions name
 from kiln.app.runtime import Kiln
-from kiln.core.definitions import Workflow, parse_definition
+from kiln.core.builder import Workflow
+from kiln.core.definitions import parse_definition
 from kiln.core.errors import InvalidDefinition
 from kiln.core.pools import worker_info
 from kiln.web.app import create_app

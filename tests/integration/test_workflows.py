@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from kiln.app.runtime import Kiln
-from kiln.core.definitions import Workflow
+from kiln.core.builder import Workflow
 from kiln.core.states import WORKFLOW_TERMINAL
 from tests.conftest import wait_for
 

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from kiln.core.definitions import Workflow, parse_definition
+from kiln.core.builder import Workflow
+from kiln.core.definitions import parse_definition
 from kiln.core.errors import InvalidDefinition
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 import kiln
-from kiln.core.definitions import Workflow, index, parse_definition
+from kiln.core.builder import Workflow, index
+from kiln.core.definitions import parse_definition
 from kiln.core.errors import InvalidDefinition
 from kiln.core.mapping import (
     MapError,

@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from kiln.core.definitions import Workflow, parse_definition
+from kiln.core.builder import Workflow
+from kiln.core.definitions import parse_definition
 from kiln.core.errors import InvalidDefinition
 from kiln.core.failures import MAX_TRACEBACK_CHARS, clip, full_traceback, summary
 from kiln.core.retry import backoff_s, retries_on
