@@ -1,7 +1,7 @@
 """Issue 17's generalisation grid: the chosen policy on a seeded family of generated traces.
 
 Every cell is a trace from ``bench/tracegen.py`` replayed by the simulator of
-``bench/scheduling.py`` with FIFO, the chosen policy (``--policy``, default Boost), the label
+``bench/scheduling.py`` with FIFO, the chosen policy (``--policy``, default SEPTGuard), the label
 oracle (shortest-expected-first by the true conditional mean) and the full oracle. Per cell:
 how much the label oracle cuts FIFO's mean (``LO cut``), the policy's ``capture`` =
 (FIFO mean − policy mean) / (FIFO mean − label-oracle mean), its p99 and mean against FIFO,
@@ -176,7 +176,7 @@ def read_cells(path: Path) -> list[Cell]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--policy", default="Boost", choices=POLICY_NAMES)
+    parser.add_argument("--policy", default="SEPTGuard", choices=POLICY_NAMES)
     parser.add_argument(
         "--param", action="append", default=[], help="policy parameter NAME=VALUE (repeatable)"
     )

@@ -15,6 +15,7 @@ from kiln.core.prediction import (
     OnlineQuantileModel,
     Prediction,
     calibration,
+    estimate,
     quantile_value,
 )
 
@@ -225,3 +226,24 @@ def test_the_p90_covers_about_nine_jobs_in_ten_from_the_first_ones_on_and_after_
     assert 0.85 <= sum(first) / len(first) <= 0.97
     assert 0.85 <= sum(hits) / len(hits) <= 0.95
     assert 0.85 <= sum(after) / len(after) <= 0.95  # caught up within 300 jobs of the drift
+
+
+@pytest.mark.parametrize("unit", [0.001, 1.0, 1000.0])
+def test_a_numeric_feature_tells_sizes_apart_alike_in_any_unit(unit):
+    # Job sizes given as a feature in seconds, milliseconds or kiloseconds: the buckets are
+    # on the log of the value itself, so small values are not lumped into one bucket.
+    model = OnlineQuantileModel(features=["hint"], buckets_per_octave=4, prior_samples=0)
+    sizes = [unit * 2**k for k in range(-6, 7)]
+    for _ in range(20):
+        for size in sizes:
+            model.observe("m", None, size, {"hint": size})
+    small = estimate(model.predict("m", None, {"hint": sizes[1]})).expected
+    large = estimate(model.predict("m", None, {"hint": sizes[-2]})).expected
+    assert small == pytest.approx(sizes[1], rel=0.05)
+    assert large == pytest.approx(sizes[-2], rel=0.05)
+
+
+def test_zero_and_negative_feature_values_share_a_bucket_below_every_positive_one():
+    model = OnlineQuantileModel(features=["hint"])
+    assert model.bucket_of(0) == model.bucket_of(-3.0)
+    assert model.bucket_of(0) < model.bucket_of(1e-300) < model.bucket_of(1.0)

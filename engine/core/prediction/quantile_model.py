@@ -32,6 +32,8 @@ CALIBRATION_STEP = 0.5
 CALIBRATION_STEP_MIN = 0.01
 
 Features = Mapping[str, float | str | None]
+_NON_POSITIVE = -(2**31)  # the bucket of 0 and of negative values (and of NaN)
+_INFINITE = 2**31
 _BucketKey = tuple[str, str, tuple[int | str | None, ...]]
 
 
@@ -80,7 +82,9 @@ class OnlineQuantileModel:
 
     ``features`` names the size features (numbers, or strings for categories),
     coarsest-first in the bucket hierarchy (put the most informative one first).
-    ``buckets_per_octave`` sets the bucket width on the log2 scale of ``1 + value``;
+    ``buckets_per_octave`` sets the bucket width on the log2 scale of the value (a ratio, so
+    the resolution is the same whatever the unit: sizes of 0.01 s and of 100 s are told apart
+    alike; zero and negative values share one bucket below every other);
     ``window`` is how many recent samples each bucket keeps; ``prior_samples`` is how many
     samples a bucket needs before it outweighs its parent.
     """
@@ -115,7 +119,12 @@ class OnlineQuantileModel:
             return None
         if isinstance(value, str):
             return value
-        return math.floor(math.log2(1.0 + max(float(value), 0.0)) * self.buckets_per_octave)
+        number = float(value)
+        if not number > 0 or math.isinf(number):
+            # log2(1 + value) here once made every value below ~0.1 one bucket, which threw
+            # away a feature measured in small units (issue 17: seconds of a short job).
+            return _NON_POSITIVE if not number > 0 else _INFINITE
+        return math.floor(math.log2(number) * self.buckets_per_octave)
 
     def _path(self, features: Features | None) -> tuple[int | str | None, ...]:
         given = features or {}

@@ -3,6 +3,7 @@
 Pure code over plain data; the service persists :class:`SchedulerState` and the loads.
 """
 
+from kiln.core.scheduling.base import Policy
 from kiln.core.scheduling.items import QueuedItem, SchedulerState, UnknownPolicy
 from kiln.core.scheduling.params import InvalidPolicyParams, Param
 from kiln.core.scheduling.placement import (
@@ -18,18 +19,16 @@ from kiln.core.scheduling.placement import (
 from kiln.core.scheduling.policies import (
     FIFO,
     POLICY_NAMES,
-    Boost,
     Fair,
-    Policy,
     Priority,
     RoundRobin,
-    ShortestExpected,
     ShortestPredicted,
     check_policy_params,
     make_policy,
     policy_or_defaults,
 )
 from kiln.core.scheduling.scheduler import Decision, Scheduler
+from kiln.core.scheduling.tail import Boost, ShortestExpected
 
 __all__ = [
     "FIFO",

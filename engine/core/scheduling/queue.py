@@ -1,6 +1,6 @@
 """A ready queue that picks in the current policy's order in O(log n).
 
-Policies with a time-invariant key (:meth:`~kiln.core.scheduling.policies._KeyedPolicy.rank_key`:
+Policies with a time-invariant key (:meth:`~kiln.core.scheduling.base.KeyedPolicy.rank_key`:
 FIFO, Priority, ShortestExpected, Boost, SEPTGuard) keep their items in a heap, plus a second
 heap by deadline when the policy gives items one (an item past its deadline runs first,
 earliest deadline first); the heaps are rebuilt when the policy or its self-tuned parameters

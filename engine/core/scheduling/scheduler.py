@@ -8,9 +8,10 @@ from typing import Any
 
 from kiln.core.prediction.estimate import estimate
 from kiln.core.scheduling import tuning
+from kiln.core.scheduling.base import Policy
 from kiln.core.scheduling.items import QueuedItem, SchedulerState
 from kiln.core.scheduling.params import InvalidPolicyParams
-from kiln.core.scheduling.policies import Policy, make_policy, policy_or_defaults
+from kiln.core.scheduling.policies import make_policy, policy_or_defaults
 
 
 @dataclass(frozen=True)
