@@ -1,4 +1,4 @@
-"""The chaos suite, bounded for CI (KILN_CHAOS_SECONDS, default 150 s, with a worker outage of
+"""The chaos suite, bounded for CI (KILN_CHAOS_SECONDS, default 100 s, with a worker outage of
 KILN_CHAOS_OUTAGE_S, default 8 s); run it longer with
 ``python -m tests.chaos.driver --seconds 1800 --worker-outage 60``."""
 
@@ -21,7 +21,7 @@ def test_nothing_is_lost_while_processes_and_servers_crash(tmp_path):
         if os.environ.get("CI"):
             pytest.fail(f"the chaos suite cannot start its servers: {reason}")
         pytest.skip(reason)
-    seconds = float(os.environ.get("KILN_CHAOS_SECONDS", "150"))
+    seconds = float(os.environ.get("KILN_CHAOS_SECONDS", "100"))
     seed = int(os.environ.get("KILN_CHAOS_SEED", random.randrange(1_000_000)))
     outage = float(os.environ.get("KILN_CHAOS_OUTAGE_S", "8"))
     summary = Chaos(seconds, seed, tmp_path, worker_outage_s=outage).run()
