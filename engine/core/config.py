@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kiln.core.definitions import DEFAULT_MAX_TIMEOUT_S
+from kiln.core.errors import InvalidSetting
 from kiln.core.limits import (
     DEFAULT_MAX_CONTEXT_SHARDS,
     DEFAULT_MAX_JSON_DEPTH,
@@ -24,7 +25,7 @@ def _float(name: str, default: float) -> float:
     try:
         return float(raw)
     except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+        raise InvalidSetting(f"{name} must be a number, got {raw!r}") from None
 
 
 def _int(name: str, default: int) -> int:
@@ -37,7 +38,7 @@ def _optional_int(name: str, minimum: int) -> int | None:
     if not raw:
         return None
     if not raw.isdigit() or int(raw) < minimum:
-        raise ValueError(f"{name} must be a whole number of at least {minimum}, got {raw!r}")
+        raise InvalidSetting(f"{name} must be a whole number of at least {minimum}, got {raw!r}")
     return int(raw)
 
 
@@ -51,7 +52,7 @@ def _days_by_name(name: str) -> tuple[tuple[str, float], ...]:
         except ValueError:
             value = -1.0
         if not sep or not run.strip() or not value > 0:
-            raise ValueError(
+            raise InvalidSetting(
                 f"{name} must be NAME=DAYS pairs separated by commas (days above 0), got {item!r}"
             )
         pairs.append((run.strip(), value))
@@ -62,7 +63,7 @@ def _choice(name: str, allowed: tuple[str, ...]) -> str:
     """One of ``allowed``, or "" when unset."""
     raw = os.environ.get(name, "").strip().lower()
     if raw and raw not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
+        raise InvalidSetting(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
     return raw
 
 
@@ -70,7 +71,7 @@ def _threshold(name: str) -> str:
     """A whole number of at least 0, "off", or "" when unset."""
     raw = os.environ.get(name, "").strip().lower()
     if raw and raw != "off" and not raw.isdigit():
-        raise ValueError(f"{name} must be a whole number of at least 0 or off, got {raw!r}")
+        raise InvalidSetting(f"{name} must be a whole number of at least 0 or off, got {raw!r}")
     return raw
 
 

@@ -79,6 +79,13 @@ class InvalidValue(KilnError):
     status_code = 422
 
 
+class InvalidSetting(KilnError, ValueError):
+    """A ``KILN_*`` environment variable holds a value Kiln cannot use (the CLI prints it in
+    one line and exits 2)."""
+
+    status_code = 400
+
+
 class LimitExceeded(KilnError):
     """The request is larger than a configured limit allows (tasks, shards, JSON nesting)."""
 

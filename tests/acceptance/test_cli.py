@@ -120,6 +120,23 @@ def test_kiln_status_of_an_unknown_run_is_a_clear_error(tmp_path):
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("command", "variable", "value"),
+    [
+        (["list"], "KILN_DB_POOL_MODE", "bogus"),
+        (["worker"], "KILN_RETRY_BASE_S", "abc"),
+        (["controller"], "KILN_DB_POOL_SIZE", "0"),
+    ],
+)
+def test_a_bad_setting_is_one_readable_line_and_exit_2_not_a_traceback(
+    tmp_path, command, variable, value
+):
+    done = kiln(*command, cwd=tmp_path, env={variable: value})
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert done.stderr.startswith(f"error: {variable} ") and repr(value) in done.stderr
+
+
 def test_kiln_worker_explains_that_it_needs_a_shared_broker(tmp_path):
     done = kiln("worker", cwd=tmp_path)
     assert done.returncode == 2
