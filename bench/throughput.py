@@ -11,6 +11,14 @@ W2: with the same processes idle, submit 300 single-task workflows 20 ms apart (
     ``submit`` to the ``time.time()`` the handler's body reads first (it returns it).
 
     python bench/throughput.py [--tasks 20000] [--shape many|one] [--w2 300]
+
+Where Kiln connects (the submitter, the workers, the controller): by default a fresh database
+``kiln_bench`` on the local PostgreSQL, directly. ``--database-url`` names another way there,
+PgBouncer's say: the database it names is dropped and created again on the local PostgreSQL
+first, so it must lead there. ``--listen-database-url`` is the controller's LISTEN connection
+(``KILN_LISTEN_DATABASE_URL``; one that differs from the database URL means transaction
+pooling). ``--pgbouncer`` starts Debian's PgBouncer in transaction mode for the run and goes
+through it, LISTEN direct (docs/scale.md).
 """
 
 from __future__ import annotations
@@ -30,7 +38,8 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import fresh_database, pct  # noqa: E402
+from bench.common import ADMIN, fresh_database, pct  # noqa: E402
+from bench.pgbouncer import pgbouncer  # noqa: E402
 from kiln.app.runtime import SUBMIT_BATCH_MAX, Kiln  # noqa: E402
 from kiln.core.config import Settings  # noqa: E402
 from kiln.core.definitions import parse_definition  # noqa: E402
@@ -47,6 +56,11 @@ def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
         stdout=open(log, "wb"),  # noqa: SIM115
         stderr=subprocess.STDOUT,
     )
+
+
+def _on(url: str, database: str) -> str:
+    """``url`` with its database changed to ``database``."""
+    return sa.make_url(url).set(database=database).render_as_string(hide_password=False)
 
 
 def compile_kiln() -> None:
@@ -74,23 +88,34 @@ def measure(
     processes: int = 2,
     threads: int = 4,
     one_by_one: int = 0,
+    database_url: str | None = None,
+    listen_database_url: str | None = None,
 ) -> dict:
-    """Run W1 then W2 and return the figures (also printed)."""
+    """Run W1 then W2 and return the figures (also printed). ``database_url`` and
+    ``listen_database_url``: as ``--database-url`` and ``--listen-database-url``."""
     opts = argparse.Namespace(
         tasks=tasks, shape=shape, w2=w2, processes=processes, threads=threads, one_by_one=one_by_one
     )
     figures: dict = {}
-    url = fresh_database(DB)
+    url = database_url or _on(ADMIN, DB)
+    listen = listen_database_url or url
+    fresh_database(sa.make_url(url).database or DB)
+    print(f"database {sa.make_url(url)!r}, LISTEN {sa.make_url(listen)!r}")
+
+    def settings(**more: str) -> Settings:
+        return Settings(database_url=url, listen_database_url=listen, **more)
+
     r = redis.Redis.from_url(REDIS)
     r.flushdb()
     env = {
         **os.environ,
         "KILN_DATABASE_URL": url,
+        "KILN_LISTEN_DATABASE_URL": listen,
         "KILN_BROKER_URL": REDIS,
         "KILN_LOG_LEVEL": "WARNING",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
-    kiln = Kiln(Settings(database_url=url, broker_url=REDIS), pool_size=2)
+    kiln = Kiln(settings(broker_url=REDIS), pool_size=2)
     noop = {"name": "noop", "handler": "kiln.workers.bench_handlers:noop"}
 
     t0 = time.perf_counter()
@@ -114,7 +139,12 @@ def measure(
     if opts.one_by_one:
         # One-by-one submit rate (Kiln.submit, each its own commit), on a side database so
         # that W1's drain is unchanged.
-        side = Kiln(Settings(database_url=fresh_database(DB + "_one")), pool_size=2)
+        side_db = (sa.make_url(url).database or DB) + "_one"
+        fresh_database(side_db)
+        side = Kiln(
+            Settings(database_url=_on(url, side_db), listen_database_url=_on(listen, side_db)),
+            pool_size=2,
+        )
         side.submit({"name": "warm", "tasks": [noop]})
         t0 = time.perf_counter()
         for _ in range(opts.one_by_one):
@@ -186,7 +216,7 @@ def measure(
         os.environ.update(KILN_BROKER_URL=REDIS, KILN_QUEUE=os.environ.get("KILN_QUEUE", "kiln"))
         from kiln.transport import send_now
 
-        submitter = Kiln(Settings(database_url=url, broker_url=REDIS), pool_size=2, sender=send_now)
+        submitter = Kiln(settings(broker_url=REDIS), pool_size=2, sender=send_now)
         submitted: dict[int, float] = {}
         submitter.submit(spec, check_handlers=False)  # warm the submitter's connection
         for _ in range(opts.w2):
@@ -239,8 +269,17 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--threads", type=int, default=4)
     ap.add_argument("--one-by-one", type=int, default=1000, help="runs submitted one by one")
+    ap.add_argument("--database-url", help="where Kiln connects (default: kiln_bench, direct)")
+    ap.add_argument("--listen-database-url", help="the controller's LISTEN (default: the same)")
+    ap.add_argument("--pgbouncer", action="store_true", help="through PgBouncer (transaction mode)")
     opts = ap.parse_args()
-    measure(opts.tasks, opts.shape, opts.w2, opts.processes, opts.threads, opts.one_by_one)
+    args = (opts.tasks, opts.shape, opts.w2, opts.processes, opts.threads, opts.one_by_one)
+    if not opts.pgbouncer:
+        measure(*args, database_url=opts.database_url, listen_database_url=opts.listen_database_url)
+        return
+    direct = opts.database_url or _on(ADMIN, DB)
+    with pgbouncer(direct) as pooled:
+        measure(*args, database_url=pooled, listen_database_url=direct)
 
 
 if __name__ == "__main__":

@@ -171,13 +171,13 @@ class Store(abc.ABC):
         may then run it without an explicit transaction (PostgreSQL saves BEGIN and COMMIT).
         Inside ``kiln.core.audit.acting`` with a reason, the transaction first names it
         (:meth:`Statements.note_audit`), so it is not ``single`` then; an actor the store
-        gives the connection when it takes it from the pool, at no cost on the hot path."""
+        gives the connection when it takes it from the pool, at no cost on the hot path
+        (PostgreSQL behind a transaction pooler: in the transaction's first query)."""
         _, reason = audit.scoped()
-        if reason:
-            fn, single = self._audited(fn, reason), False
+        single = single and not reason
         for attempt in range(1, attempts + 1):
             try:
-                return self._run(fn, single=single)
+                return self._run(fn, single=single, reason=reason)
             except sa.exc.DBAPIError as exc:
                 code = getattr(exc.orig, "sqlstate", None)
                 if code not in RETRYABLE_SQLSTATES or attempt == attempts:
@@ -185,17 +185,10 @@ class Store(abc.ABC):
                 time.sleep(0.005 * attempt)
         raise AssertionError("unreachable")
 
-    def _audited(
-        self, fn: Callable[[sa.Connection], T], reason: str
-    ) -> Callable[[sa.Connection], T]:
-        def audited(conn: sa.Connection) -> T:
-            self.statements.note_audit(conn, reason=reason)
-            return fn(conn)
-
-        return audited
-
-    def _run(self, fn: Callable[[sa.Connection], T], *, single: bool) -> T:
+    def _run(self, fn: Callable[[sa.Connection], T], *, single: bool, reason: str | None) -> T:
         with translate_errors(), self.engine.begin() as conn:
+            if reason:
+                self.statements.note_audit(conn, reason=reason)
             return fn(conn)
 
     def read(self, fn: Callable[[sa.Connection], T]) -> T:

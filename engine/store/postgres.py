@@ -78,6 +78,19 @@ FINISH = _query("finish", _NOW)
 NOTIFY_READY = _query("notify_ready")
 
 
+# The execution option that hands a one-statement transaction's actor to its statement
+# (``PostgresStore._run`` behind a transaction pooler; see :func:`folded_actor`).
+FOLDED_ACTOR = "kiln_folded_actor"
+
+
+def folded_actor(conn: sa.Connection) -> str | None:
+    """The actor a hot statement (``insert_run``, ``claim``) names itself for its events, as
+    ``:actor``: set when it runs as a transaction of its own behind a transaction pooler,
+    where no setting from before the statement may be trusted; None elsewhere, where the
+    ``kiln.actor`` setting already holds it."""
+    return conn.get_execution_options().get(FOLDED_ACTOR)
+
+
 class PostgresStatements(Statements):
     def mark_queued(
         self, conn: sa.Connection, ids: Sequence[int], *, now: dt.datetime, lease: dt.datetime
@@ -122,6 +135,7 @@ class PostgresStatements(Statements):
                 "cap": cap,
                 "excluding": [],
                 "notify": notify,
+                "actor": folded_actor(conn),
             },
         ).all()
         if not got:
@@ -172,6 +186,7 @@ class PostgresStatements(Statements):
             "worker": worker,
             "now": now,
             "lease": lease,
+            "actor": folded_actor(conn),
         }
         return list(conn.execute(CLAIM, params))
 
@@ -285,21 +300,38 @@ class PostgresStore(Store):
         with translate_errors(), self.engine.connect() as conn:
             return fn(conn.execution_options(isolation_level="AUTOCOMMIT", kiln_readonly=True))
 
-    def _run(self, fn: Callable[[sa.Connection], T], *, single: bool) -> T:
-        if self.transaction_pooling:
-            # Behind a transaction pooler the next transaction may run on another server
-            # connection: name the actor inside each one ('' clears what another client's
-            # session may have left), at the cost of the one-statement shortcut below.
-            def named(conn: sa.Connection) -> T:
-                self.statements.note_audit(conn, actor=_actor() or "")
-                return fn(conn)
-
-            return super()._run(named, single=False)
-        if not single:
-            return super()._run(fn, single=single)
-        # One statement is its own transaction: autocommit saves the BEGIN and COMMIT trips.
+    def _run(self, fn: Callable[[sa.Connection], T], *, single: bool, reason: str | None) -> T:
+        # Behind a transaction pooler the next transaction may run on another server
+        # connection: each one names its actor ('' clears what another client's session may
+        # have left), without a round trip of its own.
+        actor = (_actor() or "") if self.transaction_pooling else None
+        if single:
+            # One statement is its own transaction: autocommit saves the BEGIN and COMMIT
+            # trips. Its statement names the actor itself (insert_run and claim; insert_runs
+            # writes no events).
+            options: dict[str, Any] = {"isolation_level": "AUTOCOMMIT"}
+            if actor is not None:
+                options[FOLDED_ACTOR] = actor
+            with translate_errors(), self.engine.connect() as conn:
+                return fn(conn.execution_options(**options))
+        given = {"kiln.actor": actor, "kiln.reason": reason}
+        settings = {k: v for k, v in given.items() if v is not None}
+        if not settings:
+            return super()._run(fn, single=False, reason=None)
+        # A longer transaction names them in the statement that begins it. The connection is
+        # in autocommit so that psycopg sends no BEGIN of its own; this sends BEGIN, and
+        # COMMIT or ROLLBACK, itself.
         with translate_errors(), self.engine.connect() as conn:
-            return fn(conn.execution_options(isolation_level="AUTOCOMMIT"))
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            conn.exec_driver_sql(_begin_setting(conn, settings))
+            try:
+                result = fn(conn)
+            except BaseException:
+                with contextlib.suppress(sa.exc.DBAPIError):  # a dead connection is discarded
+                    conn.exec_driver_sql("ROLLBACK")
+                raise
+            conn.exec_driver_sql("COMMIT")
+            return result
 
 
 def _ping_after_idle(engine: sa.Engine, after_s: float) -> None:
@@ -335,6 +367,21 @@ def _ping_after_idle(engine: sa.Engine, after_s: float) -> None:
             raise sa.exc.DisconnectionError("pooled connection found dead by its ping")
 
 
+def _begin_setting(conn: sa.Connection, settings: dict[str, str]) -> str:
+    """``BEGIN`` and the transaction-local ``settings`` in one string, sent as one simple query
+    (no parameters): one round trip where psycopg's own BEGIN and a ``set_config`` statement
+    would take two. The values are quoted by psycopg, and their '%' doubled: ``exec_driver_sql``
+    hands psycopg an empty parameter set, so it still reads placeholders."""
+    from psycopg import sql
+
+    driver = conn.connection.driver_connection
+    calls = ", ".join(
+        f"set_config({sql.Literal(k).as_string(driver)}, {sql.Literal(v).as_string(driver)}, true)"
+        for k, v in settings.items()
+    )
+    return f"BEGIN ISOLATION LEVEL READ COMMITTED; SELECT {calls}".replace("%", "%%")
+
+
 def _actor() -> str | None:
     """Who this thread acts as (``kiln.core.audit``): the innermost ``acting`` actor, else the
     process's."""
@@ -347,7 +394,8 @@ def _name_actor(engine: sa.Engine) -> None:
     differs from the one it has: the events of the hot one-statement transactions (claim,
     finish, dispatch, submit) then say who made them without another round trip. Never
     behind a transaction pooler, where a session setting reaches other clients' transactions
-    (``PostgresStore._run`` names the actor per transaction there)."""
+    (``PostgresStore._run`` names the actor in each transaction there, in its BEGIN's round
+    trip or in its one statement)."""
 
     @sa.event.listens_for(engine.pool, "checkout")
     def _checkout(dbapi_conn, record, _proxy):  # type: ignore[no-untyped-def]

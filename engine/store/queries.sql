@@ -43,7 +43,8 @@ SELECT NOT EXISTS (
 -- EVENTS: the one place outside the migrations' triggers that writes the events table. The
 -- triggers record status changes of UPDATEs; this statement inserts rows already 'queued' and
 -- 'running', so it writes the "ready -> queued" and "pending -> running" events the two
--- UPDATEs it saves would have made the triggers write.
+-- UPDATEs it saves would have made the triggers write, naming :actor (set behind a
+-- transaction pooler, where the statement is a transaction of its own) or else kiln.actor.
 WITH lease AS (
     SELECT CAST(:lease AS timestamptz) AS until
     WHERE CAST(:lease AS timestamptz) IS NOT NULL AND ({queue_is_idle})
@@ -83,11 +84,11 @@ WITH lease AS (
     INSERT INTO events (entity, entity_id, workflow_id, from_status, to_status, attempt, at,
                         actor)
     SELECT 'task', t.id, t.workflow_id, 'ready', 'queued', 0, clock_timestamp(),
-           NULLIF(current_setting('kiln.actor', true), '')
+           NULLIF(COALESCE(CAST(:actor AS text), current_setting('kiln.actor', true)), '')
     FROM t WHERE t.status = 'queued'
     UNION ALL
     SELECT 'workflow', w.id, w.id, 'pending', 'running', NULL, clock_timestamp(),
-           NULLIF(current_setting('kiln.actor', true), '')
+           NULLIF(COALESCE(CAST(:actor AS text), current_setting('kiln.actor', true)), '')
     FROM w WHERE w.status = 'running'
 ), n AS (
     SELECT pg_notify('kiln_ready', '')
@@ -150,8 +151,20 @@ FROM r ORDER BY r.i
 -- guard: a task of a paused run does not start but goes back to ready, as the pause would have
 -- put it. Both updates read the run's status from the same snapshot, so each task takes
 -- exactly one of them.
-WITH want AS (
-    SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:prev AS integer[])) AS want(id, prev)
+WITH local AS (
+    -- This transaction's settings (set_config(..., true): SET LOCAL), made before any row
+    -- changes, since every update reads "want", which joins them.
+    -- Commit the claim without waiting for its WAL flush. A claim lost in a crash re-runs the
+    -- task, as at-least-once delivery allows; the finish commits synchronously and flushes
+    -- the claim's WAL before its own, so nothing durable ever depends on a lost claim.
+    -- :actor (set behind a transaction pooler, where the statement is a transaction of its
+    -- own) names who claims for the events the triggers write at the end of the statement.
+    SELECT set_config('synchronous_commit', 'off', true),
+           CASE WHEN CAST(:actor AS text) IS NOT NULL
+                THEN set_config('kiln.actor', :actor, true) END
+), want AS (
+    SELECT want.* FROM local,
+         unnest(CAST(:ids AS bigint[]), CAST(:prev AS integer[])) AS want(id, prev)
 ), c AS (
     UPDATE tasks AS t SET status = 'running', attempts = t.attempts + 1,
            lease_owner = :worker, lease_expires_at = :lease, started_at = :now,
@@ -170,15 +183,8 @@ WITH want AS (
 ), a AS (
     INSERT INTO task_attempts (task_id, attempt, worker, started_at)
     SELECT id, attempts, :worker, :now FROM c
-), sync AS (
-    -- Commit the claim without waiting for its WAL flush (SET LOCAL: this transaction only).
-    -- A claim lost in a crash re-runs the task, as at-least-once delivery allows; the finish
-    -- commits synchronously and flushes the claim's WAL before its own, so nothing durable
-    -- ever depends on a lost claim.
-    SELECT set_config('synchronous_commit', 'off', true)
 )
--- "sync" is a plain SELECT in WITH: joining it makes it run
-SELECT c.* FROM c CROSS JOIN sync
+SELECT * FROM c
 
 -- name: finish
 -- Finish tasks in one statement: running -> succeeded fenced by attempt, their attempts

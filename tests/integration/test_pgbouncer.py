@@ -215,6 +215,83 @@ def test_concurrent_actors_sharing_server_connections_each_name_their_own_events
     assert cancelled == {run for runs in submitted.values() for run in runs[:5]}
 
 
+def test_hot_transactions_through_pgbouncer_name_their_actor_without_a_statement_of_its_own(
+    pgbouncer, pg_url
+):
+    # Through a transaction pooler no setting outlives a transaction, so each one names its
+    # actor: a one-statement transaction (submit, claim) in its statement, run in autocommit;
+    # a longer one (the controller's dispatch pass, a finish) in the statement that begins it.
+    sent: list = []
+    kiln = Kiln(
+        fast_settings(database_url=pooled_url(pgbouncer, pg_url), listen_database_url=pg_url),
+        sender=sent.extend,
+    )
+    statements: list[tuple[str, bool]] = []
+
+    @sa.event.listens_for(kiln.engine, "before_cursor_execute")
+    def _record(conn, _cursor, statement, _params, _context, _many):
+        autocommit = conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+        statements.append((" ".join(statement.split()), autocommit))
+
+    def sent_by(op):
+        statements.clear()
+        op()
+        return list(statements)
+
+    actor = "o'brien at 100%"  # quoted in the statement that begins a transaction
+    noop = {"name": "hot", "tasks": [{"name": "A", "handler": "noop"}]}
+    try:
+        with audit.acting(actor=actor):
+            submitted = sent_by(lambda: kiln.submit(noop))
+            ((task_id, attempt),) = [(d.task_id, d.attempt) for d in sent]
+            claimed = sent_by(lambda: kiln.claim([(task_id, attempt)], "worker-1"))
+            kiln.submit_many([noop])
+            dispatched = sent_by(lambda: kiln.dispatch(10))
+        cancelled_id = kiln.submit_many([noop])[0]
+        with audit.acting(actor=actor, reason="because"):
+            cancelled = sent_by(lambda: kiln.cancel(cancelled_id))
+        rows = kiln.read(lambda c: c.execute(sa.text("SELECT actor, reason FROM events")).all())
+    finally:
+        kiln.close()
+    assert [autocommit for _, autocommit in submitted + claimed] == [True, True]
+    assert submitted[0][0].startswith("WITH lease AS") and claimed[0][0].startswith("WITH local")
+    begin, *rest = dispatched
+    assert begin[0].startswith("BEGIN ISOLATION LEVEL READ COMMITTED; SELECT set_config('kiln.")
+    assert rest[-1][0] == "COMMIT" and not any("set_config" in s for s, _ in rest)
+    # Actor and reason in one: "because" is the transaction's, the cancel then says its own.
+    assert cancelled[0][0].startswith("BEGIN ISOLATION LEVEL READ COMMITTED; SELECT set_config(")
+    assert "set_config('kiln.actor', 'o''brien" in cancelled[0][0]
+    assert "set_config('kiln.reason', 'because', true)" in cancelled[0][0]
+    assert [s for s, _ in cancelled].count("COMMIT") == 1
+    assert {a for a, _ in rows} == {actor}
+    assert len(rows) >= 6  # queued, running (task and run), queued again, cancelled
+
+
+def test_a_claim_through_pgbouncer_that_puts_a_paused_runs_task_back_names_its_worker(
+    pgbouncer, pg_url
+):
+    # The claim's other branch: a task leased just before its run was paused goes back to
+    # ready, an event of the claim's statement like the start it replaces.
+    sent: list = []
+    kiln = Kiln(
+        fast_settings(database_url=pooled_url(pgbouncer, pg_url), listen_database_url=pg_url),
+        sender=sent.extend,
+    )
+    try:
+        run = kiln.submit({"name": "paused", "tasks": [{"name": "A", "handler": "noop"}]})
+        ((task_id, attempt),) = [(d.task_id, d.attempt) for d in sent]
+        kiln.txn(
+            lambda c: c.execute(
+                sa.text("UPDATE workflows SET status = 'paused' WHERE id = :id"), {"id": run}
+            )
+        )
+        with audit.acting(actor="worker-7"):
+            assert kiln.claim([(task_id, attempt)], "worker-7") == []
+        assert events_of(kiln, task_id)[-1] == ("ready", "worker-7", None)
+    finally:
+        kiln.close()
+
+
 def test_a_controller_vacuums_the_bloated_queue_tables_through_pgbouncer(pgbouncer, pg_url):
     # VACUUM runs outside any transaction, and no session lock guards it any more: both
     # must hold when each statement may land on another server connection.
