@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import gc
+
+if __name__ == "__main__":  # run as a program (`python -m kiln.cli.main worker`, ...)
+    # Start-up imports much and frees little: the cyclic collector would only slow it down.
+    # ``started`` turns it back on, with what start-up built frozen out of its passes.
+    gc.disable()
+
+import functools
 import json
 import logging
 import os
@@ -14,16 +22,36 @@ from typing import Any
 import click
 
 from kiln.app.control import OUTAGES, DatabaseError
-from kiln.cli.common import console, err_console, fail, make_kiln
-from kiln.cli.control import Liveness
-from kiln.cli.runs import load_definition
+from kiln.cli import common
+from kiln.cli.common import fail, make_kiln
 from kiln.core.config import Settings
 from kiln.core.errors import InvalidDefinition, KilnError
 from kiln.core.handlers import load_imports
 from kiln.core.pools import parse_queues
 
 
-class KilnGroup(click.Group):
+def started() -> None:
+    """Start-up is over: what it built lives as long as the process, so it leaves the cyclic
+    collector's passes (a full pass over it paused a busy worker for 80 ms), which resume."""
+    gc.freeze()
+    gc.enable()
+
+
+class LazyCommands(click.Group):
+    """A group whose commands from their own modules (:func:`add_commands`) are added when one
+    is looked up: `kiln worker` and `kiln controller` start without them, or Rich."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands:
+            add_commands()
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        add_commands()
+        return super().list_commands(ctx)
+
+
+class KilnGroup(LazyCommands):
     """Turn Kiln's own errors into a readable message and a non-zero exit, never a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -47,8 +75,11 @@ def main() -> None:
     """
     from kiln.app.logs import setup_logging
 
+    command = click.get_current_context().invoked_subcommand
+    if command not in ("worker", "controller"):  # those call it once they have started
+        started()
     try:
-        setup_logging(click.get_current_context().invoked_subcommand or "cli")
+        setup_logging(command or "cli")
     except ValueError as exc:  # a bad KILN_LOG_LEVEL / KILN_LOG_FORMAT
         fail(str(exc))
     try:
@@ -57,7 +88,7 @@ def main() -> None:
         fail(str(exc))
 
 
-@main.group()
+@main.group(cls=LazyCommands)
 def db() -> None:
     """Database schema commands."""
 
@@ -98,7 +129,7 @@ def db_upgrade(as_json: bool) -> None:
         where = kiln.engine.url.render_as_string(hide_password=True)
         click.echo(json.dumps({"database": where, "revision": kiln.control.schema_revision()}))
         return
-    console.print(
+    common.console.print(
         f"database at {kiln.engine.url.render_as_string(hide_password=True)} is up to date"
     )
 
@@ -125,6 +156,7 @@ def worker(threads: int, processes: int, queues: str | None) -> None:
     except InvalidDefinition as exc:
         fail(str(exc))
     if processes > 1:
+        started()
         args = ["worker", "--threads", str(threads), "--queues", ",".join(pools)]
         _supervise([[sys.executable, "-m", "kiln.cli.main", *args]] * processes)
         return
@@ -148,6 +180,7 @@ def worker(threads: int, processes: int, queues: str | None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     w.start()
+    started()
     logging.getLogger("kiln.worker").warning(
         "worker pid %d started with %d threads on queues %s", os.getpid(), threads, pools
     )
@@ -172,6 +205,7 @@ def _wait_for_schema(kiln: Any, kind: str, stop: threading.Event | None = None) 
         except OUTAGES as exc:
             why = f"it is unavailable ({str(exc).splitlines()[0]})"
         if not said:
+            started()  # waiting, maybe for long: collect as usual meanwhile
             logging.getLogger(f"kiln.{kind}").warning("%s waits for the database: %s", kind, why)
             said = True
         time.sleep(0.5)
@@ -204,11 +238,11 @@ def controller() -> None:
         signal.signal(sig, lambda *_: stop.set())
     if not _wait_for_schema(kiln, "controller", stop):
         return
-    Controller(
-        kiln,
-        hooks=controller_hooks() + scheduling_hooks(kiln),
-        order=scheduler_order(kiln),
-    ).run(stop)
+    controller = Controller(
+        kiln, hooks=controller_hooks() + scheduling_hooks(kiln), order=scheduler_order(kiln)
+    )
+    started()
+    controller.run(stop)
 
 
 @main.command()
@@ -235,7 +269,9 @@ def _run_and_follow(kiln, definition: Any, as_json: bool, after_submit=None) -> 
     if kiln.settings.embedded_broker:
         kiln.upgrade()
     workflow_id = kiln.submit(definition)
-    err_console.print(f"workflow {workflow_id} submitted · following it (Ctrl-C stops following)")
+    common.err_console.print(
+        f"workflow {workflow_id} submitted · following it (Ctrl-C stops following)"
+    )
     if after_submit is not None:
         after_submit(workflow_id)
     try:
@@ -249,15 +285,17 @@ def _run_and_follow(kiln, definition: Any, as_json: bool, after_submit=None) -> 
             ):
                 run = _follow(kiln, workflow_id, as_json)
         else:
+            from kiln.cli.control import Liveness
+
             run = _follow(kiln, workflow_id, as_json, Liveness(kiln).check)
     except KeyboardInterrupt:
         if kiln.settings.embedded_broker:
-            err_console.print(
+            common.err_console.print(
                 f"interrupted: workflow {workflow_id} stopped with this command (the in-process "
                 "broker ran it here); what it finished is kept in the database"
             )
         else:
-            err_console.print(
+            common.err_console.print(
                 f"interrupted: workflow {workflow_id} continues on the workers; follow it with "
                 f"`kiln watch {workflow_id}`, stop it with `kiln cancel {workflow_id}`"
             )
@@ -275,7 +313,7 @@ def _follow(kiln, workflow_id: int, as_json: bool, on_tick=None):  # type: ignor
     if not as_json:
         from kiln.cli.ops import follow_progress
 
-        return follow_progress(kiln, workflow_id, console, on_tick=on_tick)
+        return follow_progress(kiln, workflow_id, common.console, on_tick=on_tick)
     run = kiln.run(workflow_id)
     while run["status"] not in WORKFLOW_TERMINAL:
         if on_tick is not None:
@@ -294,6 +332,8 @@ def run(target: str, as_json: bool) -> None:
     Exits 0 only if the run succeeded. With the in-process broker (no KILN_BROKER_URL) it
     runs its own worker and controller while following.
     """
+    from kiln.cli.runs import load_definition
+
     _run_and_follow(make_kiln(), load_definition(target), as_json)
 
 
@@ -312,10 +352,10 @@ def status(run_id: int, as_json: bool, tracebacks: bool) -> None:
     if as_json:
         click.echo(run_json(run))
         return
-    console.print(run_table(run))
+    common.console.print(run_table(run))
     for name, error in last_errors(run) if tracebacks else []:
-        console.rule(f"{name}: last attempt's error", style="red")
-        console.print(error, markup=False, highlight=False)
+        common.console.rule(f"{name}: last attempt's error", style="red")
+        common.console.print(error, markup=False, highlight=False)
 
 
 @main.command()
@@ -333,12 +373,12 @@ def demo(as_json: bool) -> None:
     if not as_json:
         where = kiln.engine.url.render_as_string(hide_password=True)
         broker = settings.broker_url or "in-process broker"
-        console.print(f"[bold]Kiln demo[/] · database {where} · {broker}")
+        common.console.print(f"[bold]Kiln demo[/] · database {where} · {broker}")
 
     def approve(workflow_id: int) -> None:
         # Sent before the run reaches its Approve task: kept, and delivered when it does.
         kiln.signal(workflow_id, *APPROVAL, key="kiln-demo")
-        err_console.print(f"sent signal {APPROVAL[0]!r} to workflow {workflow_id}")
+        common.err_console.print(f"sent signal {APPROVAL[0]!r} to workflow {workflow_id}")
 
     _run_and_follow(kiln, demo_workflow(), as_json, after_submit=approve)
 
@@ -367,16 +407,18 @@ class _LazyInstanceCommand(click.Command):
 
 main.add_command(_LazyInstanceCommand())
 
-from kiln.cli import ops, pipeline, runs  # noqa: E402 - commands, in their own modules
 
-for _command in (*runs.COMMANDS, *ops.COMMANDS, *pipeline.COMMANDS):
-    main.add_command(_command)
+@functools.cache
+def add_commands() -> None:
+    """The commands defined in their own modules (they print with Rich tables)."""
+    from kiln.cli import ops, pipeline, runs, schedules, signals
 
-from kiln.cli import schedules, signals  # noqa: E402 - schedules, rerun, db prune, signal
+    for command in (
+        *runs.COMMANDS, *ops.COMMANDS, *pipeline.COMMANDS, *schedules.COMMANDS, *signals.COMMANDS
+    ):  # fmt: skip
+        main.add_command(command)
+    db.add_command(schedules.prune)
 
-for _command in (*schedules.COMMANDS, *signals.COMMANDS):
-    main.add_command(_command)
-db.add_command(schedules.prune)
 
 if __name__ == "__main__":
     main()

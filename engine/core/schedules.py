@@ -15,11 +15,12 @@ import enum
 import re
 import zoneinfo
 from dataclasses import dataclass
-from typing import Any
-
-from croniter import CroniterError, croniter
+from typing import TYPE_CHECKING, Any
 
 from kiln.core.errors import InvalidSchedule
+
+if TYPE_CHECKING:
+    from croniter import croniter
 
 SCHEDULE_FIELDS = {
     "name", "cron", "timezone", "workflow", "overlap", "catch_up", "grace_s", "retention_days",
@@ -97,6 +98,8 @@ def check_cron(expression: Any) -> str:
             "with seconds first",
             "cron",
         )
+    from croniter import CroniterError
+
     try:
         _iterator(expression, dt.datetime(2000, 1, 1, tzinfo=dt.UTC)).get_next(dt.datetime)
     except (CroniterError, ValueError, KeyError) as exc:
@@ -171,6 +174,10 @@ def parse_schedule(data: dict[str, Any], *, partial_of: ScheduleSpec | None = No
 
 
 def _iterator(expression: str, start: dt.datetime) -> croniter:
+    # Imported here: every process loads this module (for the schedules table's enums), and
+    # croniter's import costs a worker's start-up more than the rest of this module.
+    from croniter import croniter
+
     six = len(expression.split(" ")) == 6
     return croniter(expression, start, second_at_beginning=six)
 

@@ -1,6 +1,7 @@
 """A worker or controller process imports only what it runs: not Flask, the web app, the
-TaskInstance server, Alembic (its schema check reads the revision without it) or requests
-(each costs start-up time, on every worker restart)."""
+TaskInstance server, Alembic (its schema check reads the revision without it), requests, or
+what only other commands print or parse with (Rich, croniter); each costs start-up time, on
+every worker restart."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ PROCESS_IMPORTS = (
 )
 NOT_WANTED = (
     "flask", "flask_smorest", "kiln.web", "kiln.taskinstance.server", "alembic", "requests",
+    "rich", "croniter",
 )  # fmt: skip
 
 
