@@ -283,6 +283,7 @@ def policy_runs(
         ("ShortestExpected", "ShortestExpected", {}, kiln),
         ("Boost", "Boost", {}, kiln),
         ("SEPTGuard", "SEPTGuard", {}, kiln),
+        ("LateBudget", "LateBudget", {}, kiln),
         ("naive SPF", "ShortestExpected", {}, NaivePredictor),
         ("label oracle", "ShortestExpected", {}, lambda: LabelOracle(jobs, names)),
         ("oracle SJF", "ShortestExpected", {}, OraclePredictor),

@@ -1,7 +1,7 @@
 """Issue 17's generalisation grid: the chosen policy on a seeded family of generated traces.
 
 Every cell is a trace from ``bench/tracegen.py`` replayed by the simulator of
-``bench/scheduling.py`` with FIFO, the chosen policy (``--policy``, default SEPTGuard), the label
+``bench/scheduling.py`` with FIFO, the chosen policy (``--policy``, default LateBudget), the label
 oracle (shortest-expected-first by the true conditional mean) and the full oracle. Per cell:
 how much the label oracle cuts FIFO's mean (``LO cut``), the policy's ``capture`` =
 (FIFO mean − policy mean) / (FIFO mean − label-oracle mean), its p99 and mean against FIFO,
@@ -176,7 +176,7 @@ def read_cells(path: Path) -> list[Cell]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--policy", default="SEPTGuard", choices=POLICY_NAMES)
+    parser.add_argument("--policy", default="LateBudget", choices=POLICY_NAMES)
     parser.add_argument(
         "--param", action="append", default=[], help="policy parameter NAME=VALUE (repeatable)"
     )
@@ -197,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--param takes NAME=NUMBER")
     cells = [s for s in default_grid(args.jobs, args.seed) if not args.only or args.only in s.name]
     started = time.perf_counter()
-    print(f"{args.policy} {params or ''} on {len(cells)} cells of {args.jobs} jobs\n")
+    title = f"{args.policy} {params or 'defaults'} on {len(cells)} cells of {args.jobs} jobs"
+    print(title + "\n")
     print(HEADER)
     done = []
     for shape in cells:
@@ -223,7 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         writer.writeheader()
         writer.writerows(asdict(c) for c in done)
     args.out.with_suffix(".md").write_text(
-        "\n".join([compact_table(done), "", HEADER, *map(row_text, done), "", summary, ""])
+        "\n".join(
+            [title, "", compact_table(done), "", HEADER, *map(row_text, done), "", summary, ""]
+        )
     )
     return 0 if not failed else 1
 

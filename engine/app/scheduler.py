@@ -81,8 +81,8 @@ __all__ = [
 
 log = logging.getLogger("kiln.scheduler")
 # Policies that use actual run times (vruntime, round-robin quantum, the self-tuning of
-# Boost and SEPTGuard from measured run times).
-LEARNS_FROM_RUN_TIMES = frozenset({"Fair", "RoundRobin", "Boost", "SEPTGuard"})
+# Boost, SEPTGuard and LateBudget from measured run times).
+LEARNS_FROM_RUN_TIMES = frozenset({"Fair", "RoundRobin", "Boost", "SEPTGuard", "LateBudget"})
 SEEN_MAX = 100_000  # candidate ids remembered as arrivals already measured
 QUANTUM_MAX_MICROS = 86_400_000_000  # a day: a longer turn is no rotation at all
 Warn = Callable[[str], None]

@@ -22,7 +22,7 @@ def recorded_queue(policy: str) -> tuple[list[QueuedItem], float, SchedulerState
     deadline falls within a second of the moment it is ranked."""
     _, (items, now, scheduler) = replay(policy, scale=1000.0, snapshot_at=300)
     state = scheduler.state
-    if policy == "SEPTGuard":
+    if policy in ("SEPTGuard", "LateBudget"):
         # Rank it when half the queue is past its FIFO deadline, halfway between two.
         deadlines = sorted(scheduler.policy.deadline(i, state) for i in items)
         middle = len(deadlines) // 2
@@ -50,7 +50,7 @@ def as_rows(items: list[QueuedItem], shift: float) -> list[SimpleNamespace]:
     ]
 
 
-@pytest.mark.parametrize("policy", ["SEPTGuard", "Boost", "ShortestExpected", "FIFO"])
+@pytest.mark.parametrize("policy", ["LateBudget", "SEPTGuard", "Boost", "ShortestExpected", "FIFO"])
 def test_the_controller_dispatches_a_recorded_queue_in_the_simulators_order(kiln: Kiln, policy):
     items, now, state = recorded_queue(policy)
     kiln.scheduler.set_policy(policy)

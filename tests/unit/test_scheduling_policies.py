@@ -57,6 +57,7 @@ def test_policy_names_are_exactly_the_documented_ones():
         "ShortestExpected",
         "Boost",
         "SEPTGuard",
+        "LateBudget",
     )
 
 

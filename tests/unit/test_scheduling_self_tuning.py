@@ -95,7 +95,7 @@ def test_septguard_runs_items_past_their_fifo_deadline_first_oldest_first_then_t
     assert all(policy.patience(i, state) >= policy.guard * state.fifo_p99 for i in items)
 
 
-@pytest.mark.parametrize("policy", ["Boost", "SEPTGuard", "ShortestExpected"])
+@pytest.mark.parametrize("policy", ["Boost", "SEPTGuard", "LateBudget", "ShortestExpected"])
 def test_the_order_does_not_depend_on_the_unit_of_time(policy):
     seconds, _ = replay(policy, scale=1.0)
     kiloseconds, _ = replay(policy, scale=1000.0)

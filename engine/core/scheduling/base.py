@@ -65,6 +65,12 @@ class Policy(abc.ABC):
         earliest deadline first. ``None``: never (the default)."""
         return None
 
+    def excuse(self, item: QueuedItem, now: float, state: SchedulerState) -> bool:
+        """Asked, earliest deadline first, of each item past its deadline: ``True`` leaves it
+        late instead (it keeps its place in the rank order; the policy records that in
+        ``state``, so that :meth:`deadline` then says ``None``). Never, by default."""
+        return False
+
     def record_start(self, item: QueuedItem, now: float, state: SchedulerState) -> None:
         state.total_scheduled += 1
         if state.total_scheduled > 1 and item.group != state.last_group:
@@ -99,6 +105,11 @@ class KeyedPolicy(Policy):
         # The time-invariant key when there is one, so that a sorted list, a heap and the
         # controller's order agree to the last tie.
         if items and self.rank_key(items[0], state) is not None:
+            if type(self).excuse is not Policy.excuse:
+                # In the order the ready queue's deadline heap asks, so both excuse the same.
+                due = [(self.deadline(i, state), i.enqueued_at, i.id, i) for i in items]
+                for *_, item in sorted(d for d in due if d[0] is not None and d[0] <= now):
+                    self.excuse(item, now, state)
 
             def key(item: QueuedItem) -> tuple:
                 due = self.deadline(item, state)

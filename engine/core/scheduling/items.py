@@ -9,7 +9,7 @@ from kiln.core.prediction.types import Prediction
 
 class UnknownPolicy(ValueError):
     """Unknown scheduling policy; expected one of FIFO, RoundRobin, Priority, Fair,
-    ShortestPredicted, ShortestExpected, Boost."""
+    ShortestPredicted, ShortestExpected, Boost, SEPTGuard, LateBudget."""
 
     def __init__(self, name: object, known: tuple[str, ...]) -> None:
         self.name = name
@@ -78,6 +78,9 @@ class SchedulerState:
     recent_pairs: list[tuple[float, float]] = field(default_factory=list)
     fifo_p99: float | None = None
     concurrency: list[int] = field(default_factory=list)
+    # LateBudget: items left late on purpose (id -> total_scheduled then), and when.
+    excused: dict[str, int] = field(default_factory=dict)
+    excused_at: list[int] = field(default_factory=list)
     boost_gamma: float | None = None
     boost_epoch: int = 0
     starts_since_tune: int = 0
@@ -107,6 +110,8 @@ class SchedulerState:
             "recent_pairs": [list(p) for p in self.recent_pairs],
             "fifo_p99": self.fifo_p99,
             "concurrency": list(self.concurrency),
+            "excused": dict(self.excused),
+            "excused_at": list(self.excused_at),
             "boost_gamma": self.boost_gamma,
             "boost_epoch": self.boost_epoch,
             "starts_since_tune": self.starts_since_tune,

@@ -2,7 +2,8 @@
 
 The classic policies (FIFO, Priority, Fair, RoundRobin, ShortestPredicted) live here; what
 every policy is, in :mod:`kiln.core.scheduling.base`; the expected-size policies of issue 17
-(ShortestExpected, Boost, SEPTGuard), in :mod:`kiln.core.scheduling.tail`.
+(ShortestExpected, Boost, SEPTGuard), in :mod:`kiln.core.scheduling.tail`; LateBudget in
+:mod:`kiln.core.scheduling.deadline`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, ClassVar
 
 from kiln.core.prediction.estimate import estimate, quantile_value
 from kiln.core.scheduling.base import KeyedPolicy, Policy
+from kiln.core.scheduling.deadline import LateBudget
 from kiln.core.scheduling.items import QueuedItem, SchedulerState, UnknownPolicy
 from kiln.core.scheduling.params import InvalidPolicyParams, Param, check_params
 from kiln.core.scheduling.tail import Boost, SEPTGuard, ShortestExpected
@@ -344,6 +346,7 @@ POLICIES: dict[str, type[Policy]] = {
         ShortestExpected,
         Boost,
         SEPTGuard,
+        LateBudget,
     )
 }
 POLICY_NAMES: tuple[str, ...] = tuple(POLICIES)

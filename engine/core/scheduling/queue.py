@@ -1,12 +1,12 @@
 """A ready queue that picks in the current policy's order in O(log n).
 
 Policies with a time-invariant key (:meth:`~kiln.core.scheduling.base.KeyedPolicy.rank_key`:
-FIFO, Priority, ShortestExpected, Boost, SEPTGuard) keep their items in a heap, plus a second
-heap by deadline when the policy gives items one (an item past its deadline runs first,
-earliest deadline first); the heaps are rebuilt when the policy or its self-tuned parameters
-change (``rank_epoch``) or when the items' predictions are replaced. Other policies
-(RoundRobin, Fair, ShortestPredicted, whose rank depends on the whole queue) are asked to
-pick from the list, as the controller does.
+FIFO, Priority, ShortestExpected, Boost, SEPTGuard, LateBudget) keep their items in a heap,
+plus a second heap by deadline when the policy gives items one (an item past its deadline
+runs first, earliest deadline first, unless the policy excuses it); the heaps are rebuilt
+when the policy or its self-tuned parameters change (``rank_epoch``) or when the items'
+predictions are replaced. Other policies (RoundRobin, Fair, ShortestPredicted, whose rank
+depends on the whole queue) are asked to pick from the list, as the controller does.
 Either way the pick is exactly the first item of ``scheduler.order(items, now)``.
 """
 
@@ -84,10 +84,11 @@ class ReadyQueue:
             return self._take(item.id)
         if signature != self._keyed_by:
             self._rebuild(signature)
+        policy, state = self.scheduler.policy, self.scheduler.state
         while self._due and self._due[0][0] <= now:
-            item = self._take(heapq.heappop(self._due)[2])
-            if item is not None:
-                return item
+            item = self._items.get(heapq.heappop(self._due)[2])
+            if item is not None and not policy.excuse(item, now, state):
+                return self._take(item.id)
         while True:
             item = self._take(heapq.heappop(self._heap)[1])
             if item is not None:
