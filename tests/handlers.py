@@ -29,6 +29,18 @@ def add(a: float, b: float) -> float:
 
 @task(name="sleep")
 def sleep(seconds: float, value: object = None) -> object:
+    """Sleeps ``seconds``, or until the attempt is cancelled, as a well-behaved handler does
+    (a worker shutting down then waits for nothing)."""
+    end = time.monotonic() + seconds
+    ctx = current_task()
+    while not ctx.cancelled and (left := end - time.monotonic()) > 0:
+        time.sleep(min(left, 0.05))
+    return value
+
+
+@task(name="sleep_ignoring_cancel")
+def sleep_ignoring_cancel(seconds: float, value: object = None) -> object:
+    """Sleeps ``seconds`` whatever happens: a handler that never looks at cancellation."""
     time.sleep(seconds)
     return value
 

@@ -134,7 +134,9 @@ class WorkerLifecycle(dramatiq.Middleware):
 
     after_skip_message = after_process_message
 
-    def before_worker_shutdown(self, broker, worker):  # type: ignore[no-untyped-def]
+    def after_worker_shutdown(self, broker, worker):  # type: ignore[no-untyped-def]
+        # Not before: while Dramatiq waits for the running handlers to finish, their leases
+        # are still extended and a cancel still reaches them.
         self._stop.set()
         if self._id is not None:
             try:

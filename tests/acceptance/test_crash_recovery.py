@@ -163,3 +163,28 @@ def test_a_task_that_kills_its_worker_every_time_ends_failed_after_max_attempts(
     assert task["status"] == "failed" and task["attempts"] == 2
     assert [a["outcome"] for a in task["attempt_history"]] == ["lost", "lost"]
     assert "lost during attempt 2 of 2" in task["error"]
+
+
+def test_a_task_still_running_when_its_worker_is_told_to_stop_keeps_its_lease_and_finishes_once(
+    cluster, pg_kiln
+):
+    # The suite's lease is 3 s; the task runs 6 s after SIGTERM. A worker that stopped
+    # extending its leases on SIGTERM would lose this one to recovery midway, its result
+    # would be refused as stale, and with no other worker the run would not end.
+    cluster.controller()
+    worker = cluster.worker(threads=2)
+    wf = Workflow("drain-on-sigterm")
+    wf.add("sleep", name="Long", params={"seconds": 6.0, "value": "done"}, max_attempts=3)
+    wf_id = pg_kiln.submit(wf, check_handlers=False)
+    wait_for(
+        lambda: pg_kiln.workflow(wf_id)["tasks"][0]["status"] == "running",
+        what="the long task to start",
+    )
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=60) == 0, cluster.logs()
+
+    run = pg_kiln.workflow(wf_id)
+    long_task = run["tasks"][0]
+    assert run["status"] == "succeeded", cluster.logs()
+    assert [a["outcome"] for a in long_task["attempt_history"]] == ["succeeded"]
+    assert long_task["result"] == "done"

@@ -91,7 +91,9 @@ def test_a_task_that_always_fails_ends_failed_after_max_attempts(kiln, embedded)
 
 def test_a_task_running_past_its_timeout_is_interrupted_and_retried(kiln, embedded):
     wf = Workflow("slow")
-    wf.add("sleep", name="Slow", params={"seconds": 5}, timeout_s=0.3, max_attempts=2)
+    wf.add(
+        "sleep_ignoring_cancel", name="Slow", params={"seconds": 5}, timeout_s=0.3, max_attempts=2
+    )
     run = run_to_end(kiln, wf)
     task = tasks_by_name(run)["Slow"]
     assert task["status"] == "failed" and task["attempts"] == 2
