@@ -439,7 +439,8 @@ class Kiln:
         return self.txn(
             lambda c: recovery.heartbeat_leases_txn(
                 c, worker_id, held, lease_s=self.settings.lease_s
-            )
+            ),
+            single=True,  # one UPDATE of leases, no status: it writes no event
         )
 
     def lost_leases(self, worker_id: str, held: list[tuple[int, int]]) -> list[tuple[int, int]]:
