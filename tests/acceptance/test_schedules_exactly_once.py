@@ -69,12 +69,12 @@ def test_three_controllers_fire_each_second_once_through_a_kill_and_an_outage(cl
     }  # fmt: skip
     wait_for(lambda: len(fires(pg_kiln, ids["all"])) >= 3, timeout=30, what="the first fires")
 
-    time.sleep(15)  # the controllers run for a while: this test is about what happens in time
+    time.sleep(6)  # the controllers run for a while: this test is about what happens in time
     os.kill(controllers[0].pid, signal.SIGKILL)
     controllers[0].wait()
     time.sleep(5)
     controllers[0] = cluster.controller()
-    time.sleep(20)
+    time.sleep(8)
 
     before_outage = time.time()
     for proc in controllers:
@@ -85,13 +85,13 @@ def test_three_controllers_fire_each_second_once_through_a_kill_and_an_outage(cl
     controllers = [cluster.controller() for _ in range(3)]
     wait_for(
         lambda: any(f.fire_time.timestamp() > back + 3 for f in fires(pg_kiln, ids["none"])),
-        timeout=30,
+        timeout=60,
         what="fires after the outage",
     )
     time.sleep(5)
     for policy in ids:
         pg_kiln.schedules.pause(ids[policy])
-    total_s = time.time() - before_outage + 40
+    total_s = time.time() - before_outage + 19
 
     by_policy = {p: fires(pg_kiln, i) for p, i in ids.items()}
     runs = runs_per_schedule(pg_kiln)
@@ -109,7 +109,7 @@ def test_three_controllers_fire_each_second_once_through_a_kill_and_an_outage(cl
 
     secs = seconds(by_policy["all"])
     assert secs == list(range(secs[0], secs[-1] + 1)), "catch_up=all lost a second"
-    assert len(secs) >= 50
+    assert len(secs) >= 35
     in_outage = lambda fs: [s for s in seconds(fs) if before_outage + 1 < s < back - GRACE_S]  # noqa: E731
     assert len(in_outage(by_policy["all"])) >= OUTAGE_S - GRACE_S - 2
     assert len(late(by_policy["latest"])) == 1 and len(in_outage(by_policy["latest"])) <= 1
