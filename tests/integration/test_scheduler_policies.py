@@ -206,7 +206,8 @@ def assert_not_starved(
         if after.total_seconds() > window_s + CLOCK_MARGIN_S
     ]
     assert not too_late, (
-        f"submitted after aging made the victim first, yet ran before it: {too_late}"
+        f"submitted after aging made the victim first, yet ran before it: {too_late}; "
+        f"the victim's attempts {task['attempt_history']}"
     )
     assert feeder.thread.is_alive(), "the stream ended first: starvation was not tested"
 
@@ -214,6 +215,9 @@ def assert_not_starved(
 def test_priority_aging_lets_a_low_priority_task_run_before_work_submitted_past_its_window(
     cluster, pg_kiln
 ):
+    # Aging counts from when the victim became ready: a lease lost to recovery on a loaded
+    # machine (the suite's is 3 s) would make it ready again, later. The lease is not under test.
+    cluster.env["KILN_LEASE_S"] = "30"
     with serve_kiln(pg_kiln) as api:
         inst = start_instance(api, "m", "--max-concurrency", "1")
         try:
@@ -255,6 +259,7 @@ def test_shortest_predicted_aging_lets_a_long_task_run_before_work_submitted_pas
     )
     cluster.env["KILN_PREDICTIONS_FILE"] = str(predictions)
     cluster.env["KILN_PREDICTOR_MIN_SAMPLES"] = "1000"  # keep the lookup's sizes
+    cluster.env["KILN_LEASE_S"] = "30"  # as for Priority aging above
     with serve_kiln(pg_kiln) as api:
         inst = start_instance(
             api, "m", "--capability", "long", "--capability", "short", "--max-concurrency", "1"
