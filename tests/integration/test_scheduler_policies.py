@@ -213,7 +213,7 @@ def assert_not_starved(
 
 
 @pytest.mark.skip(
-    reason="fails when run after tests/integration/test_maps.py in one pytest process (the "
+    reason="fails intermittently when run after tests/integration/test_maps.py in one pytest process (the "
     "victim is starved or starts only seconds late; passes alone): under investigation, see "
     "the stop-20 closing note"
 )
