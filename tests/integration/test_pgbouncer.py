@@ -16,6 +16,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -138,6 +139,12 @@ def pooled_url(pgbouncer: PgBouncer, pg_url: str) -> str:
     return pgbouncer.url(sa.make_url(pg_url).database)
 
 
+def pooled_kiln(pgbouncer: PgBouncer, pg_url: str, **kwargs: Any) -> Kiln:
+    """A Kiln whose connections go through PgBouncer, its LISTEN straight to PostgreSQL."""
+    settings = fast_settings(database_url=pooled_url(pgbouncer, pg_url), listen_database_url=pg_url)
+    return Kiln(settings, **kwargs)
+
+
 def events_of(kiln: Kiln, task_id: int) -> list[tuple[str, str | None, str | None]]:
     query = sa.text(
         "SELECT to_status, actor, reason FROM events "
@@ -172,8 +179,9 @@ def test_concurrent_actors_sharing_server_connections_each_name_their_own_events
     # Eight threads, each its own actor, through PgBouncer's five server connections: a
     # session-level actor would be read by whichever thread's transaction came next.
     sent: list = []  # a sender: a submit to an idle queue leases its task (events) at once
-    kiln = Kiln(
-        fast_settings(database_url=pooled_url(pgbouncer, pg_url), listen_database_url=pg_url),
+    kiln = pooled_kiln(
+        pgbouncer,
+        pg_url,
         pool_size=8,
         sender=sent.extend,
     )
@@ -222,10 +230,7 @@ def test_hot_transactions_through_pgbouncer_name_their_actor_without_a_statement
     # actor: a one-statement transaction (submit, claim) in its statement, run in autocommit;
     # a longer one (the controller's dispatch pass, a finish) in the statement that begins it.
     sent: list = []
-    kiln = Kiln(
-        fast_settings(database_url=pooled_url(pgbouncer, pg_url), listen_database_url=pg_url),
-        sender=sent.extend,
-    )
+    kiln = pooled_kiln(pgbouncer, pg_url, sender=sent.extend)
     statements: list[tuple[str, bool]] = []
 
     @sa.event.listens_for(kiln.engine, "before_cursor_execute")
@@ -273,10 +278,7 @@ def test_a_claim_through_pgbouncer_that_puts_a_paused_runs_task_back_names_its_w
     # The claim's other branch: a task leased just before its run was paused goes back to
     # ready, an event of the claim's statement like the start it replaces.
     sent: list = []
-    kiln = Kiln(
-        fast_settings(database_url=pooled_url(pgbouncer, pg_url), listen_database_url=pg_url),
-        sender=sent.extend,
-    )
+    kiln = pooled_kiln(pgbouncer, pg_url, sender=sent.extend)
     try:
         run = kiln.submit({"name": "paused", "tasks": [{"name": "A", "handler": "noop"}]})
         ((task_id, attempt),) = [(d.task_id, d.attempt) for d in sent]
@@ -295,9 +297,7 @@ def test_a_claim_through_pgbouncer_that_puts_a_paused_runs_task_back_names_its_w
 def test_a_controller_vacuums_the_bloated_queue_tables_through_pgbouncer(pgbouncer, pg_url):
     # VACUUM runs outside any transaction, and no session lock guards it any more: both
     # must hold when each statement may land on another server connection.
-    kiln = Kiln(
-        fast_settings(database_url=pooled_url(pgbouncer, pg_url), listen_database_url=pg_url)
-    )
+    kiln = pooled_kiln(pgbouncer, pg_url)
     try:
         _burst(kiln, maintenance.MIN_DEAD_ROWS + 2_000)
         wait_for(
