@@ -40,7 +40,7 @@ class Controller:
         *,
         send: Callable[[Sequence[Dispatch], int], None] = transport.send,
         hooks: Iterable[Hook] = (),
-        order: Callable[[list[Any]], list[Any]] | None = None,
+        order: Callable[[list[Any], int], list[Any]] | None = None,
         recovery_interval_s: float | None = None,
         every_queue: bool = False,
     ) -> None:

@@ -31,7 +31,7 @@ Hook = Callable[[Kiln], Any]
 LOST_CHECK_EVERY_S = 1.0
 
 
-def scheduler_order(kiln: Kiln) -> Callable[[list[Any]], list[Any]]:
+def scheduler_order(kiln: Kiln) -> Callable[[list[Any], int], list[Any]]:
     """The controller's ``order=``: the persisted policy, holding back model_type tasks
     beyond the free instance slots (``kiln.scheduler``'s one service in this process)."""
     return kiln.scheduler.order

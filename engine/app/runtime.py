@@ -365,7 +365,7 @@ class Kiln:
     def dispatch(
         self,
         limit: int,
-        order: Callable[[list[Any]], list[Any]] | None = None,
+        order: Callable[[list[Any], int], list[Any]] | None = None,
         queues: Collection[str] | None = None,
     ) -> list[Dispatch]:
         """Lease up to ``limit`` ready tasks; of named queues only those in ``queues`` (the

@@ -255,9 +255,10 @@ class SchedulerService:
         else:
             self.scheduler.state.quantum_micros = stored.state.quantum_micros
 
-    def order(self, candidates: list[Any]) -> list[Any]:
-        """Rank the locked candidates with the current policy; hold back model_type tasks
-        beyond the free slots of the live instances serving them."""
+    def order(self, candidates: list[Any], limit: int | None = None) -> list[Any]:
+        """Rank the locked candidates with the current policy and return the first ``limit``
+        (None: all); hold back model_type tasks beyond the free slots of the live instances
+        serving them."""
         if not candidates:
             return candidates
         with self._lock:
@@ -269,8 +270,10 @@ class SchedulerService:
             # Exactly the order the simulator's ReadyQueue picks in (bench/schedsim.py).
             ranked = self.scheduler.order(items, now)
             free: Capacity | None = None
-            out = []
+            out: list[Any] = []
             for item in ranked:
+                if limit is not None and len(out) >= limit:
+                    break
                 row = by_id[item.id]
                 if row.handler is None and row.model_type is not None:
                     if free is None:
@@ -537,9 +540,9 @@ class SchedulerAPI:
                 self._service = SchedulerService(self._kiln, warn=self._warn)
             return self._service
 
-    def order(self, candidates: list[Any]) -> list[Any]:
+    def order(self, candidates: list[Any], limit: int | None = None) -> list[Any]:
         """The controller's ``order=``: see :meth:`SchedulerService.order`."""
-        return self.service.order(candidates)
+        return self.service.order(candidates, limit)
 
     def sync(self) -> None:
         """A controller hook: see :meth:`SchedulerService.sync`."""

@@ -60,24 +60,36 @@ def dispatch_candidates_txn(
     limit: int,
     now: dt.datetime,
     queues: Collection[str] | None = None,
+    oldest: int = 0,
 ) -> list[Any]:
     """Lock up to ``limit`` dispatchable tasks of runs that are not paused, best first by
-    (priority, age). Other controllers skip the locked rows. A ``model_type`` task is a
-    candidate only while a live instance serves it (the controller's ``note_unroutable``
-    hook says why the others wait); a task of a named queue only when ``queues`` (those live
-    workers consume; None: all) holds it (:func:`note_unserved_queues_txn`)."""
+    (priority, age), and with ``oldest`` also up to that many of the longest waiting. Other
+    controllers skip the locked rows. A ``model_type`` task is a candidate only while a live
+    instance serves it (the controller's ``note_unroutable`` hook says why the others wait); a
+    task of a named queue only when ``queues`` (those live workers consume; None: all) holds
+    it (:func:`note_unserved_queues_txn`).
+
+    The oldest are there for a policy that ranks by age (FIFO) or ages work (Priority's
+    aging, ShortestPredicted's, the deadline rules): ranked among the best by priority alone,
+    an old low-priority task behind a backlog of higher ones larger than ``limit`` would never
+    reach the policy, and wait as long as the backlog lasts whatever its aging says."""
     q = (
         dispatchable_tasks(tasks.c.attempts)
         .where(
             sa.or_(tasks.c.not_before.is_(None), tasks.c.not_before <= now),
             sa.or_(tasks.c.handler.is_not(None), served_clause(tasks.c.model_type, now)),
         )
-        .limit(limit)
         .with_for_update(skip_locked=True, of=tasks)
     )
     if queues is not None:
         q = q.where(sa.or_(tasks.c.queue.is_(None), tasks.c.queue.in_(sorted(queues))))
-    return list(conn.execute(q))
+    rows = list(conn.execute(q.limit(limit)))
+    if oldest > 0:
+        # Rows this transaction locked already are not skipped: drop them here.
+        by_age = q.order_by(None).order_by(tasks.c.ready_at, tasks.c.id).limit(oldest)
+        seen = {r.id for r in rows}
+        rows += [r for r in conn.execute(by_age) if r.id not in seen]
+    return rows
 
 
 def note_unserved_queues_txn(conn: sa.Connection, queues: Collection[str]) -> int:
@@ -112,6 +124,10 @@ def mark_queued_txn(
     }
     return [by_id[i] for i in task_ids if i in by_id]
 
+
+# An ordered dispatch also ranks this share of its batch size from the longest waiting (at
+# least one), whatever their priority: see :func:`dispatch_candidates_txn`.
+ORDER_OLDEST_SHARE = 8
 
 # Direct dispatch is for an idle system only: past this many tasks already sent and not yet
 # claimed, newly ready work waits for the controller and its scheduling policy.
@@ -158,16 +174,20 @@ def dispatch_ready_txn(
     *,
     limit: int,
     lease_s: float,
-    order: Callable[[list[Any]], list[Any]] | None = None,
+    order: Callable[[list[Any], int], list[Any]] | None = None,
     queues: Collection[str] | None = None,
 ) -> list[Dispatch]:
     """Lease up to ``limit`` ready tasks for dispatch, in the order ``order`` gives (default
     priority then age), of named queues only those in ``queues`` (None: all). The caller
-    commits, then sends one message per batch."""
+    commits, then sends one message per batch.
+
+    ``order(candidates, limit)`` ranks the best ``limit`` by priority and the
+    ``limit // ORDER_OLDEST_SHARE`` oldest (at least one), and returns at most ``limit``."""
     now = utcnow()
-    candidates = dispatch_candidates_txn(conn, limit=limit, now=now, queues=queues)
+    oldest = max(1, limit // ORDER_OLDEST_SHARE) if order is not None else 0
+    candidates = dispatch_candidates_txn(conn, limit=limit, now=now, queues=queues, oldest=oldest)
     if order is not None:
-        candidates = order(candidates)
+        candidates = order(candidates, limit)[:limit]
     return mark_queued_txn(
         conn,
         [c.id for c in candidates],

@@ -242,6 +242,14 @@ tasks = sa.Table(
         postgresql_where=sa.text("status IN ('ready', 'retrying')"),
         sqlite_where=sa.text("status IN ('ready', 'retrying')"),
     ),
+    # The longest waiting, whatever their priority: an ordered dispatch ranks them too.
+    sa.Index(
+        "tasks_age_idx",
+        "ready_at",
+        "id",
+        postgresql_where=sa.text("status IN ('ready', 'retrying')"),
+        sqlite_where=sa.text("status IN ('ready', 'retrying')"),
+    ),
     sa.Index(
         "tasks_lease_idx",
         "lease_expires_at",
