@@ -10,7 +10,7 @@ import pytest
 
 from kiln.app.runtime import Kiln
 from kiln.store.db import utcnow
-from kiln.workers.scheduling_hooks import note_unroutable
+from kiln.workers.scheduling_hooks import note_unroutable, scheduler_order
 
 
 def register(kiln: Kiln, model_type: str, port: int, *capabilities: str) -> int:
@@ -118,3 +118,32 @@ def test_heartbeat_progress_reaches_only_the_attempt_running_there(kiln):
     assert out["progress_updates"] == 1
     (task,) = tasks_by_name(kiln, wf).values()
     assert (task["progress"], task["progress_message"]) == (0.4, "decoding")
+
+
+def test_a_backlog_behind_busy_instances_keeps_saying_so_while_one_slot_frees(kiln):
+    from kiln.core.execution import Outcome
+
+    register(kiln, "m", 1)  # two slots
+    running = claim_and_place(kiln, submit(kiln, "m", "m"))
+    backlog = submit(kiln, *["m"] * 5)
+    busy = "every live instance serving model_type m is busy; waiting for a free slot"
+    kiln.instances.note_busy()
+    assert {t["waiting_reason"] for t in tasks_by_name(kiln, backlog).values()} == {busy}
+    now = utcnow()
+    kiln.record([Outcome(running[0], ok=True, started_at=now, finished_at=now, result=1)])
+    # One free slot for five tasks: four of them still wait, whichever the next dispatch
+    # sends. Their reasons stay as they are (they were all cleared, and written back once
+    # the slot was taken: the whole backlog rewritten twice per finished task).
+    kiln.instances.note_busy()
+    assert {t["waiting_reason"] for t in tasks_by_name(kiln, backlog).values()} == {busy}
+    (sent,) = kiln.dispatch(10, order=scheduler_order(kiln))
+    reasons = {t["id"]: t["waiting_reason"] for t in tasks_by_name(kiln, backlog).values()}
+    assert reasons.pop(sent.task_id) is None
+    assert set(reasons.values()) == {busy}
+    # Room for every waiting task (two more instances): none says it waits for one any more.
+    register(kiln, "m", 2)
+    register(kiln, "m", 3)
+    now = utcnow()
+    kiln.record([Outcome(running[1], ok=True, started_at=now, finished_at=now, result=1)])
+    kiln.instances.note_busy()
+    assert {t["waiting_reason"] for t in tasks_by_name(kiln, backlog).values()} == {None}
