@@ -64,3 +64,10 @@ def test_a_dispatch_without_a_policy_leases_the_best_by_priority_then_age(kiln):
     leased = [d.task_id for d in kiln.dispatch(10)]
     assert len(leased) == 7
     assert leased[-1] == old
+
+
+def test_the_schedule_next_preview_ranks_the_oldest_too_beyond_its_window(kiln):
+    kiln.scheduler.set_policy("FIFO")
+    old = old_task_then_backlog(kiln, backlog=2100)  # the preview ranks 2,000 by priority
+    preview = kiln.scheduler.schedule_next(limit=3)
+    assert preview["next_task_id"] == old
