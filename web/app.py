@@ -20,6 +20,12 @@ from kiln.web import auth, limits
 from kiln.web.errors import KilnApi, register_error_handlers
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+# Connections the web process keeps: at least gunicorn's --threads (the Procfile's 8; up to 16),
+# so that no request opens one. A pool smaller than the threads opens overflow connections
+# under load and closes each when it is handed back: a PostgreSQL backend started per request,
+# whose statements are never prepared. The pool opens connections only when a thread needs one,
+# so a process holds at most one per thread (KILN_DB_POOL_SIZE overrides it).
+POOL_SIZE = 16
 
 
 def create_app(kiln: Kiln | None = None) -> Flask:
@@ -32,7 +38,7 @@ def create_app(kiln: Kiln | None = None) -> Flask:
         if not settings.embedded_broker:
             # Submissions to an idle queue go straight to the broker (see Kiln.sender).
             from kiln.transport import send_now as sender
-        kiln = Kiln(settings, sender=sender)
+        kiln = Kiln(settings, sender=sender, pool_size=POOL_SIZE)
     app = Flask("kiln")
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.config.update(
