@@ -311,7 +311,12 @@ class SchedulerService:
             if self.scheduler.policy_name in LEARNS_FROM_RUN_TIMES:
                 self._learn_finished()
             else:
+                # No finish is read under these policies, so nothing would ever leave the
+                # running set the self-tuning keeps: it grew to thousands of items, which
+                # every arrival walked (the controller spent a second on a pass of 1,000).
                 self._inflight.clear()
+                self.scheduler.state.running_since.clear()
+                self.scheduler.state.running_expected.clear()
                 self._finished_after = utcnow()
             if not self._dirty or time.monotonic() - self._persisted_at < self.persist_every_s:
                 return

@@ -71,3 +71,20 @@ def test_the_schedule_next_preview_ranks_the_oldest_too_beyond_its_window(kiln):
     old = old_task_then_backlog(kiln, backlog=2100)  # the preview ranks 2,000 by priority
     preview = kiln.scheduler.schedule_next(limit=3)
     assert preview["next_task_id"] == old
+
+
+def test_under_a_policy_that_reads_no_run_times_the_running_set_does_not_grow_pass_after_pass(
+    kiln,
+):
+    # FIFO reads no finishes, so nothing would ever leave the running set the self-tuning
+    # keeps; it grew to 4,096 items, which every arrival walked: a 1,000-task pass took a
+    # second of the controller's CPU and held the workers idle (W1 drain 800/s).
+    kiln.submit(
+        {"name": "many", "tasks": [{"name": f"t{i}", "handler": "noop"} for i in range(50)]}
+    )
+    service = kiln.scheduler.service
+    for _ in range(5):
+        assert len(kiln.dispatch(10, order=scheduler_order(kiln))) == 10
+        assert len(service.scheduler.state.running_since) == 10
+        service.sync()
+        assert service.scheduler.state.running_since == {}

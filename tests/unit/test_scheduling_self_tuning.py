@@ -153,3 +153,23 @@ def test_without_measurements_septguard_is_shortest_expected_first_and_boost_is_
     assert [i.id for i in Scheduler("SEPTGuard").order(items, 5.0)] == ["b", "a", "c"]
     assert [i.id for i in Scheduler("Boost").order(items, 5.0)] == ["a", "b", "c"]
     assert [i.id for i in Scheduler("ShortestExpected").order(items, 5.0)] == ["b", "a", "c"]
+
+
+def test_fifo_p99_counts_the_arrivals_the_exact_replay_has_not_reached():
+    # A long item is held back while 40 short ones run: FIFO would have run it first, and
+    # every short one would have waited behind it. The exact replay stops at the long one
+    # (its run time is unknown), so FIFO's p99 must come from the estimated responses.
+    state = SchedulerState()
+    tuning.note_arrival(state, "long", 0.0, 0.0, 0.0, expected=100.0)
+    for index in range(40):
+        t = 1.0 + index
+        tuning.note_arrival(state, f"s{index}", t, 100.0, t, expected=1.0)
+        tuning.note_start(state, f"s{index}", t, 1.0)
+        tuning.note_finish(state, f"s{index}", 1.0)
+    assert state.fifo_responses == []
+    assert state.fifo_p99 is not None and state.fifo_p99 >= 95.0
+    # Once the long item's run time is known, the exact replay takes over.
+    tuning.note_start(state, "long", 41.0, 100.0)
+    tuning.note_finish(state, "long", 100.0)
+    assert len(state.fifo_responses) == 41
+    assert min(state.fifo_responses[1:]) >= 60.0

@@ -71,7 +71,8 @@ class SchedulerState:
     running_expected: dict[str, float] = field(default_factory=dict)
     fifo_responses: list[float] = field(default_factory=list)
     fifo_waits: dict[str, float] = field(default_factory=dict)
-    fifo_arrivals: list[list] = field(default_factory=list)  # [id, arrived], arrival order
+    # [id, arrived, expected run time], arrival order
+    fifo_arrivals: list[list] = field(default_factory=list)
     fifo_sizes: dict[str, float] = field(default_factory=dict)  # finished, not replayed yet
     fifo_workload: list[float] = field(default_factory=list)
     fifo_clock: float = 0.0

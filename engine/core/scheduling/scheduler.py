@@ -89,7 +89,8 @@ class Scheduler:
     def record_arrival(self, item: QueuedItem, now: float, queued_work: float) -> None:
         """``item`` joined the queue at ``now`` behind ``queued_work`` predicted seconds of
         waiting items (self-tuning policies measure FIFO's response times from it)."""
-        tuning.note_arrival(self.state, item.id, now, queued_work, item.enqueued_at)
+        expected = estimate(item.predicted).expected if item.predicted else None
+        tuning.note_arrival(self.state, item.id, now, queued_work, item.enqueued_at, expected)
 
     def record_finish(self, item: QueuedItem, runtime: float, now: float) -> None:
         tuning.note_finish(self.state, item.id, runtime)

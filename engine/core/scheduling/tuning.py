@@ -23,11 +23,13 @@ arrival, the wait FIFO would give it, predicted when it arrives (the predicted w
 it, queued plus what is left of the running items, over the instances), and exactly once
 the run times are known: FIFO is replayed on the arrival times and actual run times
 (:func:`_replay_fifo`), so its response times are measured while another policy runs, bursts
-and heavy tails included; :func:`fifo_p99` is their p99.
+and heavy tails included; :func:`fifo_p99` is their p99, together with estimated responses of
+the arrivals the exact replay has not reached yet (:func:`_pending_responses`).
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Sequence
 
@@ -104,24 +106,31 @@ def decay_rate(arrival_rate: float, sizes: Sequence[float]) -> float:
 
 
 def note_arrival(
-    state: SchedulerState, item_id: str, now: float, queued_work: float, arrived_at: float
+    state: SchedulerState,
+    item_id: str,
+    now: float,
+    queued_work: float,
+    arrived_at: float,
+    expected: float | None = None,
 ) -> None:
     """An item that arrived at ``arrived_at`` is seen at ``now`` behind ``queued_work``
     predicted seconds of waiting items: record the wait FIFO would give it, as predicted now
-    (``fifo_waits[item_id]``, until it finishes), and queue it for the exact FIFO replay."""
+    (``fifo_waits[item_id]``, until it finishes), and queue it for the exact FIFO replay with
+    its ``expected`` run time (the estimate used until the replay reaches it)."""
+    # Work left on running items: only those with an expected size have any (the others
+    # count 0), so this walks ``running_expected``, not every running item: once per arrival,
+    # a walk of thousands of running items made a 1,000-task dispatch pass take a second.
     left = sum(
-        max(size - (now - started), 0.0)
-        for started, size in (
-            (state.running_since[i], state.running_expected.get(i, 0.0))
-            for i in state.running_since
-        )
+        max(size - (now - state.running_since[i]), 0.0)
+        for i, size in state.running_expected.items()
+        if i in state.running_since
     )
     state.fifo_waits[item_id] = (queued_work + left) / servers(state) * work_ratio(state)
     if len(state.fifo_waits) > 64 * WINDOW:
         # Items the caller never started (cancelled): the oldest entries go first.
         for key in list(state.fifo_waits)[: 16 * WINDOW]:
             del state.fifo_waits[key]
-    state.fifo_arrivals.append([item_id, arrived_at])
+    state.fifo_arrivals.append([item_id, arrived_at, expected or 0.0])
     if len(state.fifo_arrivals) > 64 * WINDOW:
         # A job that never finishes (cancelled) must not stall the replay for good.
         del state.fifo_arrivals[: 16 * WINDOW]
@@ -136,7 +145,7 @@ def _replay_fifo(state: SchedulerState) -> None:
     k = servers(state)
     work = sorted(state.fifo_workload)[:k] + [0.0] * max(k - len(state.fifo_workload), 0)
     done = 0
-    for item_id, arrived in state.fifo_arrivals:
+    for item_id, arrived, *_ in state.fifo_arrivals:
         size = state.fifo_sizes.pop(item_id, None)
         if size is None:
             break
@@ -149,6 +158,43 @@ def _replay_fifo(state: SchedulerState) -> None:
     del state.fifo_arrivals[:done]
     del state.fifo_responses[:-FIFO_WINDOW]
     state.fifo_workload = work
+
+
+def _pending_responses(state: SchedulerState, now: float) -> list[float]:
+    """FIFO's response times for the arrivals the exact replay has not reached yet.
+
+    The replay stops at the first arrival whose run time is unknown, and under a policy that
+    holds long items back that is the one it is holding: without these, FIFO's p99 is frozen
+    at its value from before the congestion, exactly while the queue is congested. So the
+    replay goes on from where it stopped, on a copy, with the run times known so far, and for
+    the rest the mean estimate: a running item's elapsed time or its expected run time,
+    whichever is longer, a waiting one's expected run time, both scaled by
+    :func:`work_ratio`. Recomputed at every retune, so each estimate is replaced by the
+    exact figure once the run times are known. Nothing before the first run time is known
+    (nor where none ever is: a live policy that does not learn run times reports no finish).
+
+    The instances as a heap of the times they are free: O(log k) an arrival.
+    """
+    if not state.recent_sizes:
+        return []
+    k = servers(state)
+    ratio = work_ratio(state)
+    work = sorted(state.fifo_workload)[:k] + [0.0] * max(k - len(state.fifo_workload), 0)
+    clock = state.fifo_clock
+    free = [clock + w for w in work]
+    heapq.heapify(free)
+    out = []
+    for item_id, arrived, *rest in state.fifo_arrivals:
+        size = state.fifo_sizes.get(item_id)
+        if size is None:
+            size = (rest[0] if rest else 0.0) * ratio
+            if item_id in state.running_since:
+                size = max(size, now - state.running_since[item_id])
+        clock = max(clock, arrived)
+        response = max(heapq.heappop(free) - clock, 0.0) + size
+        out.append(response)
+        heapq.heappush(free, clock + response)
+    return out
 
 
 def work_ratio(state: SchedulerState) -> float:
@@ -192,7 +238,7 @@ def note_start(
     del state.concurrency[:-WINDOW]
     state.starts_since_tune += 1
     if state.starts_since_tune >= RETUNE_EVERY or state.boost_gamma is None:
-        retune(state)
+        retune(state, now)
 
 
 def note_finish(state: SchedulerState, item_id: str, runtime: float) -> None:
@@ -225,10 +271,12 @@ def arrival_rate(state: SchedulerState) -> float | None:
     return (len(starts) - 1) / (starts[-1] - starts[0])
 
 
-def retune(state: SchedulerState) -> None:
+def retune(state: SchedulerState, now: float | None = None) -> None:
     """Recompute γ from the measured arrival rate, run times and instances, and FIFO's p99
-    from the recorded FIFO response times."""
-    p99 = _p99(state.fifo_responses)
+    from the recorded FIFO response times, with, when ``now`` is given, the estimated ones of
+    the arrivals the exact replay has not reached (:func:`_pending_responses`)."""
+    pending = _pending_responses(state, now) if now is not None else []
+    p99 = _p99((state.fifo_responses + pending)[-FIFO_WINDOW:])
     if p99 is not None and (
         state.fifo_p99 is None or abs(p99 - state.fifo_p99) > 0.05 * state.fifo_p99
     ):
