@@ -250,6 +250,14 @@ tasks = sa.Table(
     ),
     # The controller's periodic passes over model_type work must not scan every task: these
     # partial indexes keep them flat with a million tasks queued (docs/scale.md).
+    # ... and so must its pass over the tasks of worker pools no live worker consumes: empty
+    # while every task runs in the default pool.
+    sa.Index(
+        "tasks_queue_waiting_idx",
+        "queue",
+        postgresql_where=sa.text("status IN ('ready', 'retrying') AND queue IS NOT NULL"),
+        sqlite_where=sa.text("status IN ('ready', 'retrying') AND queue IS NOT NULL"),
+    ),
     sa.Index(
         "tasks_model_type_waiting_idx",
         "model_type",
