@@ -28,6 +28,10 @@ from kiln.store.schema import tasks
 # hide that. Re-sends wait for a live worker (``recover_txn``), so an outage does not count.
 MAX_DISPATCHES = 20
 
+# An ordered dispatch also ranks this share of its batch size from the longest waiting (at
+# least one), whatever their priority: see :func:`dispatch_candidates_txn`.
+ORDER_OLDEST_SHARE = 8
+
 
 def dispatchable_tasks(*extra: sa.ColumnElement[Any]) -> sa.Select:
     """Dispatchable tasks of active runs, best first by (priority, age), with the columns the
@@ -83,13 +87,25 @@ def dispatch_candidates_txn(
     )
     if queues is not None:
         q = q.where(sa.or_(tasks.c.queue.is_(None), tasks.c.queue.in_(sorted(queues))))
+    return best_and_oldest(conn, q, limit=limit, oldest=oldest)
+
+
+def best_and_oldest(conn: sa.Connection, q: sa.Select, *, limit: int, oldest: int) -> list[Any]:
+    """The first ``limit`` rows of ``q`` (a :func:`dispatchable_tasks` query, best first), then
+    up to ``oldest`` of the longest waiting that are not among them."""
     rows = list(conn.execute(q.limit(limit)))
     if oldest > 0:
-        # Rows this transaction locked already are not skipped: drop them here.
+        # Rows this transaction locked already are not skipped by SKIP LOCKED: drop them here.
         by_age = q.order_by(None).order_by(tasks.c.ready_at, tasks.c.id).limit(oldest)
         seen = {r.id for r in rows}
         rows += [r for r in conn.execute(by_age) if r.id not in seen]
     return rows
+
+
+def oldest_ranked(limit: int) -> int:
+    """How many of the longest waiting an ordered pass of ``limit`` ranks besides the best:
+    ``limit // ORDER_OLDEST_SHARE``, at least one."""
+    return max(1, limit // ORDER_OLDEST_SHARE)
 
 
 def note_unserved_queues_txn(conn: sa.Connection, queues: Collection[str]) -> int:
@@ -124,10 +140,6 @@ def mark_queued_txn(
     }
     return [by_id[i] for i in task_ids if i in by_id]
 
-
-# An ordered dispatch also ranks this share of its batch size from the longest waiting (at
-# least one), whatever their priority: see :func:`dispatch_candidates_txn`.
-ORDER_OLDEST_SHARE = 8
 
 # Direct dispatch is for an idle system only: past this many tasks already sent and not yet
 # claimed, newly ready work waits for the controller and its scheduling policy.
@@ -184,7 +196,7 @@ def dispatch_ready_txn(
     ``order(candidates, limit)`` ranks the best ``limit`` by priority and the
     ``limit // ORDER_OLDEST_SHARE`` oldest (at least one), and returns at most ``limit``."""
     now = utcnow()
-    oldest = max(1, limit // ORDER_OLDEST_SHARE) if order is not None else 0
+    oldest = oldest_ranked(limit) if order is not None else 0
     candidates = dispatch_candidates_txn(conn, limit=limit, now=now, queues=queues, oldest=oldest)
     if order is not None:
         candidates = order(candidates, limit)[:limit]

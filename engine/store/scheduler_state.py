@@ -15,7 +15,7 @@ from kiln.core.scheduling import SchedulerState
 from kiln.core.states import TaskStatus
 from kiln.store.db import aware, utcnow
 from kiln.store.dialects import insert_ignoring
-from kiln.store.dispatch import ORDER_OLDEST_SHARE, dispatchable_tasks
+from kiln.store.dispatch import best_and_oldest, dispatchable_tasks, oldest_ranked
 from kiln.store.schema import scheduler_state, tasks
 
 DEFAULT_POLICY = "FIFO"
@@ -121,8 +121,4 @@ def queued_rows(conn: sa.Connection, limit: int) -> list[Any]:
     """The dispatchable queue with ``name`` and ``waiting_reason``, as a controller ranks it:
     the best ``limit`` by priority, and the oldest (see ``dispatch_candidates_txn``)."""
     q = dispatchable_tasks(tasks.c.name, tasks.c.waiting_reason)
-    rows = list(conn.execute(q.limit(limit)))
-    seen = {r.id for r in rows}
-    by_age = q.order_by(None).order_by(tasks.c.ready_at, tasks.c.id)
-    oldest = by_age.limit(max(1, limit // ORDER_OLDEST_SHARE))
-    return rows + [r for r in conn.execute(oldest) if r.id not in seen]
+    return best_and_oldest(conn, q, limit=limit, oldest=oldest_ranked(limit))

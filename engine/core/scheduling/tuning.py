@@ -137,13 +137,18 @@ def note_arrival(
         _replay_fifo(state)
 
 
+def _workload(state: SchedulerState, k: int) -> list[float]:
+    """Work left on each of ``k`` instances where the exact FIFO replay stands (idle: 0)."""
+    return sorted(state.fifo_workload)[:k] + [0.0] * max(k - len(state.fifo_workload), 0)
+
+
 def _replay_fifo(state: SchedulerState) -> None:
     """FIFO on ``servers(state)`` instances, replayed in arrival order with the actual run
     times as they become known (the Kiefer–Wolfowitz workload recursion): each job's FIFO
     response goes to ``fifo_responses``. Exact for the arrivals and run times seen, whatever
     order the real policy ran them in."""
     k = servers(state)
-    work = sorted(state.fifo_workload)[:k] + [0.0] * max(k - len(state.fifo_workload), 0)
+    work = _workload(state, k)
     done = 0
     for item_id, arrived, *_ in state.fifo_arrivals:
         size = state.fifo_sizes.pop(item_id, None)
@@ -179,7 +184,7 @@ def _pending_responses(state: SchedulerState, now: float) -> list[float]:
         return []
     k = servers(state)
     ratio = work_ratio(state)
-    work = sorted(state.fifo_workload)[:k] + [0.0] * max(k - len(state.fifo_workload), 0)
+    work = _workload(state, k)
     clock = state.fifo_clock
     free = [clock + w for w in work]
     heapq.heapify(free)
