@@ -136,6 +136,12 @@ class Statements(abc.ABC):
     def greatest(self, *values: Any) -> sa.ColumnElement[Any]:
         """The largest of ``values``."""
 
+    def among(self, column: sa.ColumnElement[Any], name: str) -> sa.ColumnElement[bool]:
+        """``column`` is one of the list bound as ``name``, for a statement built once and run
+        with any number of values: an expanding ``IN`` (one parameter per value, rendered at
+        each execution)."""
+        return column.in_(sa.bindparam(name, expanding=True))
+
 
 class Store(abc.ABC):
     """A handle on one Kiln database: its pool, its transactions, its schema. Thread-safe;

@@ -19,6 +19,16 @@ LIVE = "running"
 DEFAULT_LOST_AFTER_S = 10.0
 
 
+def one_of(column: sa.ColumnElement[Any], values: Any) -> sa.ColumnElement[bool]:
+    """``column IN ('a', 'b')`` with the constants (statuses: lower-case words) written into
+    the SQL, so a statement built once renders nothing per execution (a list of values
+    is bound as an expanding parameter, rendered again at every execution)."""
+    words = [str(v) for v in values]
+    if not all(w.replace("_", "").isalpha() and w.islower() for w in words):
+        raise ValueError(f"not status words: {words!r}")
+    return column.in_([sa.literal_column(f"'{w}'") for w in words])
+
+
 def run_is_active() -> sa.Exists:
     """The task's run is one whose tasks may be dispatched: pending or running (not paused,
     not finished)."""

@@ -232,6 +232,11 @@ class PostgresStatements(Statements):
     def greatest(self, *values: Any) -> sa.ColumnElement[Any]:
         return sa.func.greatest(*values)
 
+    def among(self, column: sa.ColumnElement[Any], name: str) -> sa.ColumnElement[bool]:
+        # ``= ANY(array)``: one parameter and one statement text for any number of values,
+        # so nothing is rendered per execution and psycopg prepares it once.
+        return column == sa.any_(sa.bindparam(name, type_=postgresql.ARRAY(column.type)))
+
 
 class PostgresStore(Store):
     """``transaction_pooling``: connections go through a pooler in transaction mode (PgBouncer

@@ -7,6 +7,7 @@ caller owns the transaction (see ``kiln.app.runtime`` for the public, committing
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Iterable
 from typing import Any
 
@@ -22,7 +23,8 @@ from kiln.core.states import (
     WorkflowStatus,
     sources_of,
 )
-from kiln.store.clauses import taken_back
+from kiln.store.base import Statements
+from kiln.store.clauses import one_of, taken_back
 from kiln.store.db import utcnow
 from kiln.store.dialects import notify_ready, statements
 from kiln.store.lineage import descendants, wake_parents_txn
@@ -147,40 +149,51 @@ def settle_workflows_txn(conn: sa.Connection, workflow_ids: Iterable[int]) -> No
     ids = sorted(set(workflow_ids))
     if not ids:
         return
+    lock, settle = _settle_statements(statements(conn))
     # Two workers finishing a run's last two tasks concurrently would each still see the
     # other's task as active and neither would settle the run. Locking the run rows first (in
     # id order, against deadlocks) serialises them: the second one to get the lock re-reads
     # under READ COMMITTED and sees the first one's committed tasks.
-    conn.execute(
+    conn.execute(lock, {"ids": ids})
+    ended = conn.execute(settle, {"ids": ids, "now": utcnow()}).all()
+    wake_parents_txn(conn, [r.id for r in ended if r.parent_task_id is not None])
+
+
+@functools.cache
+def _settle_statements(stmts: Statements) -> tuple[sa.Select[Any], sa.Update]:
+    """:func:`settle_workflows_txn`'s two statements, built once per database: every finish
+    runs them, and building them took longer than running them."""
+    t = tasks.alias("t")
+    any_active = sa.exists().where(
+        t.c.workflow_id == workflows.c.id, one_of(t.c.status, TASK_ACTIVE)
+    )
+    any_unsuccessful = sa.exists().where(
+        t.c.workflow_id == workflows.c.id,
+        t.c.status != sa.literal_column(f"'{TaskStatus.SUCCEEDED}'"),
+    )
+    lock = (
         sa.select(workflows.c.id)
-        .where(workflows.c.id.in_(ids))
+        .where(stmts.among(workflows.c.id, "ids"))
         .order_by(workflows.c.id)
         .with_for_update()
     )
-    t = tasks.alias("t")
-    any_active = sa.exists().where(
-        t.c.workflow_id == workflows.c.id, t.c.status.in_([str(s) for s in TASK_ACTIVE])
-    )
-    any_unsuccessful = sa.exists().where(
-        t.c.workflow_id == workflows.c.id, t.c.status != TaskStatus.SUCCEEDED
-    )
-    ended = conn.execute(
+    settle = (
         workflows.update()
         .where(
-            workflows.c.id.in_(ids),
-            workflows.c.status.in_(sources_of(WORKFLOW_TRANSITIONS, WorkflowStatus.SUCCEEDED)),
+            stmts.among(workflows.c.id, "ids"),
+            one_of(workflows.c.status, sources_of(WORKFLOW_TRANSITIONS, WorkflowStatus.SUCCEEDED)),
             ~any_active,
         )
         .values(
             status=sa.case(
-                (any_unsuccessful, WorkflowStatus.FAILED.value),
-                else_=WorkflowStatus.SUCCEEDED.value,
+                (any_unsuccessful, sa.literal_column(f"'{WorkflowStatus.FAILED}'")),
+                else_=sa.literal_column(f"'{WorkflowStatus.SUCCEEDED}'"),
             ),
-            finished_at=utcnow(),
+            finished_at=sa.bindparam("now", type_=workflows.c.finished_at.type),
         )
         .returning(workflows.c.id, workflows.c.parent_task_id)
-    ).all()
-    wake_parents_txn(conn, [r.id for r in ended if r.parent_task_id is not None])
+    )
+    return lock, settle
 
 
 def _transition(
