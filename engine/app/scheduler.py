@@ -266,7 +266,8 @@ class SchedulerService:
             now = time.time()
             items = [item_of(c) for c in candidates]
             by_id = {item.id: c for item, c in zip(items, candidates, strict=True)}
-            self._note_arrivals(items, now)
+            if self.scheduler.policy_name in LEARNS_FROM_RUN_TIMES:
+                self._note_arrivals(items, now)
             # Exactly the order the simulator's ReadyQueue picks in (bench/schedsim.py).
             ranked = self.scheduler.order(items, now)
             free: Capacity | None = None
@@ -314,9 +315,10 @@ class SchedulerService:
                 # No finish is read under these policies, so nothing would ever leave the
                 # running set the self-tuning keeps: it grew to thousands of items, which
                 # every arrival walked (the controller spent a second on a pass of 1,000).
+                # Nor can FIFO's replay go on without run times: its arrivals (16,384 kept)
+                # made the stored state a megabyte, read and rewritten several times a second.
                 self._inflight.clear()
-                self.scheduler.state.running_since.clear()
-                self.scheduler.state.running_expected.clear()
+                self.scheduler.state.forget_running()
                 self._finished_after = utcnow()
             if not self._dirty or time.monotonic() - self._persisted_at < self.persist_every_s:
                 return

@@ -88,3 +88,27 @@ def test_under_a_policy_that_reads_no_run_times_the_running_set_does_not_grow_pa
         assert len(service.scheduler.state.running_since) == 10
         service.sync()
         assert service.scheduler.state.running_since == {}
+
+
+@pytest.mark.parametrize(("policy", "kept"), [("FIFO", False), ("LateBudget", True)])
+def test_only_a_policy_that_reads_run_times_keeps_fifos_replay_of_arrivals_in_the_stored_state(
+    kiln, policy, kept
+):
+    # Under FIFO no finish is ever read, so the replay of arrivals never advanced: 16,384 of
+    # them (with their predicted waits) made the stored state a megabyte of JSON, which a
+    # controller decoded five times a second and rewrote twice.
+    from kiln.store.scheduler_state import load_txn
+
+    kiln.scheduler.set_policy(policy)
+    kiln.submit(
+        {"name": "many", "tasks": [{"name": f"t{i}", "handler": "noop"} for i in range(40)]}
+    )
+    service = kiln.scheduler.service
+    service.persist_every_s = 0.0
+    for _ in range(4):
+        assert len(kiln.dispatch(10, order=scheduler_order(kiln))) == 10
+        service.sync()
+    stored = kiln.read(load_txn).state
+    assert bool(stored.fifo_arrivals) is kept
+    assert bool(stored.fifo_waits) is kept
+    assert len(stored.recent_starts) == 40  # what every policy measures is kept

@@ -86,6 +86,15 @@ class SchedulerState:
     boost_epoch: int = 0
     starts_since_tune: int = 0
 
+    def forget_running(self) -> None:
+        """Drop what only reported finishes retire: the items running and FIFO's replay
+        queue. For a live policy that reads no finishes, where both would only grow."""
+        self.running_since.clear()
+        self.running_expected.clear()
+        self.fifo_waits.clear()
+        self.fifo_arrivals.clear()
+        self.fifo_sizes.clear()
+
     def to_dict(self) -> dict:
         return {
             "quantum_micros": self.quantum_micros,
