@@ -198,6 +198,12 @@ def _attribute(module: Any, name: str, attr: str, allowed: Iterable[str]) -> Han
     return target
 
 
+# Path handlers already resolved, by (name, allowed modules): (module, attribute, function).
+# A worker resolves the same few names for every task, and the checks cost ~20 us each.
+_resolved: dict[tuple[str, tuple[str, ...]], tuple[Any, str, Handler]] = {}
+RESOLVED_MAX = 4096
+
+
 def resolve_handler(name: str, allowed: Iterable[str]) -> Handler:
     """The function for a runnable ``name`` (:func:`check_handler`), importing its module
     if it is an allowed one not loaded yet."""
@@ -205,15 +211,29 @@ def resolve_handler(name: str, allowed: Iterable[str]) -> Handler:
     if registered is not None:
         return registered
     allowed = tuple(allowed)
-    check_handler(name, allowed)
     module_name, _, attr = name.partition(":")
+    hit = _resolved.get((name, allowed))
+    if hit is not None and sys.modules.get(module_name) is hit[0] and _lookup(*hit[:2]) is hit[2]:
+        return hit[2]  # still what the loaded module holds under that name
+    check_handler(name, allowed)
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise UnknownHandler(
             f"handler {name!r}: cannot import module {module_name!r} ({exc})", handler=name
         ) from exc
-    return _attribute(module, name, attr, allowed)
+    fn = _attribute(module, name, attr, allowed)
+    if len(_resolved) >= RESOLVED_MAX:
+        _resolved.clear()
+    _resolved[(name, allowed)] = (module, attr, fn)
+    return fn
+
+
+def _lookup(module: Any, attr: str) -> Any:
+    target = module
+    for part in attr.split("."):
+        target = getattr(target, part, None)
+    return target
 
 
 def resolve_definition(ref: str, allowed: Iterable[str]) -> Any:
