@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from kiln.core.errors import DatabaseUnavailable
-from kiln.store.maintenance import vacuum_if_bloated
+from kiln.store.maintenance import analyze_if_stale, vacuum_if_bloated
 from kiln.store.revision import current_revision, head_revision
 
 log = logging.getLogger("kiln.controller")
@@ -48,6 +48,15 @@ class Control:
             return vacuum_if_bloated(self._kiln.engine)
         except sa.exc.SQLAlchemyError:
             log.warning("could not vacuum the queue tables", exc_info=True)
+            return False
+
+    def analyze_if_stale(self) -> bool:
+        """Refresh the planner's statistics of the queue tables once enough of ``tasks``
+        changed (PostgreSQL only); a failure is logged, not raised."""
+        try:
+            return analyze_if_stale(self._kiln.engine)
+        except sa.exc.SQLAlchemyError:
+            log.warning("could not analyze the queue tables", exc_info=True)
             return False
 
     def ready_listener(self) -> Any:

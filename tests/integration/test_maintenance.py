@@ -72,3 +72,74 @@ def test_vacuuming_is_skipped_on_sqlite(sqlite_url):
         assert maintenance.vacuum_if_bloated(engine) is False
     finally:
         engine.dispose()
+
+
+def _ready_burst(kiln, n: int) -> None:
+    """``n`` ready tasks of one running run, inserted since the last ANALYZE."""
+
+    def write(c):
+        wf = c.execute(
+            sa.text(
+                "INSERT INTO workflows (name, status, on_error, priority, definition, created_at)"
+                " VALUES ('burst', 'running', 'stop', 0, '{}', now()) RETURNING id"
+            )
+        ).scalar()
+        c.execute(
+            sa.text(
+                "INSERT INTO tasks (workflow_id, name, handler, params, status, created_at,"
+                " ready_at) SELECT :wf, 't' || g, 'noop', '{}', 'ready', now(), now()"
+                " FROM generate_series(1, :n) g"
+            ),
+            {"wf": wf, "n": n},
+        )
+
+    kiln.txn(write)
+
+
+def _dispatch_plan(kiln) -> str:
+    from sqlalchemy.dialects import postgresql
+
+    from kiln.store.dispatch import dispatchable_tasks
+
+    sql = (
+        dispatchable_tasks()
+        .limit(256)
+        .compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True})
+    )
+    return "\n".join(kiln.read(lambda c: c.exec_driver_sql(f"EXPLAIN {sql}").scalars().all()))
+
+
+def test_a_queue_filled_since_its_last_analyze_is_analyzed_so_a_dispatch_reads_its_index(
+    pg_kiln,
+):
+    # Without statistics the planner took thousands of ready tasks for a few dozen and read
+    # and sorted them all on every dispatch pass, instead of the head of tasks_dispatch_idx.
+    _ready_burst(pg_kiln, 5_000)
+    wait_for(
+        lambda: pg_kiln.read(maintenance.changed_rows)[0] >= maintenance.MIN_CHANGED_ROWS,
+        timeout=15,
+        what="the statistics to count the inserted rows",
+    )
+    assert maintenance.analyze_if_stale(pg_kiln.engine) is True
+    assert "tasks_dispatch_idx" in _dispatch_plan(pg_kiln)
+    wait_for(
+        lambda: pg_kiln.read(maintenance.changed_rows)[0] < maintenance.MIN_CHANGED_ROWS,
+        timeout=15,
+        what="the ANALYZE to show in the statistics",
+    )
+    assert maintenance.analyze_if_stale(pg_kiln.engine) is False
+
+
+def test_a_queue_with_few_changes_since_its_last_analyze_is_not_analyzed(pg_kiln):
+    _ready_burst(pg_kiln, 300)
+    assert maintenance.analyze_if_stale(pg_kiln.engine) is False
+
+
+def test_analyzing_is_skipped_on_sqlite(sqlite_url):
+    from kiln.store.dialects import open_store
+
+    engine = open_store(sqlite_url).engine
+    try:
+        assert maintenance.analyze_if_stale(engine) is False
+    finally:
+        engine.dispose()
