@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from apispec import BasePlugin
-from flask import Flask, current_app, g, jsonify, redirect, request, url_for
+from flask import Flask, Request, current_app, g, jsonify, redirect, request, url_for
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from kiln.core import audit
@@ -97,30 +97,34 @@ def install(app: Flask, settings: Settings) -> None:
 
 
 def _guard():  # type: ignore[no-untyped-def]
-    if request.method in MUTATING:
-        refused = _cross_site() or _not_json()
+    # Every request passes here: the request object is looked up once (each ``request.x``
+    # goes through a context-local proxy), and the credentials only when they decide.
+    req = request._get_current_object()  # type: ignore[attr-defined]
+    method = req.method
+    if method in MUTATING:
+        refused = _cross_site(req) or _not_json(req)
         if refused is not None:
             return refused
-    need = required_scope(request.method, request.path)
+    need = required_scope(method, req.path)
     if need is None:
         return None
     access = policy()
-    token, from_cookie = _credentials()
     if need == METRICS:
-        if not access.metrics_closed or access.opens_metrics(token):
+        if not access.metrics_closed or access.opens_metrics(_credentials(req)[0]):
             return None
         return _unauthorized("KILN_METRICS_TOKEN or a token with the 'read' scope")
     if not access.enabled:
         return None
+    token, from_cookie = _credentials(req)
     scopes = access.scopes_of(token)
     if scopes is None:
-        if request.method == "GET" and request.path.startswith("/ui/"):
-            if not request.args.get("fragment"):
-                return redirect(url_for("ui_login.login", next=request.full_path.rstrip("?")))
+        if method == "GET" and req.path.startswith("/ui/"):
+            if not req.args.get("fragment"):
+                return redirect(url_for("ui_login.login", next=req.full_path.rstrip("?")))
         return _unauthorized(f"a token with the {need!r} scope")
     if need not in scopes:
         return _error(403, "forbidden", f"this token lacks the {need!r} scope", scope=need)
-    if from_cookie and request.method in MUTATING and not _csrf_ok():
+    if from_cookie and method in MUTATING and not _csrf_ok():
         return _error(
             403, "csrf_token_invalid", f"a request signed in by cookie needs the {CSRF_HEADER} "
             "header the dashboard's pages carry"
@@ -131,7 +135,7 @@ def _guard():  # type: ignore[no-untyped-def]
 def _name_actor() -> None:
     """Events this request causes name it: ``api``, or ``api token <sha256 prefix>`` (the
     prefix of the digest ``KILN_API_TOKENS`` lists it by, never the token)."""
-    token, _ = _credentials()
+    token, _ = _credentials(request._get_current_object())  # type: ignore[attr-defined]
     g.kiln_audit = audit.begin(f"api token {hash_token(token)[:12]}" if token else "api")
 
 
@@ -140,40 +144,40 @@ def _forget_actor(_exc: BaseException | None) -> None:
         audit.end(g.pop("kiln_audit"))
 
 
-def _credentials() -> tuple[str, bool]:
+def _credentials(req: Request) -> tuple[str, bool]:
     """``(token, came from the login cookie)``; ``("", False)`` when none was given."""
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    scheme, _, given = req.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and given.strip():
         return given.strip(), False
-    cookie = request.cookies.get(TOKEN_COOKIE, "")
+    cookie = req.cookies.get(TOKEN_COOKIE, "")
     return cookie, bool(cookie)
 
 
-def _cross_site():  # type: ignore[no-untyped-def]
+def _cross_site(req: Request):  # type: ignore[no-untyped-def]
     """403 when the browser says the request comes from another site. Clients that are not
     browsers send neither header and pass; behind a proxy, see docs/security.md."""
-    site = request.headers.get("Sec-Fetch-Site")
-    origin = request.headers.get("Origin")
+    site = req.headers.get("Sec-Fetch-Site")
+    origin = req.headers.get("Origin")
     if site is not None and site not in ("same-origin", "none"):
         reason = f"Sec-Fetch-Site is {site!r}"
-    elif origin is not None and urlsplit(origin).netloc != request.host:
-        reason = f"Origin {origin!r} is not this server ({request.host})"
+    elif origin is not None and urlsplit(origin).netloc != req.host:
+        reason = f"Origin {origin!r} is not this server ({req.host})"
     else:
         return None
     return _error(403, "cross_site_request", f"state changes must come from this site: {reason}")
 
 
-def _not_json():  # type: ignore[no-untyped-def]
+def _not_json(req: Request):  # type: ignore[no-untyped-def]
     """415 for a body that is not JSON (what HTML forms send); the dashboard's own forms
     pass with a valid CSRF token. A request without body and type (``cancel``) passes."""
-    if request.endpoint in FORM_ENDPOINTS:
-        if _csrf_ok(request.form.get(CSRF_FIELD)):
+    if req.endpoint in FORM_ENDPOINTS:
+        if _csrf_ok(req.form.get(CSRF_FIELD)):
             return None
         return _error(403, "csrf_token_invalid", "the form's CSRF token is missing or stale; "
                       "reload the page and try again")  # fmt: skip
-    mimetype = request.mimetype
-    chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
-    if not (request.content_length or chunked or mimetype):
+    mimetype = req.mimetype
+    chunked = "chunked" in req.headers.get("Transfer-Encoding", "").lower()
+    if not (req.content_length or chunked or mimetype):
         return None
     if mimetype == "application/json" or mimetype.endswith("+json"):
         return None

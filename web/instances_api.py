@@ -38,7 +38,7 @@ ID = "int(max=9223372036854775807)"
 
 
 @blp.post("/instances")
-@blp.arguments(RegistrationSchema)
+@blp.arguments(RegistrationSchema())
 @blp.response(201, RegisteredSchema)
 @blp.alt_response(200, schema=RegisteredSchema, description="the url was registered before")
 @blp.doc(security=SECURITY)
@@ -49,7 +49,7 @@ def register(data: dict[str, Any]):  # type: ignore[no-untyped-def]
 
 
 @blp.post(f"/instances/<{ID}:instance_id>/heartbeat")
-@blp.arguments(HeartbeatSchema)
+@blp.arguments(HeartbeatSchema())
 @blp.response(200, HeartbeatAnswerSchema)
 @blp.doc(security=SECURITY)
 def heartbeat(data: dict[str, Any], instance_id: int):  # type: ignore[no-untyped-def]

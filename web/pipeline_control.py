@@ -83,7 +83,7 @@ def health_check():  # type: ignore[no-untyped-def]
 
 
 @blp.post("/stop-pipeline")
-@blp.arguments(PipelineIdSchema)
+@blp.arguments(PipelineIdSchema())
 @blp.response(200, OperationCreatedSchema)
 @blp.doc(**MUTATING_DOC)
 def stop_pipeline(data):  # type: ignore[no-untyped-def]
@@ -92,7 +92,7 @@ def stop_pipeline(data):  # type: ignore[no-untyped-def]
 
 
 @blp.post("/resume-pipeline")
-@blp.arguments(PipelineIdSchema)
+@blp.arguments(PipelineIdSchema())
 @blp.response(200, OperationCreatedSchema)
 @blp.doc(**MUTATING_DOC)
 def resume_pipeline(data):  # type: ignore[no-untyped-def]
@@ -101,7 +101,7 @@ def resume_pipeline(data):  # type: ignore[no-untyped-def]
 
 
 @blp.post("/delete-pipeline")
-@blp.arguments(PipelineIdSchema)
+@blp.arguments(PipelineIdSchema())
 @blp.response(200, OperationCreatedSchema)
 @blp.doc(**MUTATING_DOC)
 def delete_pipeline(data):  # type: ignore[no-untyped-def]
@@ -110,7 +110,7 @@ def delete_pipeline(data):  # type: ignore[no-untyped-def]
 
 
 @blp.post("/clone-pipeline")
-@blp.arguments(CloneSchema)
+@blp.arguments(CloneSchema())
 @blp.response(200, OperationCreatedSchema)
 @blp.doc(**MUTATING_DOC)
 def clone_pipeline(data):  # type: ignore[no-untyped-def]
@@ -129,7 +129,7 @@ def clone_pipeline(data):  # type: ignore[no-untyped-def]
 
 
 @blp.get("/operation-status/<string:ic_id>")
-@blp.arguments(OperationStatusQuerySchema, location="query")
+@blp.arguments(OperationStatusQuerySchema(), location="query")
 @blp.response(200, OperationSchema)
 @blp.alt_response(429, schema=ErrorSchema, description="too many waits at once; see Retry-After")
 def operation_status(query, ic_id: str):  # type: ignore[no-untyped-def]
@@ -145,7 +145,7 @@ def operation_status(query, ic_id: str):  # type: ignore[no-untyped-def]
 
 
 @blp.get("/all-operations")
-@blp.arguments(OperationListQuerySchema, location="query")
+@blp.arguments(OperationListQuerySchema(), location="query")
 @blp.response(200, OperationListSchema)
 def all_operations(query):  # type: ignore[no-untyped-def]
     """Every operation, newest first; filter by status, pipeline, workflow or kind."""

@@ -23,7 +23,7 @@ ID = "int(max=9223372036854775807)"
 
 
 @blp.post("/contexts")
-@blp.arguments(ContextCreateSchema)
+@blp.arguments(ContextCreateSchema())
 @blp.response(201, ContextSchema)
 @blp.doc(security=MUTATING_DOC["security"])
 def create_context(data):  # type: ignore[no-untyped-def]
@@ -50,7 +50,7 @@ def get_context(context_id: int):  # type: ignore[no-untyped-def]
 
 
 @blp.post("/pipelines")
-@blp.arguments(PipelineCreateSchema)
+@blp.arguments(PipelineCreateSchema())
 @blp.response(201, PipelineDetailSchema)
 @blp.doc(security=MUTATING_DOC["security"])
 def create_pipeline(data):  # type: ignore[no-untyped-def]
@@ -59,7 +59,7 @@ def create_pipeline(data):  # type: ignore[no-untyped-def]
 
 
 @blp.get("/pipelines")
-@blp.arguments(PipelineListQuerySchema, location="query")
+@blp.arguments(PipelineListQuerySchema(), location="query")
 @blp.response(200, PipelineListSchema)
 def list_pipelines(query):  # type: ignore[no-untyped-def]
     """Pipelines, newest first, with progress; page with ``before_id``."""

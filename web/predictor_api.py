@@ -34,7 +34,7 @@ blp = Blueprint("predictor", __name__, description="Duration predictions (seed 0
 
 
 @blp.post("/predict")
-@blp.arguments(PredictRequestSchema)
+@blp.arguments(PredictRequestSchema())
 @blp.response(200, PredictionSchema)
 @blp.alt_response(404, schema=NoPredictionSchema, description="no source knows the model type")
 @blp.doc(security=SECURITY)

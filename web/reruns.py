@@ -12,7 +12,7 @@ ID = "int(max=9223372036854775807)"
 
 
 @blp.post(f"/workflows/<{ID}:workflow_id>/rerun")
-@blp.arguments(RerunSchema)
+@blp.arguments(RerunSchema())
 @blp.response(201, RerunCreatedSchema)
 @blp.alt_response(200, schema=RerunCreatedSchema, description="replayed: same Idempotency-Key")
 @blp.doc(**MUTATING_DOC)

@@ -42,7 +42,7 @@ def stats():  # type: ignore[no-untyped-def]
 
 
 @blp.put("/scheduler/policy")
-@blp.arguments(PolicyRequestSchema)
+@blp.arguments(PolicyRequestSchema())
 @blp.response(200, PolicyChangedSchema)
 @blp.doc(security=SECURITY)
 def set_policy(data: dict[str, Any]):  # type: ignore[no-untyped-def]
@@ -69,7 +69,7 @@ def set_policy(data: dict[str, Any]):  # type: ignore[no-untyped-def]
 
 
 @blp.post("/scheduler/schedule-next")
-@blp.arguments(ScheduleNextQuerySchema, location="query", unknown=ma.RAISE)
+@blp.arguments(ScheduleNextQuerySchema(), location="query", unknown=ma.RAISE)
 @blp.response(200, ScheduleNextSchema)
 @blp.doc(security=SECURITY)
 def schedule_next(query: dict[str, Any]):  # type: ignore[no-untyped-def]

@@ -20,7 +20,7 @@ WRITE_DOC = {"security": MUTATING_DOC["security"]}
 
 
 @blp.post("/schedules")
-@blp.arguments(ScheduleCreateSchema)
+@blp.arguments(ScheduleCreateSchema())
 @blp.response(201, ScheduleSchema)
 @blp.doc(**WRITE_DOC)
 def create(data):  # type: ignore[no-untyped-def]
@@ -44,7 +44,7 @@ def get_schedule(schedule_id: int):  # type: ignore[no-untyped-def]
 
 
 @blp.patch(f"/schedules/<{ID}:schedule_id>")
-@blp.arguments(ScheduleChangeSchema)
+@blp.arguments(ScheduleChangeSchema())
 @blp.response(200, ScheduleSchema)
 @blp.doc(**WRITE_DOC)
 def change(data, schedule_id: int):  # type: ignore[no-untyped-def]

@@ -3,9 +3,12 @@ cancel/pause/resume — which, like the dispatcher's, are operations a controlle
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import request
 from flask_smorest import Blueprint
 
+from kiln.core.definitions import WorkflowSpec
 from kiln.core.states import WORKFLOW_TERMINAL
 from kiln.web.common import MUTATING_DOC, SECURITY, idempotency_key, kiln, render_workflow
 from kiln.web.errors import ErrorSchema
@@ -34,20 +37,60 @@ LIST_QUERY = WorkflowListQuerySchema()
 WAIT_QUERY = WorkflowWaitQuerySchema()
 
 
+def documents_body(schema: Any):  # type: ignore[no-untyped-def]
+    """``@blp.arguments(schema)`` for the OpenAPI document only: the view reads the body
+    itself. flask-smorest documents the body on its own wrapper, which webargs' parsing
+    wrapper wraps (``__wrapped__``); the view gets that one, without the parsing."""
+
+    def decorator(view):  # type: ignore[no-untyped-def]
+        return blp.arguments(schema)(view).__wrapped__
+
+    return decorator
+
+
 @blp.post("/workflows")
-@blp.arguments(DEFINITION)
+@documents_body(DEFINITION)
 @blp.response(201, WorkflowSchema)
 @blp.alt_response(200, schema=WorkflowSchema, description="replayed: same Idempotency-Key")
 @blp.doc(**MUTATING_DOC)
-def submit(data):  # type: ignore[no-untyped-def]
+def submit():  # type: ignore[no-untyped-def]
     """Submit a workflow definition. 201 with the new run; 200 with the existing run when
     the ``Idempotency-Key`` was used before; 422 when the definition is invalid."""
-    # The shape was checked by the schema; the engine checks the rest (graph, references,
-    # handlers) on the body exactly as sent.
-    definition = request.get_json()
+    spec = checked_definition(request.get_json(silent=True))
     # The summary comes from the write itself: no query after the insert.
-    run, created = kiln().submit_run(definition, idempotency_key=idempotency_key())
+    run, created = kiln().submit_run(spec, idempotency_key=idempotency_key())
     return render_workflow(run), 201 if created else 200
+
+
+def checked_definition(definition: Any) -> WorkflowSpec:
+    """The spec of a submitted body, validated once: by the engine, which builds the spec
+    the run needs anyway (its handlers are checked when it is submitted).
+
+    The answers stay those of validating with the schema first and the engine after: a
+    body the schema refuses gets the schema's error (``missing_field``, ``validation_error``,
+    ``invalid_json``), any other the engine's. The engine refuses everything the schema
+    refuses (tests/unit/test_definition_schema.py) but an explicit ``null`` in an optional
+    task field, which it reads as "not given": so the schema runs when the engine refuses a
+    body, or when a body holds a null, to answer as it did."""
+    try:
+        spec = kiln().spec_of(definition, check_handlers=False)
+    except Exception:
+        schema_errors(DEFINITION)
+        raise
+    if has_null(definition):
+        schema_errors(DEFINITION)
+    return spec
+
+
+def schema_errors(schema: Any) -> None:
+    """Raise the error ``@blp.arguments(schema)`` raises for this request's JSON body (none
+    when the schema accepts it)."""
+    blp.ARGUMENTS_PARSER.parse(schema, location="json")
+
+
+def has_null(definition: dict[str, Any]) -> bool:
+    """A null among the fields of the definition or of its tasks (not inside params)."""
+    return None in definition.values() or any(None in t.values() for t in definition["tasks"])
 
 
 @blp.post("/workflows/batch")
