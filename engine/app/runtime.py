@@ -150,11 +150,10 @@ class Kiln:
         if isinstance(definition, Workflow):
             definition = definition.to_definition()
         spec = self.spec_of(definition, check_handlers=check_handlers)
-        key = scoped(
-            idempotency_key,
-            SUBMIT_SCOPE,
-            body=definition if isinstance(definition, dict) else spec.to_dict(),
-        )
+        key = idempotency_key
+        if isinstance(key, str):  # a Python caller's plain key, scoped to this definition
+            body = definition if isinstance(definition, dict) else spec.to_dict()
+            key = scoped(key, SUBMIT_SCOPE, body=body)
         lease_s = self.settings.dispatch_timeout_s if self.sender is not None else None
         with tracing.span("kiln.submit", workflow=spec.name) as traced:
             run, created, dispatched = self.txn(

@@ -9,6 +9,7 @@ one (``password=***``), or the credential after ``Bearer`` or ``Basic`` in text.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -44,7 +45,13 @@ def is_secret_key(key: Any) -> bool:
     """``key`` names a secret: it contains one of :data:`SECRET_MARKERS` (any case, any
     position: ``api_key``, ``X-Api-Bearer``, ``db_credentials``), except names of counts
     and tools such as ``max_tokens`` or ``tokenizer``."""
-    name = _BENIGN.sub("", str(key).lower())
+    return _secret_name(key if isinstance(key, str) else str(key))
+
+
+@functools.lru_cache(maxsize=4096)
+def _secret_name(key: str) -> bool:
+    # Cached: every API answer redacts the same few field names over and over.
+    name = _BENIGN.sub("", key.lower())
     return any(marker in name for marker in SECRET_MARKERS)
 
 
