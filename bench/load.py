@@ -20,6 +20,11 @@ of the submitted workflows not finished, operations pending); then waits up to
 
     python bench/load.py [--clients 16] [--seconds 30] [--gunicorn-workers N]
                          [--gunicorn-threads N] [--client requests|raw]
+                         [--database kiln_load] [--redis-db 7]
+
+The CPU figures come as cores (1.00 = one core busy) and as milliseconds of CPU per request,
+the figure to compare across runs on a shared machine (req/s depends on what else runs).
+Two runs at once need their own ``--database`` and ``--redis-db``.
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ from kiln.app.runtime import Kiln  # noqa: E402
 from kiln.core.config import Settings  # noqa: E402
 
 DB = "kiln_load"
-REDIS = "redis://127.0.0.1:6379/7"
+REDIS_DB = 7
 HOST = "127.0.0.1"
 NOOP = "kiln.workers.bench_handlers:noop"
 WORKFLOW = {
@@ -330,9 +335,12 @@ def run(
     gunicorn_threads: int,
     drain_seconds: float,
     client: str = "requests",
+    database: str = DB,
+    redis_db: int = REDIS_DB,
 ) -> None:
-    url = fresh_database(DB)
-    r = redis.Redis.from_url(REDIS)
+    url = fresh_database(database)
+    broker = f"redis://127.0.0.1:6379/{redis_db}"
+    r = redis.Redis.from_url(broker)
     r.flushdb()
     LOGS.mkdir(exist_ok=True)
     port = free_port()
@@ -340,7 +348,7 @@ def run(
     env = {
         **os.environ,
         "KILN_DATABASE_URL": url,
-        "KILN_BROKER_URL": REDIS,
+        "KILN_BROKER_URL": broker,
         "KILN_LOG_LEVEL": "WARNING",
         # The caller's PYTHONPATH stays after ROOT: an A/B run can point ``kiln`` at another tree.
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
@@ -437,6 +445,13 @@ def run(
         "CPU while the clients ran (1.00 = one core; the machine has "
         f"{os.cpu_count()}): " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
     )
+    rate = sum(len(v) for t in measured for v in t.stats.latency.values()) / elapsed
+    if rate:
+        print(
+            "CPU ms per request: "
+            + ", ".join(f"{k} {v * 1000 / rate:.2f}" for k, v in cpu.items())
+            + f", total {sum(cpu.values()) * 1000 / rate:.2f}"
+        )
     if failures:
         raise SystemExit(1)
 
@@ -516,7 +531,11 @@ def main() -> None:
         help="requests: a thread per client with requests.Session (the figures before "
         "2026-12-04); raw: asyncio coroutines writing HTTP/1.1 by hand, a fraction of the CPU",
     )
+    ap.add_argument("--database", default=DB, help="PostgreSQL database, dropped and recreated")
+    ap.add_argument("--redis-db", type=int, default=REDIS_DB, help="Redis db, flushed")
     opts = ap.parse_args()
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", opts.database):
+        ap.error("--database must be a plain lower-case name")
     if not 1 <= opts.clients <= 256 or not 0 < opts.seconds <= 600:
         ap.error("--clients must be 1..256 and --seconds 0..600")
     run(
@@ -526,6 +545,8 @@ def main() -> None:
         opts.gunicorn_threads,
         opts.drain_seconds,
         opts.client,
+        opts.database,
+        opts.redis_db,
     )
 
 
