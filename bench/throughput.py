@@ -1,8 +1,9 @@
 """Throughput and latency of Kiln on local PostgreSQL + Redis (a benchmark, not a test).
 
-W1: pre-submit N no-op tasks, then start the workers (concurrency 8 = 2 processes x 4 threads)
-    and one controller, and measure how fast they drain (tasks/s, from the first dispatch to
-    the last result recorded, read from the database).
+W1: pre-submit N no-op tasks, then start the workers (concurrency 8: one ``kiln worker
+    --processes 2 --threads 4``, as ``dramatiq -p 2 -t 4``) and one controller, and measure
+    how fast they drain (tasks/s, from the first dispatch to the last result recorded, read
+    from the database).
     --shape many: N single-task workflows (each a run with its own completion) [default]
     --shape one:  one workflow with N independent tasks
 W2: with the same processes idle, submit 300 single-task workflows 20 ms apart (as the web
@@ -163,10 +164,9 @@ def measure(
     # worker and controller processes are spawned, all at once.
     spawned = time.time()
     spawn0 = time.perf_counter()
-    procs = [
-        start(["worker", "--threads", str(opts.threads)], env, logs / f"worker{i}.log")
-        for i in range(opts.processes)
-    ]
+    # One `kiln worker` forking its processes, as `dramatiq -p 2 -t 4` does for the peer.
+    worker = ["worker", "--processes", str(opts.processes), "--threads", str(opts.threads)]
+    procs = [start(worker, env, logs / "worker.log")]
     procs.append(start(["controller"], env, logs / "controller.log"))
     remaining = sa.text("SELECT count(*) FROM tasks WHERE status <> 'succeeded'")
     wait(lambda: kiln.read(lambda c: c.execute(remaining).scalar()) == 0, 900, "the drain")
@@ -177,19 +177,26 @@ def measure(
         ).one()
     )
     drain = (last - first).total_seconds()
-    # Where the start-up goes: each process's registration, the first dispatch, the first claim.
+    # Where the start-up goes, in order: each process's registration ("worker 1", "worker 2"
+    # when there are several of a kind), the first dispatch, the first claim, the first done.
     boot = kiln.read(
         lambda c: c.execute(
             sa.text(
-                "SELECT kind, max(started_at) FROM processes GROUP BY kind "
-                "UNION ALL SELECT 'first claim', min(started_at) FROM task_attempts"
+                "SELECT kind, count(*) OVER (PARTITION BY kind), "
+                "row_number() OVER (PARTITION BY kind ORDER BY started_at), started_at "
+                "FROM processes UNION ALL "
+                "SELECT 'first claim', 1, 1, min(started_at) FROM task_attempts"
             )
         ).all()
     )
+    steps = [(kind if n == 1 else f"{kind} {i}", at) for kind, n, i, at in boot]
+    steps += [("first dispatch", first), ("first done", first_done)]
     print(
         "start-up after spawn: "
-        + ", ".join(f"{what} {at.timestamp() - spawned:.2f}s" for what, at in boot)
-        + f", first dispatch {first.timestamp() - spawned:.2f}s"
+        + ", ".join(
+            f"{what} {at.timestamp() - spawned:.2f}s"
+            for what, at in sorted(steps, key=lambda s: s[1])
+        )
     )
     figures["w1_tasks_per_s"] = opts.tasks / drain
     figures["w1_spawn_tasks_per_s"] = opts.tasks / wall

@@ -27,6 +27,9 @@ HOOKS_EVERY_S = 0.02
 # On a pass that found nothing to dispatch and nothing sent but unclaimed, vacuum the queue
 # tables if a burst left them bloated (``kiln.control.vacuum_if_bloated``), at most this often.
 MAINTENANCE_EVERY_S = 1.0
+# After its dispatch, a pass refreshes the planner's statistics of the queue tables if a tenth
+# of them changed (``kiln.control.analyze_if_stale``), busy or not, at most this often.
+ANALYZE_EVERY_S = 5.0
 # A pass that finds nothing sent and unclaimed (the workers are idle, or just started) leases
 # this many tasks per worker thread first, so they start on them while the rest of the window
 # is leased; a lease of 1,000 takes the database over 0.1 s.
@@ -56,6 +59,8 @@ class Controller:
         )
         self._last_recovery = 0.0
         self._last_maintenance = 0.0
+        self._last_analyze = 0.0
+        self._analyzing = threading.Lock()
         self._queued = 0  # tasks sent but not yet claimed, as the last pass counted them
         self._last_hooks = 0.0
         self._concurrency = (0.0, DEFAULT_CONCURRENCY)
@@ -134,12 +139,21 @@ class Controller:
             self.kiln.schedules.fire_due()  # each (schedule, fire time) starts one run
         if now - self._last_recovery >= self.recovery_interval_s:
             self.recover()
+        if now - self._last_analyze >= ANALYZE_EVERY_S and not self._analyzing.locked():
+            # On a thread of its own: an ANALYZE of a large queue takes a tenth of a second,
+            # which the next passes' dispatches need not wait for.
+            self._last_analyze = now
+            threading.Thread(target=self._analyze, name="kiln-analyze", daemon=True).start()
         idle = not dispatched and self._queued == 0
         if idle and now - self._last_maintenance >= MAINTENANCE_EVERY_S:
             self._last_maintenance = now
             self.kiln.control.vacuum_if_bloated()
         self.kiln.retention.prune_expired()  # KILN_RETENTION_DAYS: one short batch when due
         return dispatched
+
+    def _analyze(self) -> None:
+        with self._analyzing:
+            self.kiln.control.analyze_if_stale()
 
     def dispatch(self) -> int:
         dispatched = 0
@@ -166,6 +180,7 @@ class Controller:
         """Loop until ``stop`` is set, waking on NOTIFY (PostgreSQL) or every poll interval."""
         registered = False
         listener = None
+        listening = False  # LISTEN is on (None: the database has no LISTEN)
         last_beat = 0.0
         poll = self.settings.controller_poll_s
         log.info("controller %s started", self.process_id)
@@ -179,9 +194,13 @@ class Controller:
                 if time.monotonic() - last_beat > 2.0:
                     self.kiln.monitor.heartbeat_process(self.process_id)
                     last_beat = time.monotonic()
-                if listener is None:
-                    listener = self.kiln.control.ready_listener()
                 busy = self.tick()
+                if not listening:
+                    # LISTEN (a connection of its own) once this first pass has dispatched:
+                    # what became ready before it, the pass right after sees.
+                    listener = self.kiln.control.ready_listener()
+                    listening = True
+                    continue
                 if busy:
                     continue  # more may be ready; go again at once
                 if listener is not None:
@@ -193,6 +212,7 @@ class Controller:
                 if listener is not None:
                     listener.close()
                     listener = None
+                listening = False
                 stop.wait(1.0)
         if listener is not None:
             listener.close()

@@ -247,7 +247,11 @@ def _run_streaming(cmd: list[str], env: dict[str, str], prefix: str) -> tuple[st
 
 
 def run_kiln(jobs: int, w2: int) -> Row:
-    row = Row("**Kiln**", concurrency="2 procs x 4 threads + controller (bench/throughput.py)")
+    row = Row(
+        "**Kiln**",
+        concurrency="2 procs x 4 threads (`kiln worker --processes 2 --threads 4`) "
+        "+ controller (bench/throughput.py)",
+    )
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()

@@ -14,10 +14,10 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 import click
 
@@ -28,6 +28,9 @@ from kiln.core.config import Settings
 from kiln.core.errors import InvalidDefinition, KilnError
 from kiln.core.handlers import load_imports
 from kiln.core.pools import parse_queues
+
+# What stops a worker or the controller (forwarded to the children of `kiln worker --processes`).
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def started() -> None:
@@ -136,7 +139,12 @@ def db_upgrade(as_json: bool) -> None:
 
 @main.command()
 @click.option("--threads", default=8, show_default=True, help="Worker threads per process.")
-@click.option("--processes", default=1, show_default=True, help="Worker processes to start.")
+@click.option(
+    "--processes",
+    default=1,
+    show_default=True,
+    help="Worker processes, forked once this one has imported what they run.",
+)
 @click.option(
     "--queues",
     default=None,
@@ -156,29 +164,36 @@ def worker(threads: int, processes: int, queues: str | None) -> None:
     except InvalidDefinition as exc:
         fail(str(exc))
     if processes > 1:
-        started()
-        args = ["worker", "--threads", str(threads), "--queues", ",".join(pools)]
-        _supervise([[sys.executable, "-m", "kiln.cli.main", *args]] * processes)
+        _preload_worker(settings)
+        _prefork(processes, lambda: _serve_worker(settings, pools, threads))
         return
+    _serve_worker(settings, pools, threads)
+
+
+def _serve_worker(settings: Settings, pools: list[str], threads: int) -> None:
+    """One worker process: its own Kiln (pool), broker and Dramatiq worker, until SIGTERM."""
     import dramatiq
 
     from kiln import transport
     from kiln.app.runtime import Kiln
     from kiln.workers.actors import build_actors
 
+    stop = threading.Event()
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, lambda *_: stop.set())
+    # A forked worker starts with them blocked (``_prefork``): a stop sent meanwhile lands now.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     kiln = Kiln(settings, pool_size=16, sender=transport.send_now)
-    _wait_for_schema(kiln, "worker")
+    if not _wait_for_schema(kiln, "worker", stop):
+        return
     broker = transport.current().broker
     build_actors(broker, kiln, pools)
-    stop = threading.Event()
     w = dramatiq.Worker(
         broker,
         queues=set(pools),
         worker_threads=threads,
         worker_timeout=max(1, settings.worker_poll_ms),
     )
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     w.start()
     started()
     logging.getLogger("kiln.worker").warning(
@@ -186,6 +201,20 @@ def worker(threads: int, processes: int, queues: str | None) -> None:
     )
     stop.wait()
     w.stop(timeout=30_000)
+
+
+def _preload_worker(settings: Settings) -> None:
+    """Import what a worker process runs with, once, before ``_prefork`` shares it with the
+    children: importing builds nothing (no pool, client or thread), so forking stays safe."""
+    import dramatiq  # noqa: F401
+    from dramatiq.brokers.redis import RedisBroker  # noqa: F401
+
+    from kiln import transport  # noqa: F401
+    from kiln.app.preload import import_driver
+    from kiln.app.runtime import Kiln  # noqa: F401
+    from kiln.workers.actors import build_actors  # noqa: F401
+
+    import_driver(settings.database_url)
 
 
 def _wait_for_schema(kiln: Any, kind: str, stop: threading.Event | None = None) -> bool:
@@ -208,21 +237,60 @@ def _wait_for_schema(kiln: Any, kind: str, stop: threading.Event | None = None) 
             started()  # waiting, maybe for long: collect as usual meanwhile
             logging.getLogger(f"kiln.{kind}").warning("%s waits for the database: %s", kind, why)
             said = True
-        time.sleep(0.5)
+        if stop is None:
+            time.sleep(0.5)
+        else:
+            stop.wait(0.5)
     return False
 
 
-def _supervise(commands: list[list[str]]) -> None:
-    children = [subprocess.Popen(cmd) for cmd in commands]
+def _prefork(processes: int, serve: Callable[[], None]) -> None:
+    """Fork ``processes`` children that each run ``serve`` (and exit with it), and supervise
+    them: SIGTERM and SIGINT are forwarded, and this process exits with the worst child's
+    code once all have exited. What this process imported is shared with the children
+    (copy-on-write, frozen out of the collector's passes), so none of them imports it again."""
+    log = logging.getLogger("kiln.worker")
+    if threading.active_count() > 1:  # a KILN_IMPORTS module started one: it is not forked
+        log.warning("forking workers while %d threads run", threading.active_count())
+    gc.freeze()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Blocked until each side has its handlers: the parent's forwarding, the child's stop.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    children: list[int] = []
+    for _ in range(processes):
+        pid = os.fork()
+        if pid == 0:
+            _in_forked_worker(serve)
+        children.append(pid)
 
     def forward(signum: int, _frame: Any) -> None:
-        for child in children:
-            child.send_signal(signum)
+        for pid in children:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:  # exited already; reaped below
+                pass
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    codes = [child.wait() for child in children]
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, forward)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    started()
+    log.info("worker pid %d supervises worker pids %s", os.getpid(), children)
+    codes = []
+    for pid in children:
+        code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        codes.append(128 - code if code < 0 else code)  # killed by a signal: as a shell says
     raise SystemExit(max(codes))
+
+
+def _in_forked_worker(serve: Callable[[], None]) -> NoReturn:
+    """A forked child: its log lines name its own pid, then it serves and exits the usual
+    way (``serve`` unblocks the stop signals once it handles them)."""
+    from kiln.app.logs import setup_logging
+
+    setup_logging("worker")
+    serve()
+    raise SystemExit(0)
 
 
 @main.command()
@@ -234,7 +302,7 @@ def controller() -> None:
 
     kiln = make_kiln()
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, lambda *_: stop.set())
     if not _wait_for_schema(kiln, "controller", stop):
         return

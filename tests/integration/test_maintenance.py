@@ -143,3 +143,30 @@ def test_analyzing_is_skipped_on_sqlite(sqlite_url):
         assert maintenance.analyze_if_stale(engine) is False
     finally:
         engine.dispose()
+
+
+def test_a_controller_pass_analyzes_a_queue_filled_since_the_last_analyze(pg_kiln):
+    from kiln.workers.controller import Controller
+
+    _ready_burst(pg_kiln, 5_000)
+    wait_for(
+        lambda: pg_kiln.read(maintenance.changed_rows)[0] >= maintenance.MIN_CHANGED_ROWS,
+        timeout=15,
+        what="the statistics to count the inserted rows",
+    )
+    sent = []
+    controller = Controller(pg_kiln, send=lambda d, _batch: sent.extend(d))
+    controller.tick()
+    assert sent  # the pass dispatched first
+    wait_for(
+        lambda: (
+            pg_kiln.read(
+                lambda c: c.execute(
+                    sa.text("SELECT last_analyze FROM pg_stat_user_tables WHERE relname = 'tasks'")
+                ).scalar()
+            )
+            is not None
+        ),
+        timeout=15,
+        what="the controller's ANALYZE",
+    )

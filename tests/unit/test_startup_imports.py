@@ -12,6 +12,7 @@ import sys
 # What `kiln worker` and `kiln controller` import before they take work.
 PROCESS_IMPORTS = (
     "kiln.cli.main",
+    "kiln.app.preload",
     "kiln.transport",
     "kiln.workers.actors",
     "kiln.workers.controller",
