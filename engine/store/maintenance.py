@@ -23,6 +23,7 @@ ANALYZE, busy or not.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import sqlalchemy as sa
 
@@ -41,55 +42,62 @@ MIN_CHANGED_FRACTION = 0.1
 
 def dead_rows(conn: sa.Connection) -> tuple[int, int]:
     """``(dead, live)`` row versions of ``tasks`` as the statistics system counts them."""
-    row = conn.execute(
-        sa.text(
-            "SELECT n_dead_tup, n_live_tup FROM pg_stat_user_tables WHERE relid = 'tasks'::regclass"
-        )
-    ).one_or_none()
-    return (int(row.n_dead_tup), int(row.n_live_tup)) if row else (0, 0)
-
-
-def vacuum_if_bloated(engine: sa.Engine) -> bool:
-    """VACUUM (ANALYZE) the queue tables when ``tasks`` carries enough dead rows; return
-    whether it ran (skipping any table another VACUUM holds). Safe to call from any number of
-    controllers at once, each statement on its own (autocommit), so also through a
-    transaction pooler."""
-    if engine.dialect.name != "postgresql":
-        return False
-    with engine.connect() as conn:
-        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-        dead, live = dead_rows(conn)
-        if dead < MIN_DEAD_ROWS or dead < MIN_DEAD_FRACTION * live:
-            return False
-        # SKIP_LOCKED: a table another VACUUM holds is left to it (PostgreSQL 12+).
-        conn.execute(sa.text(f"VACUUM (ANALYZE, SKIP_LOCKED) {', '.join(QUEUE_TABLES)}"))
-    log.info("vacuumed the queue tables (%d dead row versions in tasks, %d live)", dead, live)
-    return True
+    return _tasks_counts(conn, "n_dead_tup")
 
 
 def changed_rows(conn: sa.Connection) -> tuple[int, int]:
     """``(changed since the last ANALYZE, live)`` rows of ``tasks``, as the statistics system
     counts them."""
+    return _tasks_counts(conn, "n_mod_since_analyze")
+
+
+def _tasks_counts(conn: sa.Connection, column: str) -> tuple[int, int]:
     row = conn.execute(
         sa.text(
-            "SELECT n_mod_since_analyze, n_live_tup FROM pg_stat_user_tables "
+            f"SELECT {column} AS n, n_live_tup AS live FROM pg_stat_user_tables "
             "WHERE relid = 'tasks'::regclass"
         )
     ).one_or_none()
-    return (int(row.n_mod_since_analyze), int(row.n_live_tup)) if row else (0, 0)
+    return (int(row.n), int(row.live)) if row else (0, 0)
+
+
+def vacuum_if_bloated(engine: sa.Engine) -> bool:
+    """VACUUM (ANALYZE) the queue tables when ``tasks`` carries enough dead rows; return
+    whether it ran (skipping any table another VACUUM holds)."""
+    return _maintain(
+        engine, dead_rows, MIN_DEAD_ROWS, MIN_DEAD_FRACTION, "VACUUM (ANALYZE, SKIP_LOCKED)",
+        "vacuumed the queue tables (%d dead row versions in tasks, %d live)",
+    )  # fmt: skip
 
 
 def analyze_if_stale(engine: sa.Engine) -> bool:
     """ANALYZE the queue tables when enough of ``tasks`` changed since the last ANALYZE (see
-    the module's docstring); return whether it ran. Safe from any number of controllers at
-    once (``SKIP_LOCKED``), and in autocommit, so also through a transaction pooler."""
+    the module's docstring); return whether it ran."""
+    return _maintain(
+        engine, changed_rows, MIN_CHANGED_ROWS, MIN_CHANGED_FRACTION, "ANALYZE (SKIP_LOCKED)",
+        "analyzed the queue tables (%d rows of tasks changed, %d live)",
+    )  # fmt: skip
+
+
+def _maintain(
+    engine: sa.Engine,
+    count: Callable[[sa.Connection], tuple[int, int]],
+    least: int,
+    fraction: float,
+    command: str,
+    said: str,
+) -> bool:
+    """Run ``command`` on the queue tables when ``count`` gives at least ``least`` rows of
+    ``tasks``, and at least ``fraction`` of its live ones. Safe from any number of controllers
+    at once (``SKIP_LOCKED``: a table another one holds is left to it, PostgreSQL 12+), each
+    statement on its own (autocommit), so also through a transaction pooler."""
     if engine.dialect.name != "postgresql":
         return False
     with engine.connect() as conn:
         conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-        changed, live = changed_rows(conn)
-        if changed < MIN_CHANGED_ROWS or changed < MIN_CHANGED_FRACTION * live:
+        n, live = count(conn)
+        if n < least or n < fraction * live:
             return False
-        conn.execute(sa.text(f"ANALYZE (SKIP_LOCKED) {', '.join(QUEUE_TABLES)}"))
-    log.info("analyzed the queue tables (%d rows of tasks changed, %d live)", changed, live)
+        conn.execute(sa.text(f"{command} {', '.join(QUEUE_TABLES)}"))
+    log.info(said, n, live)
     return True

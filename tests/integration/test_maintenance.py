@@ -8,8 +8,8 @@ from kiln.store import maintenance
 from tests.conftest import wait_for
 
 
-def _burst(kiln, n: int) -> None:
-    """``n`` tasks of one run, each through one state change (one dead row version each)."""
+def _ready_tasks(kiln, n: int) -> None:
+    """``n`` ready tasks of one running run, inserted since the last ANALYZE."""
 
     def write(c):
         wf = c.execute(
@@ -20,14 +20,19 @@ def _burst(kiln, n: int) -> None:
         ).scalar()
         c.execute(
             sa.text(
-                "INSERT INTO tasks (workflow_id, name, handler, params, status, created_at)"
-                " SELECT :wf, 't' || g, 'noop', '{}', 'ready', now()"
+                "INSERT INTO tasks (workflow_id, name, handler, params, status, created_at,"
+                " ready_at) SELECT :wf, 't' || g, 'noop', '{}', 'ready', now(), now()"
                 " FROM generate_series(1, :n) g"
             ),
             {"wf": wf, "n": n},
         )
 
     kiln.txn(write)
+
+
+def _burst(kiln, n: int) -> None:
+    """``n`` tasks of one run, each through one state change (one dead row version each)."""
+    _ready_tasks(kiln, n)
     kiln.txn(lambda c: c.execute(sa.text("UPDATE tasks SET status = 'cancelled'")))
 
 
@@ -74,28 +79,6 @@ def test_vacuuming_is_skipped_on_sqlite(sqlite_url):
         engine.dispose()
 
 
-def _ready_burst(kiln, n: int) -> None:
-    """``n`` ready tasks of one running run, inserted since the last ANALYZE."""
-
-    def write(c):
-        wf = c.execute(
-            sa.text(
-                "INSERT INTO workflows (name, status, on_error, priority, definition, created_at)"
-                " VALUES ('burst', 'running', 'stop', 0, '{}', now()) RETURNING id"
-            )
-        ).scalar()
-        c.execute(
-            sa.text(
-                "INSERT INTO tasks (workflow_id, name, handler, params, status, created_at,"
-                " ready_at) SELECT :wf, 't' || g, 'noop', '{}', 'ready', now(), now()"
-                " FROM generate_series(1, :n) g"
-            ),
-            {"wf": wf, "n": n},
-        )
-
-    kiln.txn(write)
-
-
 def _dispatch_plan(kiln) -> str:
     from sqlalchemy.dialects import postgresql
 
@@ -114,7 +97,7 @@ def test_a_queue_filled_since_its_last_analyze_is_analyzed_so_a_dispatch_reads_i
 ):
     # Without statistics the planner took thousands of ready tasks for a few dozen and read
     # and sorted them all on every dispatch pass, instead of the head of tasks_dispatch_idx.
-    _ready_burst(pg_kiln, 5_000)
+    _ready_tasks(pg_kiln, 5_000)
     wait_for(
         lambda: pg_kiln.read(maintenance.changed_rows)[0] >= maintenance.MIN_CHANGED_ROWS,
         timeout=15,
@@ -131,7 +114,7 @@ def test_a_queue_filled_since_its_last_analyze_is_analyzed_so_a_dispatch_reads_i
 
 
 def test_a_queue_with_few_changes_since_its_last_analyze_is_not_analyzed(pg_kiln):
-    _ready_burst(pg_kiln, 300)
+    _ready_tasks(pg_kiln, 300)
     assert maintenance.analyze_if_stale(pg_kiln.engine) is False
 
 
@@ -148,7 +131,7 @@ def test_analyzing_is_skipped_on_sqlite(sqlite_url):
 def test_a_controller_pass_analyzes_a_queue_filled_since_the_last_analyze(pg_kiln):
     from kiln.workers.controller import Controller
 
-    _ready_burst(pg_kiln, 5_000)
+    _ready_tasks(pg_kiln, 5_000)
     wait_for(
         lambda: pg_kiln.read(maintenance.changed_rows)[0] >= maintenance.MIN_CHANGED_ROWS,
         timeout=15,
