@@ -25,3 +25,11 @@ Timestamp = sa.DateTime(timezone=True)
 def one_of(column: str, values: tuple[str, ...]) -> str:
     """A CHECK constraint's text: ``column`` holds one of ``values``."""
     return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+def partial_index(name: str | None, *columns: object, where: str, **kw: object) -> sa.Index:
+    """An index over the rows ``where`` holds, on both databases (PostgreSQL and SQLite both
+    have partial indexes); ``kw`` as for ``sa.Index`` (``unique``)."""
+    return sa.Index(
+        name, *columns, postgresql_where=sa.text(where), sqlite_where=sa.text(where), **kw
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from kiln.core.states import TaskStatus, WorkflowStatus
-from kiln.store.schema.columns import Id, Json, Timestamp, metadata, one_of
+from kiln.store.schema.columns import Id, Json, Timestamp, metadata, one_of, partial_index
 
 # The CHECK constraints name the states of the enums in kiln.core.states, in their order.
 TASK_STATES = tuple(s.value for s in TaskStatus)
@@ -209,92 +209,76 @@ tasks = sa.Table(
     sa.CheckConstraint(one_of("status", TASK_STATES), name="status"),
     sa.CheckConstraint("max_attempts >= 1", name="max_attempts"),
     sa.UniqueConstraint("workflow_id", "name"),
-    sa.Index(
+    partial_index(
         "tasks_dispatch_idx",
         sa.desc("priority"),
         "ready_at",
         "id",
-        postgresql_where=sa.text("status IN ('ready', 'retrying')"),
-        sqlite_where=sa.text("status IN ('ready', 'retrying')"),
+        where="status IN ('ready', 'retrying')",
     ),
     # The longest waiting, whatever their priority: an ordered dispatch ranks them too.
-    sa.Index(
+    partial_index(
         "tasks_age_idx",
         "ready_at",
         "id",
-        postgresql_where=sa.text("status IN ('ready', 'retrying')"),
-        sqlite_where=sa.text("status IN ('ready', 'retrying')"),
+        where="status IN ('ready', 'retrying')",
     ),
-    sa.Index(
+    partial_index(
         "tasks_lease_idx",
         "lease_expires_at",
-        postgresql_where=sa.text("status IN ('queued', 'running')"),
-        sqlite_where=sa.text("status IN ('queued', 'running')"),
+        where="status IN ('queued', 'running')",
     ),
     sa.Index(None, "workflow_id", "status"),
     # Partial: most tasks have neither, and a full index takes an entry for every row
-    # version, which every status change writes (docs/scale.md, migration 0018).
-    sa.Index(
+    # version, which every status change writes (migration 0018).
+    partial_index(
         "tasks_instance_id_idx",
         "instance_id",
-        postgresql_where=sa.text("instance_id IS NOT NULL"),
-        sqlite_where=sa.text("instance_id IS NOT NULL"),
+        where="instance_id IS NOT NULL",
     ),
-    sa.Index(
+    partial_index(
         "tasks_mapped_from_map_index_idx",
         "mapped_from",
         "map_index",
         unique=True,
-        postgresql_where=sa.text("mapped_from IS NOT NULL"),
-        sqlite_where=sa.text("mapped_from IS NOT NULL"),
+        where="mapped_from IS NOT NULL",
     ),
     # The controller looks for waiting tasks whose time came on every pass.
-    sa.Index(
+    partial_index(
         "tasks_wake_at_idx",
         "wake_at",
-        postgresql_where=sa.text("status = 'waiting' AND wake_at IS NOT NULL"),
-        sqlite_where=sa.text("status = 'waiting' AND wake_at IS NOT NULL"),
+        where="status = 'waiting' AND wake_at IS NOT NULL",
     ),
     # The controller looks for map tasks to expand on every pass (kiln.store.maps).
-    sa.Index(
+    partial_index(
         "tasks_map_ready_idx",
         "id",
-        postgresql_where=sa.text("status = 'ready' AND map_over IS NOT NULL"),
-        sqlite_where=sa.text("status = 'ready' AND map_over IS NOT NULL"),
+        where="status = 'ready' AND map_over IS NOT NULL",
     ),
     # The controller's periodic passes over model_type work must not scan every task: these
     # partial indexes keep them flat with a million tasks queued (docs/scale.md).
     # ... and so must its pass over the tasks of worker pools no live worker consumes: empty
     # while every task runs in the default pool.
-    sa.Index(
+    partial_index(
         "tasks_queue_waiting_idx",
         "queue",
-        postgresql_where=sa.text("status IN ('ready', 'retrying') AND queue IS NOT NULL"),
-        sqlite_where=sa.text("status IN ('ready', 'retrying') AND queue IS NOT NULL"),
+        where="status IN ('ready', 'retrying') AND queue IS NOT NULL",
     ),
-    sa.Index(
+    partial_index(
         "tasks_model_type_waiting_idx",
         "model_type",
-        postgresql_where=sa.text("status IN ('ready', 'retrying') AND model_type IS NOT NULL"),
-        sqlite_where=sa.text("status IN ('ready', 'retrying') AND model_type IS NOT NULL"),
+        where="status IN ('ready', 'retrying') AND model_type IS NOT NULL",
     ),
-    sa.Index(
+    partial_index(
         "tasks_unpredicted_idx",
         "id",
-        postgresql_where=sa.text(
-            "status IN ('pending', 'ready', 'retrying') AND model_type IS NOT NULL "
-            "AND predicted IS NULL"
-        ),
-        sqlite_where=sa.text(
-            "status IN ('pending', 'ready', 'retrying') AND model_type IS NOT NULL "
-            "AND predicted IS NULL"
-        ),
+        where="status IN ('pending', 'ready', 'retrying') AND model_type IS NOT NULL "
+        "AND predicted IS NULL",
     ),
-    sa.Index(
+    partial_index(
         "tasks_finished_at_idx",
         "finished_at",
-        postgresql_where=sa.text("finished_at IS NOT NULL"),
-        sqlite_where=sa.text("finished_at IS NOT NULL"),
+        where="finished_at IS NOT NULL",
     ),
     comment="One row per task of a workflow run; the row is the task's truth.",
 )
