@@ -3,6 +3,8 @@ column types spelled per database, and the CHECK helper."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
@@ -27,9 +29,13 @@ def one_of(column: str, values: tuple[str, ...]) -> str:
     return f"{column} IN ({', '.join(repr(v) for v in values)})"
 
 
-def partial_index(name: str | None, *columns: object, where: str, **kw: object) -> sa.Index:
+def partial_index(name: str | None, *columns: Any, where: str, unique: bool = False) -> sa.Index:
     """An index over the rows ``where`` holds, on both databases (PostgreSQL and SQLite both
-    have partial indexes); ``kw`` as for ``sa.Index`` (``unique``)."""
+    have partial indexes)."""
     return sa.Index(
-        name, *columns, postgresql_where=sa.text(where), sqlite_where=sa.text(where), **kw
+        name,
+        *columns,
+        unique=unique,
+        postgresql_where=sa.text(where),
+        sqlite_where=sa.text(where),
     )
