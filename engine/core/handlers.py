@@ -173,16 +173,24 @@ def check_handlers(names: Iterable[str], allowed: Iterable[str]) -> None:
         check_handler(name, allowed)
 
 
-def _attribute(module: Any, name: str, attr: str, allowed: Iterable[str]) -> Handler:
+def _lookup(module: Any, attr: str) -> Any:
+    """What ``module`` holds under the dotted ``attr``, or None."""
     target: Any = module
     for part in attr.split("."):
         # Dunders lead out of the module (__globals__, __builtins__): never a handler.
         target = None if part.startswith("__") else getattr(target, part, None)
         if target is None:
-            raise UnknownHandler(
-                f"handler {name!r}: module {module.__name__!r} has no attribute {attr!r}",
-                handler=name,
-            )
+            return None
+    return target
+
+
+def _attribute(module: Any, name: str, attr: str, allowed: Iterable[str]) -> Handler:
+    target = _lookup(module, attr)
+    if target is None:
+        raise UnknownHandler(
+            f"handler {name!r}: module {module.__name__!r} has no attribute {attr!r}",
+            handler=name,
+        )
     problem = unrunnable(target)
     if problem:
         raise UnknownHandler(f"handler {name!r} cannot run: {problem}", handler=name)
@@ -227,13 +235,6 @@ def resolve_handler(name: str, allowed: Iterable[str]) -> Handler:
         _resolved.clear()
     _resolved[(name, allowed)] = (module, attr, fn)
     return fn
-
-
-def _lookup(module: Any, attr: str) -> Any:
-    target = module
-    for part in attr.split("."):
-        target = getattr(target, part, None)
-    return target
 
 
 def resolve_definition(ref: str, allowed: Iterable[str]) -> Any:
