@@ -19,14 +19,18 @@ LIVE = "running"
 DEFAULT_LOST_AFTER_S = 10.0
 
 
-def one_of(column: sa.ColumnElement[Any], values: Any) -> sa.ColumnElement[bool]:
-    """``column IN ('a', 'b')`` with the constants (statuses: lower-case words) written into
-    the SQL, so a statement built once renders nothing per execution (a list of values
-    is bound as an expanding parameter, rendered again at every execution)."""
-    words = [str(v) for v in values]
-    if not all(w.replace("_", "").isalpha() and w.islower() for w in words):
-        raise ValueError(f"not status words: {words!r}")
-    return column.in_([sa.literal_column(f"'{w}'") for w in words])
+def status_literal(status: Any) -> sa.ColumnElement[Any]:
+    """The status (a lower-case word) written into the SQL as a constant, for a statement
+    built once: a bound value would be rendered again at every execution when in a list."""
+    word = str(status)
+    if not (word.replace("_", "").isalpha() and word.islower()):
+        raise ValueError(f"not a status word: {word!r}")
+    return sa.literal_column(f"'{word}'")
+
+
+def status_in(column: sa.ColumnElement[Any], statuses: Any) -> sa.ColumnElement[bool]:
+    """``column IN ('a', 'b')``, the statuses written as constants (:func:`status_literal`)."""
+    return column.in_([status_literal(s) for s in statuses])
 
 
 def run_is_active() -> sa.Exists:

@@ -24,7 +24,7 @@ from kiln.core.states import (
     sources_of,
 )
 from kiln.store.base import Statements
-from kiln.store.clauses import one_of, taken_back
+from kiln.store.clauses import status_in, status_literal, taken_back
 from kiln.store.db import utcnow
 from kiln.store.dialects import notify_ready, statements
 from kiln.store.lineage import descendants, wake_parents_txn
@@ -165,11 +165,11 @@ def _settle_statements(stmts: Statements) -> tuple[sa.Select[Any], sa.Update]:
     runs them, and building them took longer than running them."""
     t = tasks.alias("t")
     any_active = sa.exists().where(
-        t.c.workflow_id == workflows.c.id, one_of(t.c.status, TASK_ACTIVE)
+        t.c.workflow_id == workflows.c.id, status_in(t.c.status, TASK_ACTIVE)
     )
     any_unsuccessful = sa.exists().where(
         t.c.workflow_id == workflows.c.id,
-        t.c.status != sa.literal_column(f"'{TaskStatus.SUCCEEDED}'"),
+        t.c.status != status_literal(TaskStatus.SUCCEEDED),
     )
     lock = (
         sa.select(workflows.c.id)
@@ -181,13 +181,15 @@ def _settle_statements(stmts: Statements) -> tuple[sa.Select[Any], sa.Update]:
         workflows.update()
         .where(
             stmts.among(workflows.c.id, "ids"),
-            one_of(workflows.c.status, sources_of(WORKFLOW_TRANSITIONS, WorkflowStatus.SUCCEEDED)),
+            status_in(
+                workflows.c.status, sources_of(WORKFLOW_TRANSITIONS, WorkflowStatus.SUCCEEDED)
+            ),
             ~any_active,
         )
         .values(
             status=sa.case(
-                (any_unsuccessful, sa.literal_column(f"'{WorkflowStatus.FAILED}'")),
-                else_=sa.literal_column(f"'{WorkflowStatus.SUCCEEDED}'"),
+                (any_unsuccessful, status_literal(WorkflowStatus.FAILED)),
+                else_=status_literal(WorkflowStatus.SUCCEEDED),
             ),
             finished_at=sa.bindparam("now", type_=workflows.c.finished_at.type),
         )
