@@ -150,10 +150,7 @@ class Kiln:
         if isinstance(definition, Workflow):
             definition = definition.to_definition()
         spec = self.spec_of(definition, check_handlers=check_handlers)
-        key = idempotency_key
-        if isinstance(key, str):  # a Python caller's plain key, scoped to this definition
-            body = definition if isinstance(definition, dict) else spec.to_dict()
-            key = scoped(key, SUBMIT_SCOPE, body=body)
+        key = _submit_key(idempotency_key, definition, spec)
         lease_s = self.settings.dispatch_timeout_s if self.sender is not None else None
         with tracing.span("kiln.submit", workflow=spec.name) as traced:
             run, created, dispatched = self.txn(
@@ -208,8 +205,7 @@ class Kiln:
                 raise type(exc)(
                     f"workflows[{i}]: {exc.message}", **{**exc.details, "index": i}
                 ) from exc
-            body = definition if isinstance(definition, dict) else spec.to_dict()
-            runs.append((spec, scoped(key, SUBMIT_SCOPE, body=body)))
+            runs.append((spec, _submit_key(key, definition, spec)))
         if not runs:
             return []
         with tracing.span("kiln.submit_many", runs=len(runs)) as traced:
@@ -454,3 +450,15 @@ class Kiln:
                 c, task_id, attempt, fraction, message, lease_s=self.settings.lease_s
             )
         )
+
+
+def _submit_key(
+    key: str | IdempotencyKey | None, definition: Any, spec: WorkflowSpec
+) -> IdempotencyKey | None:
+    """``key`` as given, or a Python caller's plain string key scoped to the definition it
+    came with (its body built only then)."""
+    if not isinstance(key, str):
+        return key
+    return scoped(
+        key, SUBMIT_SCOPE, body=definition if isinstance(definition, dict) else spec.to_dict()
+    )
