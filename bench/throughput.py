@@ -49,9 +49,9 @@ DB = "kiln_bench"
 REDIS = "redis://127.0.0.1:6379/8"
 
 
-def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+def start(args: list[str], env: dict[str, str], log: Path, python: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "kiln.cli.main", *args],
+        [python, "-m", "kiln.cli.main", *args],
         env=env,
         cwd=ROOT,
         stdout=open(log, "wb"),  # noqa: SIM115
@@ -91,9 +91,11 @@ def measure(
     one_by_one: int = 0,
     database_url: str | None = None,
     listen_database_url: str | None = None,
+    python: str = sys.executable,
 ) -> dict:
     """Run W1 then W2 and return the figures (also printed). ``database_url`` and
-    ``listen_database_url``: as ``--database-url`` and ``--listen-database-url``."""
+    ``listen_database_url``: as ``--database-url`` and ``--listen-database-url``; ``python``:
+    the interpreter the worker and controller run on (``--python``)."""
     opts = argparse.Namespace(
         tasks=tasks, shape=shape, w2=w2, processes=processes, threads=threads, one_by_one=one_by_one
     )
@@ -166,8 +168,8 @@ def measure(
     spawn0 = time.perf_counter()
     # One `kiln worker` forking its processes, as `dramatiq -p 2 -t 4` does for the peer.
     worker = ["worker", "--processes", str(opts.processes), "--threads", str(opts.threads)]
-    procs = [start(worker, env, logs / "worker.log")]
-    procs.append(start(["controller"], env, logs / "controller.log"))
+    procs = [start(worker, env, logs / "worker.log", python)]
+    procs.append(start(["controller"], env, logs / "controller.log", python))
     remaining = sa.text("SELECT count(*) FROM tasks WHERE status <> 'succeeded'")
     wait(lambda: kiln.read(lambda c: c.execute(remaining).scalar()) == 0, 900, "the drain")
     wall = time.perf_counter() - spawn0
@@ -279,14 +281,25 @@ def main() -> None:
     ap.add_argument("--database-url", help="where Kiln connects (default: kiln_bench, direct)")
     ap.add_argument("--listen-database-url", help="the controller's LISTEN (default: the same)")
     ap.add_argument("--pgbouncer", action="store_true", help="through PgBouncer (transaction mode)")
+    ap.add_argument(
+        "--python",
+        default=sys.executable,
+        help="the interpreter of the worker and controller processes: one of a venv with Kiln "
+        "installed as a user would (`pip install .`, no test extras), for start-up figures",
+    )
     opts = ap.parse_args()
     args = (opts.tasks, opts.shape, opts.w2, opts.processes, opts.threads, opts.one_by_one)
     if not opts.pgbouncer:
-        measure(*args, database_url=opts.database_url, listen_database_url=opts.listen_database_url)
+        measure(
+            *args,
+            database_url=opts.database_url,
+            listen_database_url=opts.listen_database_url,
+            python=opts.python,
+        )
         return
     direct = opts.database_url or _on(ADMIN, DB)
     with pgbouncer(direct) as pooled:
-        measure(*args, database_url=pooled, listen_database_url=direct)
+        measure(*args, database_url=pooled, listen_database_url=direct, python=opts.python)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,10 @@ Peers: procrastinate, pgqueuer and DBOS queues on the local PostgreSQL (a fresh 
 dropped after); plain Dramatiq and Celery on the local Redis (their own DB number, flushed
 before and after). Each peer runs from its own throwaway virtualenv under /tmp/kiln-peers,
 never from the project's dependencies; its code is bench/peers/<peer>_bench.py, which prints
-one JSON line. Kiln is measured by bench/throughput.py's measure(). Last, two physical
+one JSON line. Kiln is measured by bench/throughput.py's measure(), its worker and controller
+run from a throwaway virtualenv too (``pip install -e`` of this checkout, no test extras: the
+test extras' OpenTelemetry SDK is imported by redis-py when present, which a plain install
+does not pay). Last, two physical
 references: pgbench TPS of a one-row claim (UPDATE ... FOR UPDATE SKIP LOCKED) at 8 clients,
 and W2's durable floor (``run_floor``: raw INSERT, Redis wake-up, claim UPDATE).
 
@@ -246,6 +249,26 @@ def _run_streaming(cmd: list[str], env: dict[str, str], prefix: str) -> tuple[st
     return "".join(out), list(tail)
 
 
+def kiln_python() -> str:
+    """The interpreter of a venv with this checkout installed as a user installs Kiln (no test
+    extras), created if missing or if it holds another checkout (even with --skip-install:
+    the code measured must be this checkout's)."""
+    venv = PEERS_HOME / "kiln" / "venv"
+    python = venv / "bin" / "python"
+    where = [str(python), "-c", "import kiln, pathlib; print(pathlib.Path(kiln.__file__).parent)"]
+    got = subprocess.run(where, capture_output=True, text=True) if python.exists() else None
+    if got is None or got.returncode != 0 or Path(got.stdout.strip()) != ROOT / "engine":
+        log(f"kiln: creating {venv} with `pip install -e {ROOT}`")
+        shutil.rmtree(venv, ignore_errors=True)
+        subprocess.run(["python3", "-m", "venv", str(venv)], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+             "-e", str(ROOT)],
+            check=True,
+        )  # fmt: skip
+    return str(python)
+
+
 def run_kiln(jobs: int, w2: int) -> Row:
     row = Row(
         "**Kiln**",
@@ -263,7 +286,14 @@ def run_kiln(jobs: int, w2: int) -> Row:
         import throughput
 
         with contextlib.redirect_stdout(sys.stderr):  # stdout is for the table
-            f = throughput.measure(tasks=jobs, shape="many", w2=w2, processes=2, threads=4)
+            f = throughput.measure(
+                tasks=jobs,
+                shape="many",
+                w2=w2,
+                processes=2,
+                threads=4,
+                python=kiln_python(),
+            )
         row.figures = {
             **f,
             "w1_jobs_per_s": f["w1_tasks_per_s"],
