@@ -50,7 +50,7 @@ from scheduling_grid import RESULTS, read_cells  # noqa: E402
 from tracegen import TraceShape, generate  # noqa: E402
 
 from kiln.core.prediction.estimate import estimate  # noqa: E402
-from kiln.core.scheduling import Scheduler, tuning  # noqa: E402
+from kiln.core.scheduling import Scheduler  # noqa: E402
 from kiln.core.scheduling.base import KeyedPolicy  # noqa: E402
 from kiln.core.scheduling.tail import Boost  # noqa: E402
 
@@ -90,19 +90,9 @@ class ScaledBoost(Boost):
     name: ClassVar[str] = "ScaledBoost"
     factor: float = 1.0
 
-    def boost(self, item, state):
-        if state.boost_gamma is None:
-            return 0.0
-        gamma = state.boost_gamma * self.factor
-        k = tuning.servers(state)
-        if item.predicted is not None:
-            sizes = [s / k for s in tuning.size_points(item.predicted)]
-        else:
-            recent = sorted(state.recent_sizes)
-            if not recent:
-                return 0.0
-            sizes = [recent[int(q * len(recent))] / k for q in (0.1, 0.3, 0.5, 0.7, 0.9)]
-        return min(tuning.boost(gamma, sizes), 1e12)
+    def gamma(self, state):
+        gamma = super().gamma(state)
+        return None if gamma is None else gamma * self.factor
 
 
 CUSTOM = {"ArrivalPlusSize": ArrivalPlusSize, "ScaledBoost": ScaledBoost}

@@ -67,8 +67,12 @@ class Boost(KeyedPolicy):
 
     name: ClassVar[str] = "Boost"
 
+    def gamma(self, state: SchedulerState) -> float | None:
+        """The γ the boosts use: the self-tuned one (None before anything has finished)."""
+        return state.boost_gamma
+
     def boost(self, item: QueuedItem, state: SchedulerState) -> float:
-        gamma = state.boost_gamma
+        gamma = self.gamma(state)
         if gamma is None:
             return 0.0
         k = tuning.servers(state)
