@@ -37,6 +37,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -347,6 +348,16 @@ def _swept(fams: dict[str, list[Point]]) -> bool:
     return any(fams.get(f) for f in FAMILIES)
 
 
+def _swept_cells(
+    points: dict[tuple[int, str], dict[str, list[Point]]], seed: int, traces: list[str]
+) -> Iterator[tuple[str, dict[str, list[Point]]]]:
+    """(trace, its runs by family) for each of ``seed``'s traces that some family swept."""
+    for trace in traces:
+        fams = points.get((seed, trace))
+        if fams is not None and _swept(fams):
+            yield trace, fams
+
+
 def _best_text(p: Point | None, family: bool = False) -> str:
     if p is None:
         return "none with p99 ≤ 1.2×"
@@ -479,10 +490,7 @@ def render(paths: list[Path], command: str, notes: str = "") -> str:
             "best boost (predictor) | best LB +LO | best key +LO | best boost +LO | feasible |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for trace in traces:
-            fams = points.get((seed, trace))
-            if fams is None or not _swept(fams):
-                continue
+        for trace, fams in _swept_cells(points, seed, traces):
             default = _default(fams)
             cells = [_best_text(best(fams[f])) if fams.get(f) else "-" for f in FAMILIES]
             out.append(
@@ -504,10 +512,7 @@ def render(paths: list[Path], command: str, notes: str = "") -> str:
         "|---|---|---|---|---|---|",
     ]
     for seed in swept:
-        for trace in traces:
-            fams = points.get((seed, trace))
-            if fams is None or not _swept(fams):
-                continue
+        for trace, fams in _swept_cells(points, seed, traces):
             live = [p for f in (*LIVE, "candidate") for p in fams.get(f, [])]
             every = live + [p for f in FAMILIES if f not in LIVE for p in fams.get(f, [])]
             out.append(
@@ -555,10 +560,7 @@ def render(paths: list[Path], command: str, notes: str = "") -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for seed in swept:
-        for trace in traces:
-            fams = points.get((seed, trace))
-            if fams is None or not _swept(fams):
-                continue
+        for trace, fams in _swept_cells(points, seed, traces):
             fig = figures[(seed, trace)]
             default = _default(fams)
             bk, bl = best(fams.get("key", [])), best(fams.get("LateBudget", []))
@@ -576,10 +578,7 @@ def render(paths: list[Path], command: str, notes: str = "") -> str:
     )
     for seed in swept:
         out += ["", f"### Seed {seed}", ""]
-        for trace in traces:
-            fams = points.get((seed, trace))
-            if fams is None or not _swept(fams):
-                continue
+        for trace, fams in _swept_cells(points, seed, traces):
             out.append(f"- **{trace}**")
             for fam in FAMILIES:
                 front = frontier(fams.get(fam, []))
