@@ -9,9 +9,11 @@ rows (see its comment in ``queries.sql``).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import datetime as dt
 import importlib.resources
 import json
+import logging
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -27,6 +29,7 @@ from kiln.store.db import READY_CHANNEL, normalize_url, translate_errors
 from kiln.store.schema import Json, Timestamp
 
 T = TypeVar("T")
+log = logging.getLogger("kiln.store")
 
 
 def load_queries(text: str) -> dict[str, str]:
@@ -75,7 +78,10 @@ INSERT_RUNS = _query(
 )
 CLAIM = _query("claim", _NOW, _LEASE)
 FINISH = _query("finish", _NOW)
-NOTIFY_READY = _query("notify_ready")
+WAKE = _query("wake")
+# Within PostgresStore._run: whether its transaction readied work (``notify_ready``), for the
+# store to wake the controllers once it has committed.
+_wake_after_commit: contextvars.ContextVar[list[bool]] = contextvars.ContextVar("kiln_wake")
 
 
 # The execution option that hands a one-statement transaction's actor to its statement
@@ -140,6 +146,8 @@ class PostgresStatements(Statements):
         ).all()
         if not got:
             return None, {}
+        if got[0].wake:
+            self.notify_ready(conn)
         return got[0].workflow_id, {r.name: (r.id, r.status) for r in got}
 
     def insert_runs(
@@ -169,7 +177,10 @@ class PostgresStatements(Statements):
             "now": now,
             "notify": notify,
         }
-        return [r.id if r.created else None for r in conn.execute(INSERT_RUNS, params)]
+        rows = conn.execute(INSERT_RUNS, params).all()
+        if rows and rows[0].wake:
+            self.notify_ready(conn)
+        return [r.id if r.created else None for r in rows]
 
     def claim(
         self,
@@ -209,7 +220,13 @@ class PostgresStatements(Statements):
         return [r for r in rows if r.kind == "done"], [r.id for r in rows if r.kind == "readied"]
 
     def notify_ready(self, conn: sa.Connection) -> None:
-        conn.execute(NOTIFY_READY)
+        # Sent once the transaction has committed (PostgresStore._run), not in it: see "wake"
+        # in queries.sql. Outside the store's transactions, in this one.
+        wanted = _wake_after_commit.get(None)
+        if wanted is None:
+            conn.execute(WAKE)
+        else:
+            wanted[0] = True
 
     def note_audit(
         self, conn: sa.Connection, *, actor: str | None = None, reason: str | None = None
@@ -306,6 +323,36 @@ class PostgresStore(Store):
             return fn(conn.execution_options(isolation_level="AUTOCOMMIT", kiln_readonly=True))
 
     def _run(self, fn: Callable[[sa.Connection], T], *, single: bool, reason: str | None) -> T:
+        wanted = [False]
+        token = _wake_after_commit.set(wanted)
+        try:
+            with translate_errors(), self.engine.connect() as conn:
+                result = self._commit(conn, fn, single=single, reason=reason)
+                if wanted[0]:
+                    self._wake(conn)
+                return result
+        finally:
+            _wake_after_commit.reset(token)
+
+    def _wake(self, conn: sa.Connection) -> None:
+        """Wake the controllers after a commit that readied work. Never raises: the work is
+        committed, and a caller told otherwise would retry it; a lost wake-up only leaves the
+        controllers to their next poll."""
+        try:
+            conn.execute(WAKE)
+            conn.commit()
+        except sa.exc.DBAPIError:
+            log.warning("could not wake the controllers; they will poll", exc_info=True)
+
+    def _commit(
+        self,
+        conn: sa.Connection,
+        fn: Callable[[sa.Connection], T],
+        *,
+        single: bool,
+        reason: str | None,
+    ) -> T:
+        """Run ``fn`` on ``conn`` and commit."""
         # Behind a transaction pooler the next transaction may run on another server
         # connection: each one names its actor ('' clears what another client's session may
         # have left), without a round trip of its own.
@@ -317,26 +364,25 @@ class PostgresStore(Store):
             options: dict[str, Any] = {"isolation_level": "AUTOCOMMIT"}
             if actor is not None:
                 options[FOLDED_ACTOR] = actor
-            with translate_errors(), self.engine.connect() as conn:
-                return fn(conn.execution_options(**options))
+            return fn(conn.execution_options(**options))
         given = {"kiln.actor": actor, "kiln.reason": reason}
         settings = {k: v for k, v in given.items() if v is not None}
         if not settings:
-            return super()._run(fn, single=False, reason=None)
+            with conn.begin():
+                return fn(conn)
         # A longer transaction names them in the statement that begins it. The connection is
         # in autocommit so that psycopg sends no BEGIN of its own; this sends BEGIN, and
         # COMMIT or ROLLBACK, itself.
-        with translate_errors(), self.engine.connect() as conn:
-            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-            conn.exec_driver_sql(_begin_setting(conn, settings))
-            try:
-                result = fn(conn)
-            except BaseException:
-                with contextlib.suppress(sa.exc.DBAPIError):  # a dead connection is discarded
-                    conn.exec_driver_sql("ROLLBACK")
-                raise
-            conn.exec_driver_sql("COMMIT")
-            return result
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        conn.exec_driver_sql(_begin_setting(conn, settings))
+        try:
+            result = fn(conn)
+        except BaseException:
+            with contextlib.suppress(sa.exc.DBAPIError):  # a dead connection is discarded
+                conn.exec_driver_sql("ROLLBACK")
+            raise
+        conn.exec_driver_sql("COMMIT")
+        return result
 
 
 def _ping_after_idle(engine: sa.Engine, after_s: float) -> None:

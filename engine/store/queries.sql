@@ -38,7 +38,7 @@ SELECT NOT EXISTS (
 --
 -- With :lease set and the queue idle, the run's "direct" tasks (handler tasks with no
 -- dependencies) are leased in the same statement: written 'queued' with that lease, the run
--- 'running'. Otherwise, with :notify, controllers are woken (NOTIFY is delivered on commit).
+-- 'running'. Otherwise, with :notify, "wake" says whether controllers must be woken.
 --
 -- EVENTS: the one place outside the migrations' triggers that writes the events table. The
 -- triggers record status changes of UPDATEs; this statement inserts rows already 'queued' and
@@ -90,12 +90,11 @@ WITH lease AS (
     SELECT 'workflow', w.id, w.id, 'pending', 'running', NULL, clock_timestamp(),
            NULLIF(COALESCE(CAST(:actor AS text), current_setting('kiln.actor', true)), '')
     FROM w WHERE w.status = 'running'
-), n AS (
-    SELECT pg_notify('kiln_ready', '')
-    WHERE :notify AND EXISTS (SELECT 1 FROM t WHERE t.status = 'ready')
 )
--- a plain SELECT in WITH runs only if referenced: "notified" makes n run
-SELECT t.workflow_id, t.id, t.name, t.status, (SELECT count(*) FROM n) AS notified FROM t
+-- "wake": the caller wakes the controllers once this has committed (PostgresStatements.wake)
+SELECT t.workflow_id, t.id, t.name, t.status,
+       :notify AND EXISTS (SELECT 1 FROM t WHERE t.status = 'ready') AS wake
+FROM t
 
 -- name: insert_runs
 -- Many runs, their tasks and their edges in one statement (Kiln.submit_many): insert_run
@@ -137,12 +136,10 @@ WITH r AS MATERIALIZED (
     JOIN r ON r.i = x.run
     JOIN t a ON a.workflow_id = r.id AND a.name = x.task
     JOIN t b ON b.workflow_id = r.id AND b.name = x.dep
-), n AS (
-    SELECT pg_notify('kiln_ready', '')
-    WHERE :notify AND EXISTS (SELECT 1 FROM t WHERE t.status = 'ready')
 )
--- a plain SELECT in WITH runs only if referenced: "notified" makes n run
-SELECT r.i, r.id, r.id IN (SELECT id FROM w) AS created, (SELECT count(*) FROM n) AS notified
+-- "wake": the caller wakes the controllers once this has committed (PostgresStatements.wake)
+SELECT r.i, r.id, r.id IN (SELECT id FROM w) AS created,
+       :notify AND EXISTS (SELECT 1 FROM t WHERE t.status = 'ready') AS wake
 FROM r ORDER BY r.i
 
 -- name: claim
@@ -224,6 +221,12 @@ SELECT 'done' AS kind, id, workflow_id, mapped_from FROM done
 UNION ALL
 SELECT 'readied', id, NULL, NULL FROM children WHERE children.status = 'ready'
 
--- name: notify_ready
--- Wake controllers waiting on LISTEN (delivered when the transaction commits).
+-- name: wake
+-- Wake controllers waiting on LISTEN: a transaction of its own, sent once the work it announces
+-- has committed (PostgresStore._run). Not in that work's transaction: a transaction that
+-- notifies holds PostgreSQL's one notify-queue lock through its commit, synchronous WAL flush
+-- included, so notifying commits would each wait for the others' fsync. A transaction that
+-- only notifies writes no WAL before its commit record, which PostgreSQL then does not flush:
+-- it holds the lock for no fsync (a wake-up lost in a crash only leaves the controllers to
+-- their next poll).
 NOTIFY kiln_ready

@@ -53,6 +53,7 @@ def test_every_quoted_state_in_the_queries_is_a_member_of_its_enum():
     assert checked > 20  # the patterns still find the queries' status comparisons
 
 
-def test_the_queries_notify_the_channel_controllers_listen_on():
-    assert QUERIES["notify_ready"] == f"NOTIFY {READY_CHANNEL}"
-    assert f"pg_notify('{READY_CHANNEL}'" in QUERIES["insert_run"]
+def test_the_queries_notify_the_channel_controllers_listen_on_and_only_from_the_wake():
+    assert QUERIES["wake"] == f"NOTIFY {READY_CHANNEL}"
+    notifying = [n for n, sql in QUERIES.items() if "NOTIFY " in sql or "pg_notify" in sql]
+    assert notifying == ["wake"]  # the others say whether to wake (kiln.store.postgres)
