@@ -9,7 +9,6 @@ every policy is, in :mod:`kiln.core.scheduling.base`; the expected-size policies
 from __future__ import annotations
 
 import bisect
-import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -273,6 +272,10 @@ class ShortestPredicted(KeyedPolicy):
         return est.expected + self.spread_penalty * est.spread
 
     def _context(self, items, now, state) -> _QueueSizes:
+        # Imported here: statistics imports fractions, ~18 ms of every process's start-up
+        # (the controller and the workers import this registry) for one median.
+        import statistics
+
         sizes = [self.size(i) for i in items if i.predicted is not None]
         median = statistics.median(sizes) if sizes else 0.0
         return _QueueSizes(median, sum(sizes) + median * (len(items) - len(sizes)))
