@@ -1,4 +1,5 @@
-"""The web process as the Procfile runs it (gunicorn, 2 workers x 4 threads) under long polls."""
+"""The web process under gunicorn, as the Procfile runs it but smaller (2 workers x 4 threads:
+fewer threads than the long polls it is sent), under long polls."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ WAITS = 8
 
 @pytest.fixture
 def web(cluster, tmp_path):
-    """``gunicorn --workers 2 --threads 4`` serving the cluster's database, as in the Procfile."""
+    """``gunicorn --workers 2 --threads 4`` serving the cluster's database: fewer threads than
+    ``WAITS`` long polls."""
     port = free_port()
     env = {k: v for k, v in cluster.env.items() if k != "KILN_MAX_WAITERS"}  # the default
     log = open(tmp_path / "gunicorn.log", "wb")  # noqa: SIM115
