@@ -124,6 +124,22 @@ class WorkflowBatchSchema(ma.Schema):
     )
 
 
+class WorkflowBatchEnvelopeItemSchema(WorkflowBatchItemSchema):
+    definition = fields.Dict(required=True)
+
+
+class WorkflowBatchEnvelopeSchema(WorkflowBatchSchema):
+    """A batch's envelope: :class:`WorkflowBatchSchema` without looking inside the
+    definitions, which the engine validates (``kiln.web.workflows.submit_batch``). It refuses
+    nothing the full schema accepts."""
+
+    workflows = fields.List(
+        fields.Nested(WorkflowBatchEnvelopeItemSchema),
+        required=True,
+        validate=validate.Length(min=1, max=SUBMIT_BATCH_MAX),
+    )
+
+
 class WorkflowBatchEntrySchema(ma.Schema):
     id = fields.Integer(required=True)
     created = fields.Boolean(

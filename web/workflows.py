@@ -9,6 +9,7 @@ from flask import request
 from flask_smorest import Blueprint
 
 from kiln.core.definitions import WorkflowSpec
+from kiln.core.errors import KilnError
 from kiln.core.states import WORKFLOW_TERMINAL
 from kiln.web.common import MUTATING_DOC, SECURITY, idempotency_key, kiln, render_workflow
 from kiln.web.errors import ErrorSchema
@@ -16,6 +17,7 @@ from kiln.web.pipeline_control import record
 from kiln.web.schemas import (
     TASKS_PAGE,
     OperationCreatedSchema,
+    WorkflowBatchEnvelopeSchema,
     WorkflowBatchResultSchema,
     WorkflowBatchSchema,
     WorkflowDefinitionSchema,
@@ -33,6 +35,7 @@ ID = "int(max=9223372036854775807)"
 # its nested ones) on every request, a large part of a submit's CPU.
 DEFINITION = WorkflowDefinitionSchema()
 BATCH = WorkflowBatchSchema()
+BATCH_ENVELOPE = WorkflowBatchEnvelopeSchema()
 LIST_QUERY = WorkflowListQuerySchema()
 WAIT_QUERY = WorkflowWaitQuerySchema()
 
@@ -90,24 +93,42 @@ def schema_errors(schema: Any) -> None:
 
 def has_null(definition: dict[str, Any]) -> bool:
     """A null among the fields of the definition or of its tasks (not inside params)."""
-    return None in definition.values() or any(None in t.values() for t in definition["tasks"])
+    tasks = definition.get("tasks")
+    return None in definition.values() or (
+        isinstance(tasks, list) and any(isinstance(t, dict) and None in t.values() for t in tasks)
+    )
 
 
 @blp.post("/workflows/batch")
-@blp.arguments(BATCH)
+@documents_body(BATCH)
 @blp.response(201, WorkflowBatchResultSchema)
 @blp.alt_response(200, schema=WorkflowBatchResultSchema, description="every run replayed by key")
 @blp.doc(security=SECURITY)
-def submit_batch(data):  # type: ignore[no-untyped-def]
+def submit_batch():  # type: ignore[no-untyped-def]
     """Submit up to 1,000 workflow definitions in one transaction, each with its own
     optional ``idempotency_key``: all are stored or none. 201 with each run's id in order
     (``created`` false for one replayed by its key); 422 naming the index of the first
     invalid definition (``details.index``), with nothing stored."""
-    items = request.get_json()["workflows"]  # as sent; the schema checked the shape
-    runs = kiln().submit_many_with_status(
-        [item["definition"] for item in items],
-        idempotency_keys=[item.get("idempotency_key") for item in items],
-    )
+    # Each definition is validated once, by the engine, as POST /workflows does (see
+    # checked_definition): the schema checks the envelope only, and the whole body when the
+    # envelope or the engine refuses something or a definition holds a null, so that every
+    # answer is the one validating with the full schema first gave.
+    body = request.get_json(silent=True)
+    if (
+        not isinstance(body, dict)
+        or BATCH_ENVELOPE.validate(body)
+        or any(has_null(item["definition"]) for item in body["workflows"])
+    ):
+        schema_errors(BATCH)
+    items = body["workflows"]
+    try:
+        runs = kiln().submit_many_with_status(
+            [item["definition"] for item in items],
+            idempotency_keys=[item.get("idempotency_key") for item in items],
+        )
+    except KilnError:
+        schema_errors(BATCH)
+        raise
     body = {"workflows": [{"id": wf_id, "created": created} for wf_id, created in runs]}
     return body, 201 if any(created for _, created in runs) else 200
 

@@ -209,3 +209,68 @@ def test_post_workflows_answers_the_run_exactly_as_it_is_stored(database_url, mo
         assert replay.status_code == 200 and replay.get_json() == answered
     finally:
         k.close()
+
+
+SELF_DEPENDENT = {"name": "x", "tasks": [{"name": "A", "handler": ECHO, "depends_on": ["A"]}]}
+NULL_PRIORITY = {"name": "b", "tasks": [{"name": "t", "handler": ECHO, "priority": None}]}
+# POST /workflows/batch validates each definition once, with the engine, and runs the full
+# schema only when something is refused: each body is answered as validating it with the schema
+# first, then the engine, answered it (these answers were recorded from that order).
+REFUSED_BATCHES = [
+    ("a list", [1], 422, "validation_error", "body"),
+    ("workflows not a list", {"workflows": "x"}, 422, "validation_error", "workflows"),
+    ("no workflows", {"workflows": []}, 422, "validation_error", "workflows"),
+    ("an unknown field", {"workflows": [{"definition": one_task(0)}], "x": 1}, 422,
+     "validation_error", "x"),
+    ("an item without a definition", {"workflows": [{"idempotency_key": "k"}]}, 400,
+     "missing_field", "workflows[0].definition"),
+    ("an unknown item field", {"workflows": [{"definition": one_task(0), "x": 1}]}, 422,
+     "validation_error", "workflows[0].x"),
+    ("a definition not an object", {"workflows": [{"definition": "x"}]}, 422,
+     "validation_error", "workflows[0].definition"),
+    ("a null definition", {"workflows": [{"definition": None}]}, 422, "validation_error",
+     "workflows[0].definition"),
+    ("an empty key", {"workflows": [{"definition": one_task(0), "idempotency_key": ""}]}, 422,
+     "validation_error", "workflows[0].idempotency_key"),
+    ("a null key", {"workflows": [{"definition": one_task(0), "idempotency_key": None}]}, 422,
+     "validation_error", "workflows[0].idempotency_key"),
+    ("a null optional task field",
+     {"workflows": [{"definition": one_task(0)}, {"definition": NULL_PRIORITY}]}, 422,
+     "validation_error", "workflows[1].definition.tasks[0].priority"),
+    ("the schema's refusal before the engine's",
+     {"workflows": [{"definition": SELF_DEPENDENT}, {"definition": {"name": "no tasks"}}]}, 400,
+     "missing_field", "workflows[1].definition.tasks"),
+    ("a definition only the engine refuses",
+     {"workflows": [{"definition": one_task(0)}, {"definition": SELF_DEPENDENT}]}, 422,
+     "invalid_definition", 1),
+    ("a handler not allowed",
+     {"workflows": [{"definition": one_task(0)},
+                    {"definition": {"name": "b", "tasks": [{"name": "t", "handler": "os:system"}]}}]},
+     422, "handler_not_allowed", 1),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "error", "where"),
+    [case[1:] for case in REFUSED_BATCHES],
+    ids=[case[0] for case in REFUSED_BATCHES],
+)
+def test_post_workflows_batch_answers_a_refused_body_as_the_schema_then_the_engine_would(
+    client, kiln, body, status, error, where
+):
+    r = client.post("/workflows/batch", json=body)
+    assert r.status_code == status, r.get_json()
+    answer = r.get_json()
+    assert answer["error"] == error
+    if isinstance(where, int):
+        assert answer["details"]["index"] == where
+        assert answer["message"].startswith(f"workflows[{where}]: ")
+    else:
+        assert answer["details"]["field"] == where
+    assert counts(kiln)[0] == 0
+
+
+def test_post_workflows_batch_answers_a_body_that_is_not_json_with_invalid_json(client, kiln):
+    r = client.post("/workflows/batch", data="{nope", content_type="application/json")
+    assert r.status_code == 400 and r.get_json()["error"] == "invalid_json"
+    assert counts(kiln)[0] == 0
