@@ -19,8 +19,13 @@ of the submitted workflows not finished, operations pending); then waits up to
 ``--drain-seconds`` for that backlog to finish and reports how long it took.
 
     python bench/load.py [--clients 16] [--seconds 30] [--gunicorn-workers N]
-                         [--gunicorn-threads N] [--client requests|raw]
+                         [--gunicorn-threads N] [--client requests|raw] [--rate R]
                          [--database kiln_load] [--redis-db 7]
+
+By default a closed loop: each client sends its next request when answered, which keeps the
+machine saturated, so latency grows with clients ÷ requests/s. ``--rate R`` (raw clients) is an
+open loop instead: the clients send R requests/s in all on a fixed schedule, and each latency
+counts from when its request was due, so a backlog shows in it.
 
 The CPU figures come as cores (1.00 = one core busy) and as milliseconds of CPU per request,
 the figure to compare across runs on a shared machine (req/s depends on what else runs).
@@ -227,13 +232,21 @@ class RawClients(threading.Thread):
     as :class:`Client` at a fraction of its CPU: ``requests`` costs about a millisecond of
     CPU per call, which the server being measured, sharing the cores, does not get."""
 
-    def __init__(self, base: str, pipeline_ids: list[int], stop: threading.Event) -> None:
+    def __init__(
+        self, base: str, pipeline_ids: list[int], stop: threading.Event, rate: float = 0.0
+    ) -> None:
         super().__init__(daemon=True)
         self.host, port = base.removeprefix("http://").split(":")
         self.port = int(port)
         self.pipeline_ids = pipeline_ids
         self.stop_event = stop
-        self.clients = [RawClient(self, pid) for pid in pipeline_ids]
+        # --rate: each client sends on a schedule of its share of the rate, its first
+        # request staggered by its place among the clients (0: as fast as answered).
+        n = len(pipeline_ids)
+        interval = n / rate if rate else 0.0
+        self.clients = [
+            RawClient(self, pid, interval, i * interval / n) for i, pid in enumerate(pipeline_ids)
+        ]
 
     def run(self) -> None:
         async def main() -> None:
@@ -243,9 +256,13 @@ class RawClients(threading.Thread):
 
 
 class RawClient:
-    def __init__(self, owner: RawClients, pipeline_id: int) -> None:
+    def __init__(
+        self, owner: RawClients, pipeline_id: int, interval: float = 0.0, offset: float = 0.0
+    ) -> None:
         self.owner = owner
         self.pipeline_id = pipeline_id
+        self.interval = interval
+        self.offset = offset
         self.stats = Stats()
         self.stream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
 
@@ -276,8 +293,13 @@ class RawClient:
             self.stream = None
         return int(status_line.split()[1]), data
 
-    async def call(self, label: str, method: str, path: str, expect: int, body: Any) -> Any:
-        t0 = time.perf_counter()
+    async def call(
+        self, label: str, method: str, path: str, expect: int, body: Any, due: float | None = None
+    ) -> Any:
+        # On a schedule (--rate), latency counts from when the request was due, so a request
+        # sent late because the one before it was slow counts its wait (no coordinated
+        # omission).
+        t0 = time.perf_counter() if due is None else due
         try:
             payload = None if body is None else json.dumps(body).encode()
             status, data = await asyncio.wait_for(self.exchange(method, path, payload), 30)
@@ -296,8 +318,15 @@ class RawClient:
     async def run(self) -> None:
         calls = session(self.pipeline_id, self.stats)
         call = next(calls)
+        due = time.perf_counter() + self.offset
         while not self.owner.stop_event.is_set():
-            call = calls.send(await self.call(*call))
+            if not self.interval:
+                call = calls.send(await self.call(*call))
+                continue
+            if (ahead := due - time.perf_counter()) > 0:
+                await asyncio.sleep(ahead)
+            call = calls.send(await self.call(*call, due=due))
+            due += self.interval
         if self.stream is not None:
             self.stream[1].close()
 
@@ -337,6 +366,7 @@ def run(
     client: str = "requests",
     database: str = DB,
     redis_db: int = REDIS_DB,
+    rate: float = 0.0,
 ) -> None:
     url = fresh_database(database)
     broker = f"redis://127.0.0.1:6379/{redis_db}"
@@ -393,15 +423,16 @@ def run(
             pipeline_ids.append(p.json()["id"])
         print(
             f"web: gunicorn {gunicorn_workers} workers x {gunicorn_threads} threads on {base}; "
-            f"clients: {client}; "
-            f"1 kiln worker x 8 threads; 1 kiln controller; {clients} pipelines of {SHARDS} "
+            f"clients: {client}"
+            + (f", open loop at {rate:g} requests/s offered; " if rate else "; ")
+            + f"1 kiln worker x 8 threads; 1 kiln controller; {clients} pipelines of {SHARDS} "
             "no-op shards",
             flush=True,
         )
 
         stop = threading.Event()
         if client == "raw":
-            threads: list[threading.Thread] = [RawClients(base, pipeline_ids, stop)]
+            threads: list[threading.Thread] = [RawClients(base, pipeline_ids, stop, rate)]
             measured: list[Client | RawClient] = list(threads[0].clients)  # type: ignore[attr-defined]
         else:
             threads = [Client(base, pid, stop) for pid in pipeline_ids]
@@ -533,11 +564,21 @@ def main() -> None:
     )
     ap.add_argument("--database", default=DB, help="PostgreSQL database, dropped and recreated")
     ap.add_argument("--redis-db", type=int, default=REDIS_DB, help="Redis db, flushed")
+    ap.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="with --client raw: an open loop, the clients sending this many requests/s in "
+        "all on a fixed schedule, latency counted from when each was due (default: each "
+        "client sends when answered, a closed loop that keeps the machine saturated)",
+    )
     opts = ap.parse_args()
     if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", opts.database):
         ap.error("--database must be a plain lower-case name")
     if not 1 <= opts.clients <= 256 or not 0 < opts.seconds <= 600:
         ap.error("--clients must be 1..256 and --seconds 0..600")
+    if opts.rate < 0 or (opts.rate and opts.client != "raw"):
+        ap.error("--rate must be positive, with --client raw")
     run(
         opts.clients,
         opts.seconds,
@@ -547,6 +588,7 @@ def main() -> None:
         opts.client,
         opts.database,
         opts.redis_db,
+        opts.rate,
     )
 
 
