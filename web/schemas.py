@@ -116,28 +116,27 @@ class WorkflowBatchItemSchema(ma.Schema):
     )  # fmt: skip
 
 
-class WorkflowBatchSchema(ma.Schema):
-    workflows = fields.List(
-        fields.Nested(WorkflowBatchItemSchema),
-        required=True,
-        validate=validate.Length(min=1, max=SUBMIT_BATCH_MAX),
+def batch_of(item: type[ma.Schema]) -> fields.List:
+    """A batch's ``workflows``: 1 to ``SUBMIT_BATCH_MAX`` items, each an ``item``."""
+    return fields.List(
+        fields.Nested(item), required=True, validate=validate.Length(min=1, max=SUBMIT_BATCH_MAX)
     )
+
+
+class WorkflowBatchSchema(ma.Schema):
+    workflows = batch_of(WorkflowBatchItemSchema)
 
 
 class WorkflowBatchEnvelopeItemSchema(WorkflowBatchItemSchema):
     definition = fields.Dict(required=True)
 
 
-class WorkflowBatchEnvelopeSchema(WorkflowBatchSchema):
+class WorkflowBatchEnvelopeSchema(ma.Schema):
     """A batch's envelope: :class:`WorkflowBatchSchema` without looking inside the
     definitions, which the engine validates (``kiln.web.workflows.submit_batch``). It refuses
     nothing the full schema accepts."""
 
-    workflows = fields.List(
-        fields.Nested(WorkflowBatchEnvelopeItemSchema),
-        required=True,
-        validate=validate.Length(min=1, max=SUBMIT_BATCH_MAX),
-    )
+    workflows = batch_of(WorkflowBatchEnvelopeItemSchema)
 
 
 class WorkflowBatchEntrySchema(ma.Schema):

@@ -91,7 +91,7 @@ WITH lease AS (
            NULLIF(COALESCE(CAST(:actor AS text), current_setting('kiln.actor', true)), '')
     FROM w WHERE w.status = 'running'
 )
--- "wake": the caller wakes the controllers once this has committed (PostgresStatements.wake)
+-- "wake": whether to wake the controllers once this has committed (PostgresStore._run)
 SELECT t.workflow_id, t.id, t.name, t.status,
        :notify AND EXISTS (SELECT 1 FROM t WHERE t.status = 'ready') AS wake
 FROM t
@@ -137,7 +137,7 @@ WITH r AS MATERIALIZED (
     JOIN t a ON a.workflow_id = r.id AND a.name = x.task
     JOIN t b ON b.workflow_id = r.id AND b.name = x.dep
 )
--- "wake": the caller wakes the controllers once this has committed (PostgresStatements.wake)
+-- "wake": whether to wake the controllers once this has committed (PostgresStore._run)
 SELECT r.i, r.id, r.id IN (SELECT id FROM w) AS created,
        :notify AND EXISTS (SELECT 1 FROM t WHERE t.status = 'ready') AS wake
 FROM r ORDER BY r.i
