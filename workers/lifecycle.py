@@ -43,12 +43,19 @@ class WorkerLifecycle(dramatiq.Middleware):
         self._thread: threading.Thread | None = None
         self.concurrency = 1
 
+    def before_worker_boot(self, broker, worker):  # type: ignore[no-untyped-def]
+        # A fresh identity per worker boot (the embedded runtime may boot several in turn),
+        # made before the boot starts the worker's threads: a message they take before
+        # ``after_worker_boot`` registers this boot's identity, which then stays. (Made after,
+        # it replaced the identity a running task was claimed under, and the heartbeat then
+        # found that task's lease lost and cancelled it.)
+        with self._lock:
+            self.concurrency = getattr(worker, "worker_threads", 1)
+            self._stop.set()
+            self._stop = threading.Event()
+            self._id = None
+
     def after_worker_boot(self, broker, worker):  # type: ignore[no-untyped-def]
-        self.concurrency = getattr(worker, "worker_threads", 1)
-        # A fresh identity per worker boot (the embedded runtime may boot several in turn).
-        self._stop.set()
-        self._stop = threading.Event()
-        self._id = None
         try:
             self.process_id()
         except Exception:  # noqa: BLE001 - registration is retried on the first message
